@@ -1,0 +1,78 @@
+//! The order saga's activities: their names (a durable contract: renaming one strands the tasks
+//! already queued under the old name) and their typed inputs and outputs.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const INVENTORY_RESERVE: &str = "inventory.reserve";
+pub const INVENTORY_RELEASE: &str = "inventory.release";
+pub const PAYMENT_CHARGE: &str = "payment.charge";
+pub const PAYMENT_REFUND: &str = "payment.refund";
+pub const ORDER_CREATE: &str = "order.create";
+pub const ORDER_CANCEL: &str = "order.cancel";
+pub const NOTIFICATION_SEND: &str = "notification.send";
+
+/// Every activity of the order saga, forward and compensating.
+pub const ORDER_SAGA_ACTIVITIES: [&str; 7] = [
+    INVENTORY_RESERVE,
+    INVENTORY_RELEASE,
+    PAYMENT_CHARGE,
+    PAYMENT_REFUND,
+    ORDER_CREATE,
+    ORDER_CANCEL,
+    NOTIFICATION_SEND,
+];
+
+/// Money in integer minor units (cents) with an ISO currency code; never a float.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// One line of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: String,
+    pub quantity: u32,
+}
+
+/// The order saga's input: what `POST /workflows {"type":"order"}` carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSagaInput {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub items: Vec<OrderItem>,
+    pub total: Money,
+    /// A Stripe payment method id (`pm_card_visa` in test mode).
+    pub payment_method: String,
+    pub email: String,
+}
+
+/// `inventory.reserve` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub reservation_id: String,
+}
+
+/// `payment.charge` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub payment_id: String,
+    /// Stripe's PaymentIntent id.
+    pub payment_intent_id: String,
+}
+
+/// `order.create` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmation {
+    pub order_id: Uuid,
+    pub status: String,
+}
+
+/// `notification.send` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub notification_id: String,
+}

@@ -1,0 +1,84 @@
+//! The messages that cross the broker between the engine and workers. They are a durable contract:
+//! fields may be added with defaults, never renamed.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Phase, TaskId, WorkflowId};
+
+/// The name of the queue that carries results back to the engine (before any test prefix).
+pub const RESULTS_QUEUE: &str = "orderflow.results";
+
+/// The queue that carries tasks for `activity` (before any test prefix).
+pub fn task_queue(activity: &str) -> String {
+    format!("orderflow.task.{activity}")
+}
+
+/// One task: run `activity` once for `step` of `workflow_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub task_id: TaskId,
+    pub workflow_id: WorkflowId,
+    pub workflow_type: String,
+    pub step: String,
+    pub activity: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    /// Stable across attempts of the same step and phase: activities dedupe on it.
+    pub idempotency_key: String,
+    /// After this instant the engine treats the attempt as lost and may retry it.
+    pub deadline: DateTime<Utc>,
+    pub payload: Value,
+    /// W3C trace context of the saga, also sent as a message header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// What a worker reports for one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub task_id: TaskId,
+    pub workflow_id: WorkflowId,
+    pub attempt: u32,
+    pub outcome: TaskOutcome,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// The activity did its work; `output` is handed to later steps.
+    Completed { output: Value },
+    /// The activity failed; `error.retryable` says whether another attempt may help.
+    Failed { error: ActivityError },
+}
+
+/// An activity's failure: a stable code, a human message and whether retrying may help.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ActivityError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ActivityError {
+    /// A failure that another attempt may fix (a timeout, a 503).
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry can fix (card declined, out of stock).
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}

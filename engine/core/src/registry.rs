@@ -1,0 +1,55 @@
+//! Finds a definition by type and version. New workflows start on the latest version; a running
+//! one keeps the version it started with, so old versions stay registered while sagas use them.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use crate::WorkflowDefinition;
+
+/// Every deployed definition, by type and version.
+#[derive(Clone, Default)]
+pub struct Registry {
+    defs: BTreeMap<String, BTreeMap<u32, Arc<dyn WorkflowDefinition>>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .defs
+            .iter()
+            .flat_map(|(t, vs)| vs.keys().map(move |v| format!("{t}@v{v}")))
+            .collect();
+        f.debug_tuple("Registry").field(&names).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a definition; a second one with the same type and version replaces the first.
+    pub fn with(mut self, def: impl WorkflowDefinition + 'static) -> Self {
+        self.register(Arc::new(def));
+        self
+    }
+
+    pub fn register(&mut self, def: Arc<dyn WorkflowDefinition>) {
+        self.defs
+            .entry(def.workflow_type().to_owned())
+            .or_default()
+            .insert(def.version(), def);
+    }
+
+    pub fn get(&self, workflow_type: &str, version: u32) -> Option<&Arc<dyn WorkflowDefinition>> {
+        self.defs.get(workflow_type)?.get(&version)
+    }
+
+    /// The version new workflows of this type start on.
+    pub fn latest(&self, workflow_type: &str) -> Option<&Arc<dyn WorkflowDefinition>> {
+        self.defs.get(workflow_type)?.values().next_back()
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.defs.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,718 @@
+//! The saga decider: folds one event into a [`SagaState`] and says what to do next.
+//!
+//! Forward steps run one at a time. A permanent failure before the pivot compensates every
+//! completed step in reverse order (and the failed step too when one of its attempts timed out,
+//! since its effect is then unknown). After the pivot the saga only moves forward. Cancel and the
+//! deadline wait for an in-flight task to settle, then compensate the same way.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    ActivityError, Command, DecideError, Decision, Event, Phase, SagaDefinition, StepKind,
+    StepStatus, StepView, TaskId, TaskSpec, TimerId, TimerPurpose, WorkflowDefinition, WorkflowId,
+    WorkflowState, WorkflowStatus, WorkflowView, definition::Step,
+};
+
+/// The task a saga is waiting on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub task_id: TaskId,
+    pub step: usize,
+    pub phase: Phase,
+    pub timeout_timer: TimerId,
+}
+
+/// One step's progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    /// Attempts before the last operator retry; the retry budget counts from here.
+    pub budget_from: u32,
+    pub compensation_attempts: u32,
+    pub compensation_budget_from: u32,
+    pub last_error: Option<ActivityError>,
+    pub output: Option<Value>,
+    /// An attempt timed out, so the step may have taken effect without us knowing.
+    pub outcome_unknown: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The folded state of one saga; snapshotted after every change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub workflow_id: WorkflowId,
+    pub workflow_type: String,
+    pub version: u32,
+    pub input: Value,
+    pub status: WorkflowStatus,
+    pub reason: Option<String>,
+    pub steps: Vec<StepState>,
+    /// The step whose task is out or due next.
+    pub cursor: usize,
+    pub in_flight: Option<InFlight>,
+    pub timers: BTreeMap<TimerId, TimerPurpose>,
+    pub signals: BTreeMap<String, Value>,
+    /// A cancel or the deadline arrived while a forward task was out: undo once it settles.
+    pub undo_pending: Option<String>,
+    /// The undo was asked for (cancel), so the saga ends `cancelled` rather than `compensated`.
+    pub cancelled: bool,
+    /// Which phase is stuck while the saga needs attention.
+    pub attention: Option<Phase>,
+}
+
+#[typetag::serde(name = "saga")]
+impl WorkflowState for SagaState {
+    fn status(&self) -> WorkflowStatus {
+        self.status
+    }
+
+    fn view(&self) -> WorkflowView {
+        WorkflowView {
+            status: self.status,
+            reason: self.reason.clone(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepView {
+                    name: s.name.clone(),
+                    activity: String::new(),
+                    kind: String::new(),
+                    status: s.status,
+                    attempts: s.attempts,
+                    compensation_attempts: s.compensation_attempts,
+                    last_error: s.last_error.clone(),
+                    output: s.output.clone(),
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                })
+                .collect(),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn clone_box(&self) -> Box<dyn WorkflowState> {
+        Box::new(self.clone())
+    }
+}
+
+impl WorkflowDefinition for SagaDefinition {
+    fn workflow_type(&self) -> &str {
+        &self.workflow_type
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn validate_input(&self, input: &Value) -> Result<(), DecideError> {
+        match self.input_check {
+            Some(check) => check(input).map_err(DecideError::InvalidInput),
+            None => Ok(()),
+        }
+    }
+
+    fn start(
+        &self,
+        id: WorkflowId,
+        input: &Value,
+        at: DateTime<Utc>,
+    ) -> Result<(Box<dyn WorkflowState>, Decision), DecideError> {
+        self.validate_input(input)?;
+        let mut state = SagaState {
+            workflow_id: id,
+            workflow_type: self.workflow_type.clone(),
+            version: self.version,
+            input: input.clone(),
+            status: WorkflowStatus::Running,
+            reason: None,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepState {
+                    name: s.name.clone(),
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    budget_from: 0,
+                    compensation_attempts: 0,
+                    compensation_budget_from: 0,
+                    last_error: None,
+                    output: None,
+                    outcome_unknown: false,
+                    started_at: None,
+                    finished_at: None,
+                })
+                .collect(),
+            cursor: 0,
+            in_flight: None,
+            timers: BTreeMap::new(),
+            signals: BTreeMap::new(),
+            undo_pending: None,
+            cancelled: false,
+            attention: None,
+        };
+        let mut d = Decider {
+            def: self,
+            s: &mut state,
+            at,
+            out: Vec::new(),
+        };
+        if let Some(deadline) = self.deadline {
+            let timer_id = TimerId(id.derive("deadline"));
+            d.start_timer(timer_id, deadline, TimerPurpose::Deadline);
+        }
+        d.schedule(0, Phase::Forward);
+        let commands = d.out;
+        Ok((
+            Box::new(state),
+            Decision {
+                commands,
+                ignored: None,
+            },
+        ))
+    }
+
+    fn decide(
+        &self,
+        state: &mut dyn WorkflowState,
+        event: &Event,
+        at: DateTime<Utc>,
+    ) -> Result<Decision, DecideError> {
+        let s = state
+            .as_any_mut()
+            .downcast_mut::<SagaState>()
+            .ok_or_else(|| DecideError::Inconsistent("state is not a saga state".into()))?;
+        if s.steps.len() != self.steps.len() {
+            return Err(DecideError::Inconsistent(format!(
+                "state has {} steps, definition {} v{} has {}",
+                s.steps.len(),
+                self.workflow_type,
+                self.version,
+                self.steps.len()
+            )));
+        }
+        let mut d = Decider {
+            def: self,
+            s,
+            at,
+            out: Vec::new(),
+        };
+        let ignored = d.on_event(event)?;
+        Ok(Decision {
+            commands: d.out,
+            ignored,
+        })
+    }
+}
+
+/// One decision in progress: the definition, the state being changed and the commands so far.
+struct Decider<'a> {
+    def: &'a SagaDefinition,
+    s: &'a mut SagaState,
+    at: DateTime<Utc>,
+    out: Vec<Command>,
+}
+
+type Outcome = Result<Option<String>, DecideError>;
+
+fn reject<T>(why: impl Into<String>) -> Result<T, DecideError> {
+    Err(DecideError::Rejected(why.into()))
+}
+
+impl<'a> Decider<'a> {
+    fn on_event(&mut self, event: &Event) -> Outcome {
+        let status = self.s.status;
+        match event {
+            Event::WorkflowStarted { .. } => Err(DecideError::Inconsistent(
+                "workflow_started after the start".into(),
+            )),
+            Event::ActivityCompleted { task_id, output } => match self.take_in_flight(*task_id) {
+                Some(f) => {
+                    self.succeeded(f, output.clone());
+                    Ok(None)
+                }
+                None => Ok(Some(format!("no attempt is waiting for task {task_id}"))),
+            },
+            Event::ActivityFailed { task_id, error } => match self.take_in_flight(*task_id) {
+                Some(f) => {
+                    self.failed(f, error.clone(), false);
+                    Ok(None)
+                }
+                None => Ok(Some(format!("no attempt is waiting for task {task_id}"))),
+            },
+            Event::TimerFired { timer_id } => self.timer_fired(*timer_id),
+            Event::CancelRequested { actor, reason } => {
+                self.refuse_if_terminal("cancel")?;
+                if status != WorkflowStatus::Running || self.s.undo_pending.is_some() {
+                    return reject(format!(
+                        "the saga is {status}; only a running saga can be cancelled"
+                    ));
+                }
+                if self.past_pivot() {
+                    return reject("the saga is past its pivot and can only move forward");
+                }
+                self.s.cancelled = true;
+                self.undo(format!("cancelled by {actor}: {reason}"));
+                Ok(None)
+            }
+            Event::TerminateRequested { actor, reason } => {
+                self.refuse_if_terminal("terminate")?;
+                self.s.in_flight = None;
+                self.finish(
+                    WorkflowStatus::Terminated,
+                    format!("terminated by {actor}: {reason}"),
+                );
+                Ok(None)
+            }
+            Event::RetryRequested { .. } => self.retry_now(),
+            Event::SignalReceived { name, payload, .. } => {
+                self.refuse_if_terminal("signal")?;
+                self.s.signals.insert(name.clone(), payload.clone());
+                Ok(None)
+            }
+            Event::CompensationResolved {
+                step,
+                actor,
+                reason,
+            } => {
+                let idx = self.s.cursor;
+                if status != WorkflowStatus::NeedsAttention
+                    || self.s.attention != Some(Phase::Compensate)
+                    || self.s.steps[idx].name != *step
+                {
+                    return reject(format!(
+                        "step `{step}` has no failing compensation to resolve"
+                    ));
+                }
+                let st = &mut self.s.steps[idx];
+                st.status = StepStatus::Compensated;
+                st.finished_at = Some(self.at);
+                self.s.attention = None;
+                self.s.status = WorkflowStatus::Compensating;
+                self.s.reason = Some(format!(
+                    "compensation of `{step}` resolved by {actor}: {reason}"
+                ));
+                self.compensate_below(idx);
+                Ok(None)
+            }
+        }
+    }
+
+    fn refuse_if_terminal(&self, what: &str) -> Result<(), DecideError> {
+        if self.s.status.is_terminal() {
+            return reject(format!(
+                "cannot {what}: the saga is already {}",
+                self.s.status
+            ));
+        }
+        Ok(())
+    }
+
+    fn past_pivot(&self) -> bool {
+        self.def
+            .steps
+            .iter()
+            .zip(&self.s.steps)
+            .any(|(d, s)| d.kind != StepKind::Compensatable && s.status == StepStatus::Completed)
+    }
+
+    fn take_in_flight(&mut self, task: TaskId) -> Option<InFlight> {
+        if self.s.in_flight.as_ref().is_some_and(|f| f.task_id == task) {
+            let f = self.s.in_flight.take()?;
+            self.cancel_timer(f.timeout_timer);
+            Some(f)
+        } else {
+            None
+        }
+    }
+
+    fn timer_fired(&mut self, timer: TimerId) -> Outcome {
+        let Some(purpose) = self.s.timers.remove(&timer) else {
+            return Ok(Some(format!("timer {timer} is no longer wanted")));
+        };
+        match purpose {
+            TimerPurpose::AttemptTimeout { task_id } => {
+                match self.s.in_flight.take_if(|f| f.task_id == task_id) {
+                    Some(f) => {
+                        let secs = self.step_def(f.step).start_to_close.as_secs_f64();
+                        let err = ActivityError::retryable(
+                            "timeout",
+                            format!("no result within the start-to-close timeout of {secs}s"),
+                        );
+                        self.failed(f, err, true);
+                        Ok(None)
+                    }
+                    None => Ok(Some(format!("task {task_id} already settled"))),
+                }
+            }
+            TimerPurpose::Retry { step, phase } => {
+                let idx = self.index_of(&step)?;
+                self.schedule(idx, phase);
+                Ok(None)
+            }
+            TimerPurpose::Deadline => {
+                if self.s.status != WorkflowStatus::Running
+                    || self.past_pivot()
+                    || self.s.undo_pending.is_some()
+                {
+                    return Ok(Some("deadline passed after the point it matters".into()));
+                }
+                self.undo("the saga's deadline passed before its pivot".into());
+                Ok(None)
+            }
+        }
+    }
+
+    fn retry_now(&mut self) -> Outcome {
+        self.refuse_if_terminal("retry")?;
+        let idx = self.s.cursor;
+        if self.s.status == WorkflowStatus::NeedsAttention {
+            let phase = self.s.attention.take().unwrap_or(Phase::Forward);
+            let st = &mut self.s.steps[idx];
+            match phase {
+                Phase::Forward => {
+                    st.budget_from = st.attempts;
+                    self.s.status = WorkflowStatus::Running;
+                }
+                Phase::Compensate => {
+                    st.compensation_budget_from = st.compensation_attempts;
+                    self.s.status = WorkflowStatus::Compensating;
+                }
+            }
+            self.schedule(idx, phase);
+            return Ok(None);
+        }
+        let waiting = self
+            .s
+            .timers
+            .iter()
+            .find(|(_, p)| matches!(p, TimerPurpose::Retry { .. }))
+            .map(|(id, p)| (*id, p.clone()));
+        match waiting {
+            Some((timer, TimerPurpose::Retry { phase, .. })) => {
+                self.cancel_timer(timer);
+                self.schedule(idx, phase);
+                Ok(None)
+            }
+            _ => reject(format!(
+                "step `{}` is not waiting to retry; nothing to retry now",
+                self.s.steps[idx].name
+            )),
+        }
+    }
+
+    fn succeeded(&mut self, f: InFlight, output: Value) {
+        let at = self.at;
+        let st = &mut self.s.steps[f.step];
+        st.finished_at = Some(at);
+        match f.phase {
+            Phase::Compensate => {
+                st.status = StepStatus::Compensated;
+                self.compensate_below(f.step);
+            }
+            Phase::Forward => {
+                st.status = StepStatus::Completed;
+                st.output = Some(output);
+                if let Some(why) = self.s.undo_pending.take() {
+                    if self.def.steps[f.step].kind == StepKind::Compensatable {
+                        return self.begin_compensation(f.step, why);
+                    }
+                    self.s.cancelled = false;
+                    self.s.reason = Some(format!("{why}, but the pivot had already succeeded"));
+                }
+                if f.step + 1 < self.s.steps.len() {
+                    self.schedule(f.step + 1, Phase::Forward);
+                } else {
+                    self.finish(WorkflowStatus::Completed, None);
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, f: InFlight, error: ActivityError, unknown: bool) {
+        let idx = f.step;
+        let def = self.step_def(idx);
+        let st = &mut self.s.steps[idx];
+        st.last_error = Some(error.clone());
+        match f.phase {
+            Phase::Forward => {
+                st.outcome_unknown |= unknown;
+                if let Some(why) = self.s.undo_pending.take() {
+                    st.status = StepStatus::Failed;
+                    return self.begin_compensation(idx, why);
+                }
+                let used = st.attempts - st.budget_from;
+                let forever = def.kind == StepKind::Retriable;
+                if def.retry.is_retryable(&error) && (forever || !def.retry.exhausted(used)) {
+                    st.status = StepStatus::Retrying;
+                    let attempt = st.attempts;
+                    self.retry_later(idx, Phase::Forward, attempt, f.task_id);
+                } else if forever {
+                    st.status = StepStatus::Failed;
+                    self.needs_attention(
+                        Phase::Forward,
+                        format!("step `{}` failed after the pivot: {error}", def.name),
+                    );
+                } else {
+                    st.status = StepStatus::Failed;
+                    st.finished_at = Some(self.at);
+                    self.begin_compensation(idx, format!("step `{}` failed: {error}", def.name));
+                }
+            }
+            Phase::Compensate => {
+                let comp = def
+                    .compensation
+                    .as_ref()
+                    .expect("compensating step has a compensation");
+                let used = st.compensation_attempts - st.compensation_budget_from;
+                if comp.retry.is_retryable(&error) && !comp.retry.exhausted(used) {
+                    let attempt = st.compensation_attempts;
+                    self.retry_later(idx, Phase::Compensate, attempt, f.task_id);
+                } else {
+                    self.needs_attention(
+                        Phase::Compensate,
+                        format!(
+                            "compensation `{}` of step `{}` keeps failing: {error}",
+                            comp.activity, def.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Undo what was done: now, or once the in-flight forward task settles.
+    fn undo(&mut self, why: String) {
+        let idx = self.s.cursor;
+        if self.s.in_flight.is_some() {
+            self.s.reason = Some(format!("{why}; waiting for the running step to settle"));
+            self.s.undo_pending = Some(why);
+            return;
+        }
+        if let Some(timer) = self.retry_timer() {
+            self.cancel_timer(timer);
+        }
+        if self.s.steps[idx].status != StepStatus::Completed {
+            self.s.steps[idx].status = StepStatus::Failed;
+        }
+        self.begin_compensation(idx, why);
+    }
+
+    fn begin_compensation(&mut self, from: usize, why: String) {
+        self.s.status = WorkflowStatus::Compensating;
+        self.s.reason = Some(why);
+        if let Some(t) = self.timer_for(|p| *p == TimerPurpose::Deadline) {
+            self.cancel_timer(t);
+        }
+        self.compensate_from(Some(from));
+    }
+
+    fn compensate_below(&mut self, idx: usize) {
+        self.compensate_from(idx.checked_sub(1));
+    }
+
+    fn compensate_from(&mut self, from: Option<usize>) {
+        let Some(from) = from else {
+            return self.finish_compensation();
+        };
+        let next = (0..=from).rev().find(|&i| {
+            let st = &self.s.steps[i];
+            self.def.steps[i].compensation.is_some()
+                && (st.status == StepStatus::Completed
+                    || (st.outcome_unknown && st.status != StepStatus::Compensated))
+        });
+        match next {
+            Some(i) => self.schedule(i, Phase::Compensate),
+            None => self.finish_compensation(),
+        }
+    }
+
+    fn finish_compensation(&mut self) {
+        let status = if self.s.cancelled {
+            WorkflowStatus::Cancelled
+        } else {
+            WorkflowStatus::Compensated
+        };
+        let reason = self.s.reason.clone().unwrap_or_default();
+        self.finish(status, reason);
+    }
+
+    fn finish(&mut self, status: WorkflowStatus, reason: impl Into<Option<String>>) {
+        let reason = reason.into();
+        let timers: Vec<TimerId> = self.s.timers.keys().copied().collect();
+        for t in timers {
+            self.cancel_timer(t);
+        }
+        self.s.status = status;
+        if reason.is_some() {
+            self.s.reason = reason.clone();
+        }
+        self.out.push(Command::Finish { status, reason });
+    }
+
+    fn needs_attention(&mut self, phase: Phase, why: String) {
+        self.s.status = WorkflowStatus::NeedsAttention;
+        self.s.attention = Some(phase);
+        self.s.reason = Some(why.clone());
+        self.out.push(Command::RequireAttention { reason: why });
+    }
+
+    fn schedule(&mut self, idx: usize, phase: Phase) {
+        let def = self.step_def(idx);
+        let wf = self.s.workflow_id;
+        let payload = self.payload();
+        let st = &mut self.s.steps[idx];
+        let (attempt, activity, timeout, key) = match phase {
+            Phase::Forward => {
+                st.attempts += 1;
+                st.status = StepStatus::Running;
+                (
+                    st.attempts,
+                    &def.activity,
+                    def.start_to_close,
+                    format!("{wf}/{}", def.name),
+                )
+            }
+            Phase::Compensate => {
+                let c = def
+                    .compensation
+                    .as_ref()
+                    .expect("only steps with a compensation compensate");
+                st.compensation_attempts += 1;
+                st.status = StepStatus::Compensating;
+                (
+                    st.compensation_attempts,
+                    &c.activity,
+                    c.start_to_close,
+                    format!("{wf}/{}/compensate", def.name),
+                )
+            }
+        };
+        st.started_at.get_or_insert(self.at);
+        let phase_name = match phase {
+            Phase::Forward => "forward",
+            Phase::Compensate => "compensate",
+        };
+        let task_id = TaskId(wf.derive(&format!("task/{}/{phase_name}/{attempt}", def.name)));
+        let timeout_timer = TimerId(wf.derive(&format!("timeout/{task_id}")));
+        let deadline = self.at + timeout;
+        self.out.push(Command::ScheduleActivity(TaskSpec {
+            task_id,
+            step: def.name.clone(),
+            activity: activity.clone(),
+            phase,
+            attempt,
+            idempotency_key: key,
+            deadline,
+            payload,
+        }));
+        self.start_timer(
+            timeout_timer,
+            timeout,
+            TimerPurpose::AttemptTimeout { task_id },
+        );
+        self.s.cursor = idx;
+        self.s.in_flight = Some(InFlight {
+            task_id,
+            step: idx,
+            phase,
+            timeout_timer,
+        });
+    }
+
+    fn retry_later(&mut self, idx: usize, phase: Phase, attempt: u32, task: TaskId) {
+        let def = self.step_def(idx);
+        let policy = match phase {
+            Phase::Forward => &def.retry,
+            Phase::Compensate => &def.compensation.as_ref().expect("has compensation").retry,
+        };
+        let delay = policy.backoff(attempt, task);
+        let phase_name = if phase == Phase::Forward {
+            "forward"
+        } else {
+            "compensate"
+        };
+        let timer = TimerId(
+            self.s
+                .workflow_id
+                .derive(&format!("retry/{}/{phase_name}/{attempt}", def.name)),
+        );
+        self.start_timer(
+            timer,
+            delay,
+            TimerPurpose::Retry {
+                step: def.name.clone(),
+                phase,
+            },
+        );
+    }
+
+    fn start_timer(
+        &mut self,
+        timer_id: TimerId,
+        after: std::time::Duration,
+        purpose: TimerPurpose,
+    ) {
+        let fire_at = self.at + after;
+        self.s.timers.insert(timer_id, purpose.clone());
+        self.out.push(Command::StartTimer {
+            timer_id,
+            fire_at,
+            purpose,
+        });
+    }
+
+    fn cancel_timer(&mut self, timer_id: TimerId) {
+        if self.s.timers.remove(&timer_id).is_some() {
+            self.out.push(Command::CancelTimer { timer_id });
+        }
+    }
+
+    fn timer_for(&self, f: impl Fn(&TimerPurpose) -> bool) -> Option<TimerId> {
+        self.s.timers.iter().find(|(_, p)| f(p)).map(|(id, _)| *id)
+    }
+
+    fn retry_timer(&self) -> Option<TimerId> {
+        self.timer_for(|p| matches!(p, TimerPurpose::Retry { .. }))
+    }
+
+    /// What a task sees: the saga input, the outputs of completed steps by step name, and the
+    /// latest payload of each signal.
+    fn payload(&self) -> Value {
+        let results: Map<String, Value> = self
+            .s
+            .steps
+            .iter()
+            .filter_map(|s| s.output.clone().map(|o| (s.name.clone(), o)))
+            .collect();
+        json!({ "input": self.s.input, "results": results, "signals": self.s.signals })
+    }
+
+    /// The step's definition, borrowed for the decider's lifetime rather than `self`'s, so the
+    /// state can be changed while it is held.
+    fn step_def(&self, idx: usize) -> &'a Step {
+        let def: &'a SagaDefinition = self.def;
+        &def.steps[idx]
+    }
+
+    fn index_of(&self, step: &str) -> Result<usize, DecideError> {
+        self.def
+            .steps
+            .iter()
+            .position(|s| s.name == step)
+            .ok_or_else(|| DecideError::Inconsistent(format!("no step `{step}` in the definition")))
+    }
+}

@@ -1,0 +1,175 @@
+//! The traits the engine drives (a definition decides, a state is snapshotted) and the statuses
+//! and views it shows to the API.
+
+use std::{any::Any, fmt};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ActivityError, Decision, Event, WorkflowId};
+
+/// Where a workflow stands. Stored as text; the names are a durable contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowStatus {
+    /// Moving forward through its steps.
+    Running,
+    /// Undoing completed steps after a failure, a cancel or the deadline.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// A step failed for good and every completed step was compensated.
+    Compensated,
+    /// Stuck until an operator acts (a failing compensation, a permanent error after the pivot).
+    NeedsAttention,
+    /// Cancelled by a user or operator and compensated.
+    Cancelled,
+    /// Stopped by an operator without compensation.
+    Terminated,
+}
+
+impl WorkflowStatus {
+    pub const ALL: [WorkflowStatus; 7] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+        Self::NeedsAttention,
+        Self::Cancelled,
+        Self::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Compensating => "compensating",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::NeedsAttention => "needs_attention",
+            Self::Cancelled => "cancelled",
+            Self::Terminated => "terminated",
+        }
+    }
+
+    /// No event will move it again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Compensated | Self::Cancelled | Self::Terminated
+        )
+    }
+}
+
+impl std::str::FromStr for WorkflowStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+impl fmt::Display for WorkflowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one step stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not reached yet.
+    Pending,
+    /// A task is out with a worker.
+    Running,
+    /// An attempt failed; the next one waits on a backoff timer.
+    Retrying,
+    /// The step's activity succeeded.
+    Completed,
+    /// The step failed for good.
+    Failed,
+    /// Its compensation is out with a worker or waiting to retry.
+    Compensating,
+    /// Its compensation succeeded (or an operator resolved it by hand).
+    Compensated,
+}
+
+/// One step as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    pub activity: String,
+    pub kind: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub last_error: Option<ActivityError>,
+    pub output: Option<Value>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A workflow as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub status: WorkflowStatus,
+    pub reason: Option<String>,
+    pub steps: Vec<StepView>,
+}
+
+/// A workflow's folded state, snapshotted as JSON. typetag tags each implementation so a snapshot
+/// of any workflow kind loads back into the right type.
+#[typetag::serde(tag = "kind")]
+pub trait WorkflowState: fmt::Debug + Send + Sync + Any {
+    fn status(&self) -> WorkflowStatus;
+    fn view(&self) -> WorkflowView;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn clone_box(&self) -> Box<dyn WorkflowState>;
+}
+
+impl Clone for Box<dyn WorkflowState> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// Why the decider refused an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// The request does not fit the workflow's state (cancel after the pivot, retry with nothing
+    /// to retry). Nothing is recorded; the caller answers 409.
+    #[error("{0}")]
+    Rejected(String),
+    /// The input does not fit the definition; the caller answers 422 naming the field.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The state or history does not belong to this definition (a bug or a corrupt row).
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
+}
+
+/// A versioned workflow definition: creates the state from the first event and decides the rest.
+pub trait WorkflowDefinition: fmt::Debug + Send + Sync {
+    fn workflow_type(&self) -> &str;
+    fn version(&self) -> u32;
+    /// Checks a start request's input before anything is stored.
+    fn validate_input(&self, input: &Value) -> Result<(), DecideError>;
+    /// Folds the first event (`WorkflowStarted`).
+    fn start(
+        &self,
+        id: WorkflowId,
+        input: &Value,
+        at: DateTime<Utc>,
+    ) -> Result<(Box<dyn WorkflowState>, Decision), DecideError>;
+    /// Folds any later event into `state`.
+    fn decide(
+        &self,
+        state: &mut dyn WorkflowState,
+        event: &Event,
+        at: DateTime<Utc>,
+    ) -> Result<Decision, DecideError>;
+}
