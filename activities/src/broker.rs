@@ -48,6 +48,16 @@ impl Topology {
         channel: &Channel,
         activities: &[&str],
     ) -> Result<(), lapin::Error> {
+        self.declare_queue(channel, &self.results_queue()).await?;
+        for activity in activities {
+            self.declare_queue(channel, &self.task_queue(activity))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Declares one durable queue (and the dead-letter queue it routes rejects to).
+    pub async fn declare_queue(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -64,14 +74,7 @@ impl Topology {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(LongString::from(self.dead_letter_queue())),
         );
-        channel
-            .queue_declare(&self.results_queue(), durable, args.clone())
-            .await?;
-        for activity in activities {
-            channel
-                .queue_declare(&self.task_queue(activity), durable, args.clone())
-                .await?;
-        }
+        channel.queue_declare(queue, durable, args).await?;
         Ok(())
     }
 }

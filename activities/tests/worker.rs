@@ -1,0 +1,672 @@
+//! The worker runtime on the real RabbitMQ and Postgres: each test gets its own queue prefix and
+//! its own database, publishes tasks the way the engine's relay does, and reads what the worker
+//! put on the results and dead-letter queues. Waits poll a condition with a deadline.
+
+use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail, ensure};
+use async_trait::async_trait;
+use chrono::Utc;
+use lapin::{
+    Channel, Connection,
+    message::BasicGetMessage,
+    options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
+};
+use orderflow_activities::{
+    Activity, ActivityError, TaskContext,
+    broker::{self, Outgoing, Topology},
+    recording::{self, Fault, RecordingActivity},
+    worker::{Handler, Worker, WorkerError},
+};
+use orderflow_core::{Phase, ResultMessage, TaskId, TaskMessage, TaskOutcome, WorkflowId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::{
+    sync::{Notify, oneshot},
+    task::JoinHandle,
+};
+use uuid::Uuid;
+
+const RECORD: &str = "test.record";
+const SLOW: &str = "test.slow";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pg_server() -> String {
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A fresh database with the recording tables, a unique queue prefix, and a confirm channel for
+/// the test's own publishing and reading.
+struct Env {
+    pool: PgPool,
+    database: String,
+    topology: Topology,
+    channel: Channel,
+    conn: Connection,
+}
+
+impl Env {
+    async fn new(activities: &[&str]) -> anyhow::Result<Self> {
+        // Logs to the test output when `RUST_LOG` is set.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let tag = Uuid::new_v4().simple().to_string();
+        let database = format!("orderflow_test_{tag}");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", pg_server()))
+            .await
+            .context("connecting to Postgres")?;
+        sqlx::query(&format!("create database {database}"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&format!("{}/{database}", pg_server()))
+            .await?;
+        recording::migrate(&pool).await?;
+        let topology = Topology::new(format!("test-{tag}."));
+        let conn = broker::connect(&amqp_url(), Duration::from_secs(10))
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = broker::confirm_channel(&conn).await?;
+        topology.declare(&channel, activities).await?;
+        Ok(Self {
+            pool,
+            database,
+            topology,
+            channel,
+            conn,
+        })
+    }
+
+    fn worker(&self) -> orderflow_activities::worker::WorkerBuilder {
+        Worker::builder(amqp_url(), self.topology.clone())
+            .drain_timeout(Duration::from_secs(10))
+            .connect_patience(Duration::from_secs(10))
+    }
+
+    fn recorder(&self, activity: &str) -> Arc<dyn Handler> {
+        Arc::new(RecordingActivity::new(activity, self.pool.clone()))
+    }
+
+    async fn publish(&self, task: &TaskMessage) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(task)?;
+        self.publish_raw(&task.activity, &body).await
+    }
+
+    async fn publish_raw(&self, activity: &str, body: &[u8]) -> anyhow::Result<()> {
+        let queue = self.topology.task_queue(activity);
+        let msg = Outgoing {
+            queue: &queue,
+            body,
+            message_id: Uuid::new_v4().to_string(),
+            traceparent: None,
+        };
+        broker::publish_confirmed(&self.channel, &[msg]).await?;
+        Ok(())
+    }
+
+    /// Ready messages and consumers of `queue`.
+    async fn queue_counts(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = self
+            .channel
+            .queue_declare(queue, passive, FieldTable::default())
+            .await?;
+        Ok((q.message_count(), q.consumer_count()))
+    }
+
+    async fn wait_for_messages(&self, queue: &str, n: u32) -> anyhow::Result<()> {
+        eventually(WAIT, &format!("{n} messages on {queue}"), || async {
+            Ok((self.queue_counts(queue).await?.0 >= n).then_some(()))
+        })
+        .await
+    }
+
+    /// Takes every message now on `queue`.
+    async fn take_all(&self, queue: &str) -> anyhow::Result<Vec<BasicGetMessage>> {
+        let mut taken = Vec::new();
+        let options = BasicGetOptions { no_ack: true };
+        while let Some(msg) = self.channel.basic_get(queue, options).await? {
+            taken.push(msg);
+        }
+        Ok(taken)
+    }
+
+    /// Takes every result now on the results queue, with its `traceparent` header.
+    async fn take_results(&self) -> anyhow::Result<Vec<(ResultMessage, Option<String>)>> {
+        let mut results = Vec::new();
+        for msg in self.take_all(&self.topology.results_queue()).await? {
+            let result: ResultMessage = serde_json::from_slice(&msg.delivery.data)?;
+            let traceparent = msg.delivery.properties.headers().as_ref().and_then(|h| {
+                match h.inner().get("traceparent") {
+                    Some(AMQPValue::LongString(s)) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                }
+            });
+            results.push((result, traceparent));
+        }
+        Ok(results)
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        for q in [
+            self.topology.results_queue(),
+            self.topology.dead_letter_queue(),
+            self.topology.task_queue(RECORD),
+            self.topology.task_queue(SLOW),
+            self.topology.task_queue(Greet::NAME),
+        ] {
+            self.channel
+                .queue_delete(&q, QueueDeleteOptions::default())
+                .await?;
+        }
+        self.conn.close(200, "test done").await?;
+        self.pool.close().await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", pg_server()))
+            .await?;
+        sqlx::query(&format!("drop database {} with (force)", self.database))
+            .execute(&admin)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A task as the engine would send it, due in 30 s.
+fn task(activity: &str, workflow_id: Uuid, key: &str, input: Value) -> TaskMessage {
+    TaskMessage {
+        task_id: TaskId(Uuid::new_v4()),
+        workflow_id: WorkflowId(workflow_id),
+        workflow_type: "test".into(),
+        step: "step".into(),
+        activity: activity.into(),
+        phase: Phase::Forward,
+        attempt: 1,
+        idempotency_key: key.into(),
+        deadline: Utc::now() + chrono::Duration::seconds(30),
+        payload: json!({ "input": input, "results": {}, "signals": {} }),
+        traceparent: None,
+    }
+}
+
+/// A worker running in the background until `stop`.
+struct Running {
+    shutdown: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), WorkerError>>,
+}
+
+fn start(worker: Worker) -> Running {
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    Running { shutdown, handle }
+}
+
+impl Running {
+    /// Shuts down and waits for `run` to return.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .context("the worker did not stop")???;
+        Ok(())
+    }
+}
+
+fn completed(outcome: &TaskOutcome) -> anyhow::Result<&Value> {
+    match outcome {
+        TaskOutcome::Completed { output } => Ok(output),
+        TaskOutcome::Failed { error } => bail!("expected completion, got {error:?}"),
+    }
+}
+
+fn failed(outcome: &TaskOutcome) -> anyhow::Result<&ActivityError> {
+    match outcome {
+        TaskOutcome::Failed { error } => Ok(error),
+        TaskOutcome::Completed { output } => bail!("expected a failure, got output {output}"),
+    }
+}
+
+#[tokio::test]
+async fn a_task_yields_one_completed_result_and_one_effect() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 4).build());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut t = task(RECORD, Uuid::new_v4(), "wf-1:reserve", json!({}));
+    t.traceparent = Some(traceparent.into());
+    env.publish(&t).await?;
+
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 1, "one result, got {results:?}");
+    let (result, header) = &results[0];
+    assert_eq!(result.task_id, t.task_id);
+    assert_eq!(result.workflow_id, t.workflow_id);
+    assert_eq!(result.attempt, 1);
+    assert_eq!(
+        completed(&result.outcome)?,
+        &json!({ "activity": RECORD, "idempotency_key": "wf-1:reserve" })
+    );
+    assert_eq!(
+        header.as_deref(),
+        Some(traceparent),
+        "traceparent is propagated"
+    );
+    assert_eq!(recording::effects_count(&env.pool, RECORD).await?, 1);
+    let (ready, _) = env.queue_counts(&env.topology.task_queue(RECORD)).await?;
+    assert_eq!(ready, 0, "the task was acked");
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_duplicate_task_yields_a_second_result_but_no_second_effect() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 4).build());
+    let workflow = Uuid::new_v4();
+    let first = task(RECORD, workflow, "same-key", json!({}));
+    let mut second = task(RECORD, workflow, "same-key", json!({}));
+    second.attempt = 2;
+    env.publish(&first).await?;
+    env.publish(&second).await?;
+
+    env.wait_for_messages(&env.topology.results_queue(), 2)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 2, "two results, got {results:?}");
+    let ids: HashSet<_> = results.iter().map(|(r, _)| r.task_id).collect();
+    assert_eq!(ids, HashSet::from([first.task_id, second.task_id]));
+    for (r, _) in &results {
+        assert_eq!(completed(&r.outcome)?["idempotency_key"], "same-key");
+    }
+    assert_eq!(
+        recording::effects_count(&env.pool, RECORD).await?,
+        1,
+        "one effect per idempotency key"
+    );
+    env.finish().await
+}
+
+#[tokio::test]
+async fn an_injected_permanent_fault_fails_the_task_without_retry() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    let declined = Uuid::new_v4();
+    recording::inject(
+        &env.pool,
+        &Fault::permanent(RECORD, "card_declined").for_workflow(declined),
+    )
+    .await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 4).build());
+    let bad = task(RECORD, declined, "declined", json!({}));
+    let good = task(RECORD, Uuid::new_v4(), "fine", json!({}));
+    env.publish(&bad).await?;
+    env.publish(&good).await?;
+
+    env.wait_for_messages(&env.topology.results_queue(), 2)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 2, "two results, got {results:?}");
+    for (r, _) in &results {
+        if r.task_id == bad.task_id {
+            let error = failed(&r.outcome)?;
+            assert_eq!(error.code, "card_declined");
+            assert!(!error.retryable, "a permanent fault is not retryable");
+        } else {
+            completed(&r.outcome)?;
+        }
+    }
+    assert_eq!(
+        recording::effects_count(&env.pool, RECORD).await?,
+        1,
+        "only the other workflow's effect"
+    );
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_transient_fault_is_retryable_and_spends_its_hits() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    recording::inject(&env.pool, &Fault::transient(RECORD, "unavailable").times(1)).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
+    let workflow = Uuid::new_v4();
+    let first = task(RECORD, workflow, "k", json!({}));
+    env.publish(&first).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    let mut retry = task(RECORD, workflow, "k", json!({}));
+    retry.attempt = 2;
+    env.publish(&retry).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 2)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 2, "two results, got {results:?}");
+    let error = failed(&results[0].0.outcome)?;
+    assert_eq!(
+        (error.code.as_str(), error.retryable),
+        ("unavailable", true)
+    );
+    assert_eq!(results[1].0.task_id, retry.task_id);
+    completed(&results[1].0.outcome)?;
+    assert_eq!(recording::effects_count(&env.pool, RECORD).await?, 1);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_panic_fails_the_task_and_the_queue_keeps_flowing() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    recording::inject(&env.pool, &Fault::panic(RECORD).times(1)).await?;
+    // One at a time: if the panic leaked its permit, the next task would never run.
+    let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
+    let first = task(RECORD, Uuid::new_v4(), "boom", json!({}));
+    env.publish(&first).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    let next = task(RECORD, Uuid::new_v4(), "after", json!({}));
+    env.publish(&next).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 2)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 2, "two results, got {results:?}");
+    assert_eq!(results[0].0.task_id, first.task_id);
+    let error = failed(&results[0].0.outcome)?;
+    assert_eq!(error.code, "panic");
+    assert!(
+        error.retryable,
+        "the step's retry policy bounds a panicking activity"
+    );
+    assert_eq!(results[1].0.task_id, next.task_id);
+    completed(&results[1].0.outcome)?;
+    assert_eq!(recording::effects_count(&env.pool, RECORD).await?, 1);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_hanging_task_fails_with_timeout_at_its_deadline() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    recording::inject(&env.pool, &Fault::hang(RECORD)).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
+    let mut t = task(RECORD, Uuid::new_v4(), "slow", json!({}));
+    t.deadline = Utc::now() + chrono::Duration::milliseconds(300);
+    env.publish(&t).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 1, "one result, got {results:?}");
+    let error = failed(&results[0].0.outcome)?;
+    assert_eq!((error.code.as_str(), error.retryable), ("timeout", true));
+    assert_eq!(recording::effects_count(&env.pool, RECORD).await?, 0);
+    env.finish().await
+}
+
+#[tokio::test]
+async fn an_undecodable_task_is_dead_lettered() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 2).build());
+    env.publish_raw(RECORD, b"{ not a task").await?;
+    let dead = env.topology.dead_letter_queue();
+    env.wait_for_messages(&dead, 1).await?;
+    // The queue keeps flowing after it.
+    env.publish(&task(RECORD, Uuid::new_v4(), "k", json!({})))
+        .await?;
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    worker.stop().await?;
+
+    let dead = env.take_all(&dead).await?;
+    ensure!(dead.len() == 1, "one dead letter, got {}", dead.len());
+    assert_eq!(dead[0].delivery.data, b"{ not a task");
+    let results = env.take_results().await?;
+    ensure!(
+        results.len() == 1,
+        "only the good task has a result: {results:?}"
+    );
+    let (ready, _) = env.queue_counts(&env.topology.task_queue(RECORD)).await?;
+    assert_eq!(ready, 0);
+    env.finish().await
+}
+
+/// Holds each task until the test releases it.
+struct Slow {
+    started: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    fn activity(&self) -> &str {
+        SLOW
+    }
+
+    async fn handle(&self, _ctx: &TaskContext, _input: Value) -> Result<Value, ActivityError> {
+        self.started.notify_one();
+        self.release.notified().await;
+        Ok(json!({ "slow": true }))
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_task_in_flight_to_publish_and_ack() -> anyhow::Result<()> {
+    let env = Env::new(&[SLOW]).await?;
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = Slow {
+        started: started.clone(),
+        release: release.clone(),
+    };
+    let worker = start(env.worker().handler(Arc::new(slow), 1).build());
+    let t = task(SLOW, Uuid::new_v4(), "k", json!({}));
+    env.publish(&t).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("the task did not start")?;
+
+    let _ = worker.shutdown.send(());
+    let queue = env.topology.task_queue(SLOW);
+    eventually(WAIT, "the worker to stop consuming", || async {
+        Ok((env.queue_counts(&queue).await?.1 == 0).then_some(()))
+    })
+    .await?;
+    assert!(
+        !worker.handle.is_finished(),
+        "run must wait for the task in flight"
+    );
+    release.notify_one();
+    tokio::time::timeout(WAIT, worker.handle)
+        .await
+        .context("the worker did not stop")???;
+
+    // `run` returned: the result is on the queue and the task is acked, nothing left to finish.
+    let results = env.take_results().await?;
+    ensure!(results.len() == 1, "one result, got {results:?}");
+    assert_eq!(results[0].0.task_id, t.task_id);
+    assert_eq!(completed(&results[0].0.outcome)?, &json!({ "slow": true }));
+    assert_eq!(
+        env.queue_counts(&queue).await?,
+        (0, 0),
+        "the task was acked"
+    );
+    env.finish().await
+}
+
+#[tokio::test]
+async fn shutdown_returns_prefetched_tasks_to_the_queue() -> anyhow::Result<()> {
+    let env = Env::new(&[SLOW]).await?;
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = Slow {
+        started: started.clone(),
+        release: release.clone(),
+    };
+    // One runs, the broker pushes the other two ahead of time.
+    let worker = start(
+        env.worker()
+            .handler_with_prefetch(Arc::new(slow), 1, 3)
+            .build(),
+    );
+    let queue = env.topology.task_queue(SLOW);
+    let first = task(SLOW, Uuid::new_v4(), "1", json!({}));
+    env.publish(&first).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("the first task did not start")?;
+    env.publish(&task(SLOW, Uuid::new_v4(), "2", json!({})))
+        .await?;
+    env.publish(&task(SLOW, Uuid::new_v4(), "3", json!({})))
+        .await?;
+    eventually(WAIT, "the broker to push the other tasks", || async {
+        Ok((env.queue_counts(&queue).await?.0 == 0).then_some(()))
+    })
+    .await?;
+
+    let _ = worker.shutdown.send(());
+    eventually(
+        WAIT,
+        "the prefetched tasks to return to the queue",
+        || async { Ok((env.queue_counts(&queue).await? == (2, 0)).then_some(())) },
+    )
+    .await?;
+    release.notify_one();
+    tokio::time::timeout(WAIT, worker.handle)
+        .await
+        .context("the worker did not stop")???;
+
+    let results = env.take_results().await?;
+    ensure!(
+        results.len() == 1,
+        "only the task in flight ran: {results:?}"
+    );
+    assert_eq!(results[0].0.task_id, first.task_id);
+    assert_eq!(env.queue_counts(&queue).await?, (2, 0));
+    env.finish().await
+}
+
+#[tokio::test]
+async fn the_worker_resumes_after_the_broker_cancels_its_consumer() -> anyhow::Result<()> {
+    let env = Env::new(&[RECORD]).await?;
+    let worker = start(env.worker().handler(env.recorder(RECORD), 2).build());
+    let queue = env.topology.task_queue(RECORD);
+    eventually(WAIT, "the worker to consume", || async {
+        Ok((env.queue_counts(&queue).await?.1 == 1).then_some(()))
+    })
+    .await?;
+
+    // Deleting the queue cancels the worker's consumer, as a broker restart ends its connection.
+    env.channel
+        .queue_delete(&queue, QueueDeleteOptions::default())
+        .await?;
+    env.topology.declare_queue(&env.channel, &queue).await?;
+    env.publish(&task(RECORD, Uuid::new_v4(), "k", json!({})))
+        .await?;
+    env.wait_for_messages(&env.topology.results_queue(), 1)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 1, "one result, got {results:?}");
+    completed(&results[0].0.outcome)?;
+    env.finish().await
+}
+
+/// A typed activity, registered through the blanket `Handler` impl.
+#[derive(Debug)]
+struct Greet;
+
+#[derive(Debug, Deserialize)]
+struct GreetInput {
+    name: String,
+}
+
+#[async_trait]
+impl Activity for Greet {
+    const NAME: &'static str = "test.greet";
+    type Input = GreetInput;
+    type Output = String;
+
+    async fn run(&self, _ctx: &TaskContext, input: GreetInput) -> Result<String, ActivityError> {
+        Ok(format!("hello {}", input.name))
+    }
+}
+
+#[tokio::test]
+async fn a_typed_activity_decodes_its_input_or_fails_with_bad_input() -> anyhow::Result<()> {
+    let env = Env::new(&[Greet::NAME]).await?;
+    let worker = start(env.worker().activity(Greet, 2).build());
+    let good = task(Greet::NAME, Uuid::new_v4(), "a", json!({ "name": "Ada" }));
+    let bad = task(Greet::NAME, Uuid::new_v4(), "b", json!({ "nom": 1 }));
+    env.publish(&good).await?;
+    env.publish(&bad).await?;
+    env.wait_for_messages(&env.topology.results_queue(), 2)
+        .await?;
+    worker.stop().await?;
+
+    let results = env.take_results().await?;
+    ensure!(results.len() == 2, "two results, got {results:?}");
+    for (r, _) in &results {
+        if r.task_id == good.task_id {
+            assert_eq!(completed(&r.outcome)?, &json!("hello Ada"));
+        } else {
+            let error = failed(&r.outcome)?;
+            assert_eq!(error.code, "bad_input");
+            assert!(!error.retryable);
+            assert!(error.message.contains("missing field `name`"), "{error}");
+        }
+    }
+    env.finish().await
+}
+
+#[tokio::test]
+async fn a_worker_refuses_an_activity_registered_twice() {
+    let worker = Worker::builder(amqp_url(), Topology::new("unused."))
+        .activity(Greet, 1)
+        .activity(Greet, 1)
+        .build();
+    let err = worker.run(std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, WorkerError::DuplicateActivity(name) if name == Greet::NAME));
+}
