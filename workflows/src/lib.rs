@@ -4,6 +4,7 @@
 //! - [`order`]: the order saga (reserve → charge → create order → notify).
 
 pub mod order;
+pub mod replay;
 
 use orderflow_core::Registry;
 

@@ -32,6 +32,7 @@ pub mod replay;
 pub mod retry;
 pub mod saga;
 pub mod state;
+pub mod testing;
 
 pub use definition::{DefinitionError, SagaDefinition, Step, StepKind};
 pub use event::{Command, Decision, Event, Phase, TaskSpec, TimerPurpose};

@@ -33,9 +33,10 @@ pub enum ReplayError {
     },
 }
 
-/// A command (or its absence) shown as JSON in a mismatch message.
+/// A command (or its absence) shown as JSON in a mismatch message. Boxed so that the error, and
+/// every `Result` carrying it, stays small.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CommandText(pub Option<Command>);
+pub struct CommandText(pub Option<Box<Command>>);
 
 impl fmt::Display for CommandText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,8 +94,8 @@ pub fn replay(
                 version: *version,
                 seq,
                 event: event.kind(),
-                recorded: CommandText(recorded.get(i).cloned()),
-                new: CommandText(new.get(i).cloned()),
+                recorded: CommandText(recorded.get(i).cloned().map(Box::new)),
+                new: CommandText(new.get(i).cloned().map(Box::new)),
             }),
         }
     };

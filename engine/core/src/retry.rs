@@ -35,7 +35,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Whether this error may be retried under this policy.
     pub fn is_retryable(&self, error: &ActivityError) -> bool {
-        error.retryable && !self.non_retryable_codes.iter().any(|c| *c == error.code)
+        error.retryable && !self.non_retryable_codes.contains(&error.code)
     }
 
     /// Whether `attempts` attempts used up the budget.

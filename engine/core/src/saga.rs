@@ -65,6 +65,10 @@ pub struct SagaState {
     pub cancelled: bool,
     /// Which phase is stuck while the saga needs attention.
     pub attention: Option<Phase>,
+    /// The reason the saga had before it needed attention (why it is compensating, say); an
+    /// operator's retry or resolution brings it back so the final reason is not a stale failure.
+    #[serde(default)]
+    pub reason_before_attention: Option<String>,
 }
 
 #[typetag::serde(name = "saga")]
@@ -163,6 +167,7 @@ impl WorkflowDefinition for SagaDefinition {
             undo_pending: None,
             cancelled: false,
             attention: None,
+            reason_before_attention: None,
         };
         let mut d = Decider {
             def: self,
@@ -256,7 +261,10 @@ impl<'a> Decider<'a> {
             Event::TimerFired { timer_id } => self.timer_fired(*timer_id),
             Event::CancelRequested { actor, reason } => {
                 self.refuse_if_terminal("cancel")?;
-                if status != WorkflowStatus::Running || self.s.undo_pending.is_some() {
+                if let Some(why) = &self.s.undo_pending {
+                    return reject(format!("the saga is already being undone: {why}"));
+                }
+                if status != WorkflowStatus::Running {
                     return reject(format!(
                         "the saga is {status}; only a running saga can be cancelled"
                     ));
@@ -302,9 +310,11 @@ impl<'a> Decider<'a> {
                 st.finished_at = Some(self.at);
                 self.s.attention = None;
                 self.s.status = WorkflowStatus::Compensating;
-                self.s.reason = Some(format!(
-                    "compensation of `{step}` resolved by {actor}: {reason}"
-                ));
+                let resolved = format!("compensation of `{step}` resolved by {actor}: {reason}");
+                self.s.reason = Some(match self.s.reason_before_attention.take() {
+                    Some(cause) => format!("{cause}; {resolved}"),
+                    None => resolved,
+                });
                 self.compensate_below(idx);
                 Ok(None)
             }
@@ -381,6 +391,7 @@ impl<'a> Decider<'a> {
         let idx = self.s.cursor;
         if self.s.status == WorkflowStatus::NeedsAttention {
             let phase = self.s.attention.take().unwrap_or(Phase::Forward);
+            self.s.reason = self.s.reason_before_attention.take();
             let st = &mut self.s.steps[idx];
             match phase {
                 Phase::Forward => {
@@ -566,7 +577,7 @@ impl<'a> Decider<'a> {
     fn needs_attention(&mut self, phase: Phase, why: String) {
         self.s.status = WorkflowStatus::NeedsAttention;
         self.s.attention = Some(phase);
-        self.s.reason = Some(why.clone());
+        self.s.reason_before_attention = self.s.reason.replace(why.clone());
         self.out.push(Command::RequireAttention { reason: why });
     }
 
