@@ -1,0 +1,88 @@
+//! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`.
+//! [`router`] is a plain function so tests drive it without a socket.
+
+mod problem;
+mod workflows;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use sqlx::PgPool;
+
+pub use problem::ApiError;
+
+use crate::{apply::Applier, metrics};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub applier: Applier,
+    /// Probed by `/ready`.
+    pub amqp_url: String,
+}
+
+/// The whole HTTP surface of an engine process.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/workflows", post(workflows::start).get(workflows::list))
+        .route("/workflows/{id}", get(workflows::get))
+        .route("/workflows/{id}/history", get(workflows::history))
+        .route("/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/workflows/{id}/terminate", post(workflows::terminate))
+        .route("/workflows/{id}/retry", post(workflows::retry))
+        .route("/workflows/{id}/signals/{name}", post(workflows::signal))
+        .route("/workflow-counts", get(workflows::counts));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(|| async { metrics::render() }))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// `/ready`: 200 only when Postgres and RabbitMQ both answer.
+async fn ready(State(state): State<AppState>) -> Response {
+    let db = sqlx::query("select 1").execute(&state.pool).await.is_ok();
+    let broker = tokio::time::timeout(
+        Duration::from_secs(2),
+        orderflow_activities::broker::connect(&state.amqp_url, Duration::ZERO),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    let status = if db && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "database": db, "broker": broker })),
+    )
+        .into_response()
+}
+
+/// Records `http_request_duration_seconds` by method, matched route and status.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    metrics::HTTP_DURATION
+        .with_label_values(&[&method, &route, res.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}

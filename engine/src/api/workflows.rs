@@ -1,0 +1,415 @@
+//! `/api/v1/workflows`: start, read, list and operate workflows. Operator actions are events
+//! applied through the decider like any other, so they land in the history with actor and reason.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use orderflow_core::{Event, History, WorkflowId, WorkflowState, WorkflowStatus};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::{
+    apply::{Outcome, StartError, StartRequest},
+    store::{history, workflows as store},
+};
+
+/// Parses a JSON body; serde's message names the offending field.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad(
+            "body",
+            "the request body is empty; a JSON object is required",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let field = match e.classify() {
+            serde_json::error::Category::Data => data_field(&e.to_string(), "body"),
+            _ => "body".to_owned(),
+        };
+        ApiError::bad(&field, format!("invalid JSON body: {e}"))
+    })
+}
+
+/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" / "duplicate
+/// field `x`" messages. Other data errors quote a value ("invalid type: integer `1`"), not a
+/// field, so they blame `whole` (the body or the query).
+fn data_field(msg: &str, whole: &str) -> String {
+    ["missing field `", "unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| msg.split_once(p))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map_or_else(|| whole.to_owned(), |(field, _)| field.to_owned())
+}
+
+fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad("id", format!("`{raw}` is not a workflow id (a UUID)")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    #[serde(rename = "type")]
+    workflow_type: String,
+    input: Value,
+    #[serde(default)]
+    business_keys: BTreeMap<String, String>,
+}
+
+/// `POST /workflows`: 201 with the new workflow; with a repeated `Idempotency-Key` and the same
+/// body, 200 with the first one; with another body, 409.
+pub async fn start(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad("Idempotency-Key", "must be visible ASCII"))?;
+            if k.is_empty() || k.len() > 255 {
+                return Err(ApiError::bad(
+                    "Idempotency-Key",
+                    "must be 1 to 255 characters",
+                ));
+            }
+            Some(k.to_owned())
+        }
+    };
+    let parsed: StartBody = parse(&body)?;
+    let canonical: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("body", e.to_string()))?;
+    let hash = hex(&Sha256::digest(canonical.to_string().as_bytes()));
+    let req = StartRequest {
+        workflow_type: parsed.workflow_type,
+        input: parsed.input,
+        business_keys: json!(parsed.business_keys),
+        idempotency_key: key,
+        request_hash: Some(hash),
+    };
+    let started = st.applier.start(&st.pool, req).await.map_err(|e| match e {
+        StartError::UnknownType(t) => {
+            ApiError::unprocessable("type", format!("unknown workflow type `{t}`"))
+        }
+        StartError::Invalid(e) => ApiError::unprocessable("input", e.to_string()),
+        StartError::KeyReused => ApiError::Conflict(
+            "this Idempotency-Key was already used with a different request body".into(),
+        ),
+        StartError::Apply(e) => ApiError::Internal(e.into()),
+    })?;
+    let row = load(&st, started.id).await?;
+    let status = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/api/v1/workflows/{}", started.id);
+    Ok((status, [(header::LOCATION, location)], Json(detail(&row)?)).into_response())
+}
+
+async fn load(st: &AppState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {
+    let mut conn = st.pool.acquire().await?;
+    store::get(&mut conn, id.0)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))
+}
+
+/// A workflow as the list shows it.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    id: Uuid,
+    #[serde(rename = "type")]
+    workflow_type: String,
+    version: i32,
+    status: String,
+    reason: Option<String>,
+    business_keys: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn summary(row: &store::WorkflowRow) -> Summary {
+    Summary {
+        id: row.id,
+        workflow_type: row.workflow_type.clone(),
+        version: row.version,
+        status: row.status.clone(),
+        reason: row.reason.clone(),
+        business_keys: row.business_keys.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+fn detail(row: &store::WorkflowRow) -> Result<Value, ApiError> {
+    let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
+    let mut out = serde_json::to_value(summary(row)).map_err(|e| ApiError::Internal(e.into()))?;
+    out["steps"] =
+        serde_json::to_value(state.view().steps).map_err(|e| ApiError::Internal(e.into()))?;
+    out["last_seq"] = json!(row.last_seq);
+    Ok(out)
+}
+
+/// `GET /workflows/{id}`: status, version, each step's state, attempts, last error, times.
+pub async fn get(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = load(&st, workflow_id(&id)?).await?;
+    Ok(Json(detail(&row)?))
+}
+
+/// `GET /workflows/{id}/history`: the events in the replay format.
+pub async fn history(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<History>, ApiError> {
+    let id = workflow_id(&id)?;
+    let row = load(&st, id).await?;
+    let mut conn = st.pool.acquire().await?;
+    let events = history::load(&mut conn, id.0).await?;
+    Ok(Json(History {
+        workflow_id: id,
+        workflow_type: row.workflow_type,
+        version: row.version as u32,
+        events,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    workflow_type: Option<String>,
+    business_key: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+fn time_param(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::bad(field, format!("`{s}` is not an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+/// `GET /workflows`: newest first, filtered, paged by an opaque cursor.
+pub async fn list(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        let msg = e.body_text();
+        ApiError::bad(&data_field(&msg, "query"), msg)
+    })?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<WorkflowStatus>()
+                .map_err(|e| ApiError::bad("status", e))
+        })
+        .transpose()?;
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=500).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad(
+                    "limit",
+                    format!("`{l}` is not a number from 1 to 500"),
+                ));
+            }
+        },
+    };
+    let before_id = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::bad("cursor", format!("`{c}` is not a cursor")))
+        })
+        .transpose()?;
+    let filter = store::ListFilter {
+        status: status.map(|s| s.as_str().to_owned()),
+        workflow_type: q.workflow_type,
+        business_key: q.business_key,
+        created_after: time_param("created_after", &q.created_after)?,
+        created_before: time_param("created_before", &q.created_before)?,
+        before_id,
+        limit,
+    };
+    let mut conn = st.pool.acquire().await?;
+    let rows = store::list(&mut conn, &filter).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let items: Vec<Summary> = rows.iter().map(summary).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// `GET /workflow-counts`: how many workflows are in each status.
+pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut conn = st.pool.acquire().await?;
+    let rows = store::count_by_status(&mut conn).await?;
+    let map: BTreeMap<String, i64> = rows.into_iter().collect();
+    Ok(Json(json!(map)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    reason: String,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+impl ActionBody {
+    fn checked(body: &Bytes) -> Result<(String, String), ApiError> {
+        let b: ActionBody = parse(body)?;
+        if b.reason.trim().is_empty() {
+            return Err(ApiError::bad("reason", "a reason is required"));
+        }
+        let actor = b.actor.unwrap_or_else(|| "api".to_owned());
+        if actor.trim().is_empty() || actor.len() > 200 {
+            return Err(ApiError::bad("actor", "must be 1 to 200 characters"));
+        }
+        Ok((actor, b.reason))
+    }
+}
+
+/// Applies one operator event and answers with the new status, or why it was refused.
+async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, ApiError> {
+    let mut tx = st.pool.begin().await?;
+    let outcome = st
+        .applier
+        .apply(&mut tx, &[(id, event)], false)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .pop()
+        .unwrap_or(Outcome::NotFound);
+    match outcome {
+        Outcome::Applied { seq, status, .. } => {
+            tx.commit().await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": id, "status": status, "seq": seq })),
+            )
+                .into_response())
+        }
+        Outcome::Rejected(e) => Err(ApiError::Conflict(e.to_string())),
+        Outcome::NotFound => Err(ApiError::NotFound(format!("no workflow {id}"))),
+    }
+}
+
+/// `POST /workflows/{id}/cancel`: compensate what was done.
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let id = workflow_id(&id)?;
+    let (actor, reason) = ActionBody::checked(&body)?;
+    act(&st, id, Event::CancelRequested { actor, reason }).await
+}
+
+/// `POST /workflows/{id}/terminate`: stop without compensating.
+pub async fn terminate(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let id = workflow_id(&id)?;
+    let (actor, reason) = ActionBody::checked(&body)?;
+    act(&st, id, Event::TerminateRequested { actor, reason }).await
+}
+
+/// `POST /workflows/{id}/retry`: run the waiting or stuck step now.
+pub async fn retry(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let id = workflow_id(&id)?;
+    let (actor, reason) = ActionBody::checked(&body)?;
+    act(&st, id, Event::RetryRequested { actor, reason }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalBody {
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `POST /workflows/{id}/signals/{name}`: deliver a named signal with a payload.
+pub async fn signal(
+    State(st): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let id = workflow_id(&id)?;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid {
+        return Err(ApiError::bad(
+            "name",
+            "a signal name is 1 to 64 letters, digits, `_`, `.` or `-`",
+        ));
+    }
+    let b: SignalBody = if body.is_empty() {
+        SignalBody {
+            payload: Value::Null,
+            actor: None,
+        }
+    } else {
+        parse(&body)?
+    };
+    let actor = b.actor.unwrap_or_else(|| "api".to_owned());
+    act(
+        &st,
+        id,
+        Event::SignalReceived {
+            name,
+            payload: b.payload,
+            actor,
+        },
+    )
+    .await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

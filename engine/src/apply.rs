@@ -1,0 +1,398 @@
+//! Apply, commit, then act. Loads workflows under their row locks, folds a batch of events
+//! through their definitions, and writes all of it (history, snapshots, outbox rows, timers) in
+//! the caller's transaction with one multi-row statement per table. Nothing is published here:
+//! the relay publishes outbox rows after the commit (DESIGN.md §3.1).
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use orderflow_activities::broker::Topology;
+use orderflow_core::{
+    Command, DecideError, Decision, Event, Registry, TaskMessage, WorkflowId, WorkflowState,
+    WorkflowStatus,
+};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{
+    channels, metrics,
+    store::{
+        history::{self, HistoryRow},
+        outbox::{self, NewTask},
+        timers::{self, NewTimer},
+        workflows::{self, NewWorkflow, Update},
+    },
+};
+
+/// Why applying failed as a whole (the transaction must be rolled back).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored state of workflow {0} does not load: {1}")]
+    CorruptState(Uuid, serde_json::Error),
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Recorded at `seq`; `ignored` says why when it changed nothing.
+    Applied {
+        seq: i64,
+        status: WorkflowStatus,
+        ignored: Option<String>,
+    },
+    /// The decider refused it; nothing was recorded.
+    Rejected(DecideError),
+    /// No such workflow (or, with `skip_locked`, another transaction holds it).
+    NotFound,
+}
+
+/// A request to start a workflow.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub workflow_type: String,
+    pub input: Value,
+    pub business_keys: Value,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+}
+
+/// Why a start was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown workflow type `{0}`")]
+    UnknownType(String),
+    #[error("{0}")]
+    Invalid(DecideError),
+    #[error("the Idempotency-Key was already used with a different request")]
+    KeyReused,
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// A started (or, for a repeated idempotency key, found) workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub id: WorkflowId,
+    pub created: bool,
+}
+
+/// Folds events and writes their effects; shared by the API, the intake and the timer poller.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub registry: Arc<Registry>,
+    pub topology: Topology,
+}
+
+impl Applier {
+    pub fn new(registry: Arc<Registry>, topology: Topology) -> Self {
+        Self { registry, topology }
+    }
+
+    /// Starts one workflow in its own transaction. A repeated idempotency key with the same
+    /// request hash returns the first workflow; with another hash it is refused.
+    pub async fn start(
+        &self,
+        pool: &sqlx::PgPool,
+        req: StartRequest,
+    ) -> Result<Started, StartError> {
+        let def = self
+            .registry
+            .latest(&req.workflow_type)
+            .ok_or_else(|| StartError::UnknownType(req.workflow_type.clone()))?;
+        if let Some(key) = &req.idempotency_key {
+            let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
+            if let Some(found) = existing(&mut conn, key, &req.request_hash).await? {
+                return Ok(found);
+            }
+        }
+        def.validate_input(&req.input)
+            .map_err(StartError::Invalid)?;
+        let id = WorkflowId::new_v7();
+        let at = now();
+        let (state, decision) = def.start(id, &req.input, at).map_err(StartError::Invalid)?;
+        let event = Event::WorkflowStarted {
+            workflow_type: def.workflow_type().to_owned(),
+            version: def.version(),
+            input: req.input.clone(),
+        };
+        let mut w = Writes::default();
+        let meta = Meta {
+            id: id.0,
+            workflow_type: def.workflow_type().to_owned(),
+        };
+        w.record(&self.topology, &meta, 1, at, &event, &decision)?;
+        w.new_workflows.push(NewWorkflow {
+            id: id.0,
+            workflow_type: meta.workflow_type.clone(),
+            version: def.version() as i32,
+            status: state.status().as_str().to_owned(),
+            reason: None,
+            state: snapshot(state.as_ref())?,
+            last_seq: 1,
+            business_keys: req.business_keys.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash: req.request_hash.clone(),
+            at,
+        });
+        let mut tx = pool.begin().await.map_err(ApplyError::from)?;
+        let inserted = workflows::insert_many(&mut tx, &w.new_workflows)
+            .await
+            .map_err(ApplyError::from)?;
+        if inserted.is_empty() {
+            // Another request with the same key won the race; answer as a repeat.
+            tx.rollback().await.map_err(ApplyError::from)?;
+            let key = req.idempotency_key.as_deref().unwrap_or_default();
+            let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
+            return existing(&mut conn, key, &req.request_hash)
+                .await?
+                .ok_or(StartError::KeyReused);
+        }
+        w.new_workflows.clear();
+        w.write(&mut tx).await?;
+        tx.commit().await.map_err(ApplyError::from)?;
+        metrics::WORKFLOWS_STARTED
+            .with_label_values(&[&meta.workflow_type])
+            .inc();
+        Ok(Started { id, created: true })
+    }
+
+    /// Applies `events` (in order) to their workflows inside `tx`, locking each workflow first.
+    /// The caller commits. With `skip_locked`, workflows held by another transaction are
+    /// answered `NotFound` and left for later.
+    pub async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(WorkflowId, Event)],
+        skip_locked: bool,
+    ) -> Result<Vec<Outcome>, ApplyError> {
+        let mut ids: Vec<Uuid> = events.iter().map(|(id, _)| id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let locked = workflows::lock(tx, &ids, skip_locked).await?;
+        let mut loaded: HashMap<Uuid, Loaded> = HashMap::with_capacity(locked.len());
+        for row in locked {
+            let state: Box<dyn WorkflowState> = serde_json::from_value(row.state)
+                .map_err(|e| ApplyError::CorruptState(row.id, e))?;
+            loaded.insert(
+                row.id,
+                Loaded {
+                    meta: Meta {
+                        id: row.id,
+                        workflow_type: row.workflow_type,
+                    },
+                    version: row.version as u32,
+                    state,
+                    last_seq: row.last_seq,
+                    dirty: false,
+                },
+            );
+        }
+        let at = now();
+        let mut w = Writes::default();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (id, event) in events {
+            let Some(wf) = loaded.get_mut(&id.0) else {
+                outcomes.push(Outcome::NotFound);
+                continue;
+            };
+            let Some(def) = self.registry.get(&wf.meta.workflow_type, wf.version) else {
+                outcomes.push(Outcome::Rejected(DecideError::Inconsistent(format!(
+                    "no definition {} v{} is deployed",
+                    wf.meta.workflow_type, wf.version
+                ))));
+                continue;
+            };
+            match def.decide(wf.state.as_mut(), event, at) {
+                Ok(decision) => {
+                    wf.last_seq += 1;
+                    wf.dirty = true;
+                    w.record(&self.topology, &wf.meta, wf.last_seq, at, event, &decision)?;
+                    outcomes.push(Outcome::Applied {
+                        seq: wf.last_seq,
+                        status: wf.state.status(),
+                        ignored: decision.ignored,
+                    });
+                }
+                Err(e) => outcomes.push(Outcome::Rejected(e)),
+            }
+        }
+        for wf in loaded.values().filter(|wf| wf.dirty) {
+            let view = wf.state.view();
+            w.updates.push(Update {
+                id: wf.meta.id,
+                status: view.status.as_str().to_owned(),
+                reason: view.reason,
+                state: snapshot(wf.state.as_ref())?,
+                last_seq: wf.last_seq,
+                at,
+            });
+        }
+        w.write(tx).await?;
+        Ok(outcomes)
+    }
+}
+
+async fn existing(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &Option<String>,
+) -> Result<Option<Started>, StartError> {
+    match workflows::by_idempotency_key(conn, key)
+        .await
+        .map_err(ApplyError::from)?
+    {
+        Some((id, stored)) if stored == *hash => Ok(Some(Started {
+            id: WorkflowId(id),
+            created: false,
+        })),
+        Some(_) => Err(StartError::KeyReused),
+        None => Ok(None),
+    }
+}
+
+/// The engine's clock: the only place that reads the time for events.
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn snapshot(state: &dyn WorkflowState) -> Result<Value, ApplyError> {
+    // Serializing our own types cannot fail short of a bug; surface it as corrupt state.
+    serde_json::to_value(state).map_err(|e| ApplyError::CorruptState(Uuid::nil(), e))
+}
+
+#[derive(Debug)]
+struct Meta {
+    id: Uuid,
+    workflow_type: String,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    meta: Meta,
+    version: u32,
+    state: Box<dyn WorkflowState>,
+    last_seq: i64,
+    dirty: bool,
+}
+
+/// Everything one transaction writes.
+#[derive(Debug, Default)]
+struct Writes {
+    new_workflows: Vec<NewWorkflow>,
+    updates: Vec<Update>,
+    history: Vec<HistoryRow>,
+    outbox: Vec<NewTask>,
+    timers: Vec<NewTimer>,
+    cancelled_timers: Vec<Uuid>,
+    finished: Vec<(String, WorkflowStatus)>,
+    soonest_timer: Option<DateTime<Utc>>,
+}
+
+impl Writes {
+    /// Records one decided event and turns its commands into rows.
+    fn record(
+        &mut self,
+        topology: &Topology,
+        wf: &Meta,
+        seq: i64,
+        at: DateTime<Utc>,
+        event: &Event,
+        decision: &Decision,
+    ) -> Result<(), ApplyError> {
+        let json = |v: serde_json::Result<Value>| v.map_err(|e| ApplyError::CorruptState(wf.id, e));
+        self.history.push(HistoryRow {
+            workflow_id: wf.id,
+            seq,
+            at,
+            event: json(serde_json::to_value(event))?,
+            commands: json(serde_json::to_value(&decision.commands))?,
+            ignored: decision.ignored.clone(),
+        });
+        for command in &decision.commands {
+            match command {
+                Command::ScheduleActivity(spec) => {
+                    let task = TaskMessage {
+                        task_id: spec.task_id,
+                        workflow_id: WorkflowId(wf.id),
+                        workflow_type: wf.workflow_type.clone(),
+                        step: spec.step.clone(),
+                        activity: spec.activity.clone(),
+                        phase: spec.phase,
+                        attempt: spec.attempt,
+                        idempotency_key: spec.idempotency_key.clone(),
+                        deadline: spec.deadline,
+                        payload: spec.payload.clone(),
+                        traceparent: None,
+                    };
+                    self.outbox.push(NewTask {
+                        workflow_id: wf.id,
+                        task_id: spec.task_id.0,
+                        queue: topology.task_queue(&spec.activity),
+                        body: json(serde_json::to_value(&task))?,
+                    });
+                }
+                Command::StartTimer {
+                    timer_id,
+                    fire_at,
+                    purpose,
+                } => {
+                    self.soonest_timer =
+                        Some(self.soonest_timer.map_or(*fire_at, |s| s.min(*fire_at)));
+                    self.timers.push(NewTimer {
+                        id: timer_id.0,
+                        workflow_id: wf.id,
+                        fire_at: *fire_at,
+                        purpose: json(serde_json::to_value(purpose))?,
+                    });
+                }
+                Command::CancelTimer { timer_id } => self.cancelled_timers.push(timer_id.0),
+                Command::Finish { status, .. } => {
+                    self.finished.push((wf.workflow_type.clone(), *status));
+                }
+                Command::RequireAttention { reason } => {
+                    tracing::warn!(workflow_id = %wf.id, %reason, "workflow needs attention");
+                    self.finished
+                        .push((wf.workflow_type.clone(), WorkflowStatus::NeedsAttention));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every row with one statement per table and queues the wake-ups, which Postgres
+    /// delivers only if the transaction commits.
+    async fn write(self, tx: &mut PgConnection) -> Result<(), ApplyError> {
+        workflows::insert_many(tx, &self.new_workflows).await?;
+        workflows::update_many(tx, &self.updates).await?;
+        history::insert_many(tx, &self.history).await?;
+        outbox::insert_many(tx, &self.outbox).await?;
+        // Insert before delete: a timer started and cancelled within one batch must end deleted.
+        timers::insert_many(tx, &self.timers).await?;
+        timers::delete_many(tx, &self.cancelled_timers).await?;
+        if !self.outbox.is_empty() {
+            sqlx::query("select pg_notify($1, '')")
+                .bind(channels::OUTBOX)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Timers far in the future are found by the poller's fallback; only soon ones wake it.
+        if self
+            .soonest_timer
+            .is_some_and(|t| t < now() + chrono::Duration::seconds(1))
+        {
+            sqlx::query("select pg_notify($1, '')")
+                .bind(channels::TIMERS)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (workflow_type, status) in &self.finished {
+            metrics::WORKFLOWS_FINISHED
+                .with_label_values(&[workflow_type, status.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+}

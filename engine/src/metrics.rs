@@ -1,0 +1,72 @@
+//! Prometheus metrics of the engine, registered in the default registry and served at `/metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramVec, IntCounter, IntCounterVec, TextEncoder, register_histogram_vec,
+    register_int_counter, register_int_counter_vec,
+};
+
+pub static WORKFLOWS_STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "orderflow_workflows_started_total",
+        "Workflows started",
+        &["type"]
+    )
+    .expect("metric registers once")
+});
+
+pub static WORKFLOWS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "orderflow_workflows_finished_total",
+        "Workflows that reached a terminal status or needs_attention",
+        &["type", "status"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RESULTS_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("orderflow_results_applied_total", "Worker results applied")
+        .expect("metric registers once")
+});
+
+pub static TASKS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "orderflow_tasks_published_total",
+        "Tasks confirmed by the broker"
+    )
+    .expect("metric registers once")
+});
+
+pub static TIMERS_FIRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("orderflow_timers_fired_total", "Durable timers fired")
+        .expect("metric registers once")
+});
+
+pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "orderflow_batch_size",
+        "Items handled per transaction, by loop (intake, relay, timers)",
+        &["loop"],
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "http_request_duration_seconds",
+        "HTTP request duration by method, route and status",
+        &["method", "route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// The text exposition of every registered metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&prometheus::gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buf).unwrap_or_default()
+}

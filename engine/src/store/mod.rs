@@ -1,0 +1,7 @@
+//! Storage, one module per table. Every function takes the caller's connection or transaction so
+//! the caller decides what commits together; batches are written with multi-row `UNNEST` inserts.
+
+pub mod history;
+pub mod outbox;
+pub mod timers;
+pub mod workflows;

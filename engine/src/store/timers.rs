@@ -1,0 +1,90 @@
+//! `timers`: durable wake-ups. Rows are only written or deleted under their workflow's row lock.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// A timer to create.
+#[derive(Debug, Clone)]
+pub struct NewTimer {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub fire_at: DateTime<Utc>,
+    pub purpose: Value,
+}
+
+pub async fn insert_many(conn: &mut PgConnection, rows: &[NewTimer]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let id: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let wf: Vec<Uuid> = rows.iter().map(|r| r.workflow_id).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.fire_at).collect();
+    let purpose: Vec<&Value> = rows.iter().map(|r| &r.purpose).collect();
+    sqlx::query(
+        "insert into timers (id, workflow_id, fire_at, purpose)
+         select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::jsonb[])
+         on conflict (id) do nothing",
+    )
+    .bind(id)
+    .bind(wf)
+    .bind(at)
+    .bind(purpose)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("delete from timers where id = any($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Workflows with a due timer, soonest first (no lock: the caller locks the workflows next).
+pub async fn due_workflows(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "select distinct workflow_id from (
+             select workflow_id from timers where fire_at <= $1 order by fire_at limit $2
+         ) due",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Deletes and returns the due timers of workflows the caller has locked.
+pub async fn take_due(
+    conn: &mut PgConnection,
+    workflows: &[Uuid],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query_as(
+        "delete from timers where workflow_id = any($1) and fire_at <= $2
+         returning workflow_id, id",
+    )
+    .bind(workflows)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// When the next timer is due, if any.
+pub async fn next_due(conn: &mut PgConnection) -> sqlx::Result<Option<DateTime<Utc>>> {
+    let row: (Option<DateTime<Utc>>,) = sqlx::query_as("select min(fire_at) from timers")
+        .fetch_one(conn)
+        .await?;
+    Ok(row.0)
+}

@@ -1,0 +1,383 @@
+//! The order saga end to end on the real stack: the engine and workers in-process against a fresh
+//! Postgres database and a unique set of RabbitMQ queues; faults are injected through the
+//! recording activities' `activity_faults` table.
+
+use std::{sync::Arc, time::Duration};
+
+use orderflow_activities::{
+    broker::{self, Outgoing},
+    contracts::*,
+    recording::{self, Fault},
+    worker::Worker,
+};
+use orderflow_core::{Event, Registry, ResultMessage, TaskOutcome, WorkflowId};
+use orderflow_engine::apply::{Applier, Outcome};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, scheduled, settled, start_order};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Stack {
+    env: TestEnv,
+    applier: Applier,
+    stops: Vec<CancellationToken>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for s in &self.stops {
+            s.cancel();
+        }
+    }
+}
+
+impl Stack {
+    /// Engine and workers for every activity except those in `without`.
+    async fn new(def: orderflow_core::SagaDefinition, without: &[&str]) -> anyhow::Result<Self> {
+        let env = TestEnv::new().await?;
+        let registry = Arc::new(Registry::new().with(def));
+        let applier = env.applier(registry.clone());
+        let mut stack = Self {
+            stops: vec![env.spawn_engine(registry)],
+            env,
+            applier,
+        };
+        let keep: Vec<&str> = ORDER_SAGA_ACTIVITIES
+            .iter()
+            .copied()
+            .filter(|a| !without.contains(a))
+            .collect();
+        stack.spawn_workers(&keep);
+        Ok(stack)
+    }
+
+    fn spawn_workers(&mut self, activities: &[&str]) {
+        let stop = CancellationToken::new();
+        let mut worker = Worker::builder(amqp_url(), self.env.topology.clone());
+        for h in recording::order_saga_handlers(self.env.pool.clone()) {
+            if activities.contains(&h.activity()) {
+                worker = worker.handler(h, 8);
+            }
+        }
+        let s = stop.clone();
+        tokio::spawn(async move { worker.build().run(s.cancelled_owned()).await });
+        self.stops.push(stop);
+    }
+
+    async fn effects(&self) -> anyhow::Result<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("select activity from activity_effects order by created_at, activity")
+                .fetch_all(&self.env.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn step(&self, id: Uuid, step: &str) -> anyhow::Result<Value> {
+        let (state,): (Value,) = sqlx::query_as("select state from workflows where id = $1")
+            .bind(id)
+            .fetch_one(&self.env.pool)
+            .await?;
+        let steps = state["steps"].as_array().cloned().unwrap_or_default();
+        Ok(steps
+            .into_iter()
+            .find(|s| s["name"] == step)
+            .unwrap_or(Value::Null))
+    }
+
+    async fn act(&self, id: Uuid, event: Event) -> anyhow::Result<Outcome> {
+        let mut tx = self.env.pool.begin().await?;
+        let out = self
+            .applier
+            .apply(&mut tx, &[(WorkflowId(id), event)], false)
+            .await?
+            .remove(0);
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_saga_completes() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    assert_eq!(
+        scheduled(&stack.env.pool, id).await?,
+        [
+            INVENTORY_RESERVE,
+            PAYMENT_CHARGE,
+            ORDER_CREATE,
+            NOTIFICATION_SEND
+        ]
+    );
+    assert_eq!(
+        sorted(stack.effects().await?),
+        sorted(vec![
+            INVENTORY_RESERVE.into(),
+            PAYMENT_CHARGE.into(),
+            ORDER_CREATE.into(),
+            NOTIFICATION_SEND.into()
+        ])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_at_step_two_compensates_step_one() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    recording::inject(
+        &stack.env.pool,
+        &Fault::permanent(PAYMENT_CHARGE, "processor_error"),
+    )
+    .await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "compensated");
+    let steps = scheduled(&stack.env.pool, id).await?;
+    // processor_error is not in the step's non-retryable list, but the error itself is permanent.
+    assert_eq!(
+        steps,
+        [INVENTORY_RESERVE, PAYMENT_CHARGE, INVENTORY_RELEASE]
+    );
+    assert_eq!(
+        stack.effects().await?,
+        [INVENTORY_RESERVE, INVENTORY_RELEASE]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pivot_compensates_in_reverse_order() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    recording::inject(
+        &stack.env.pool,
+        &Fault::permanent(ORDER_CREATE, "invalid_order"),
+    )
+    .await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "compensated");
+    assert_eq!(
+        scheduled(&stack.env.pool, id).await?,
+        [
+            INVENTORY_RESERVE,
+            PAYMENT_CHARGE,
+            ORDER_CREATE,
+            PAYMENT_REFUND,
+            INVENTORY_RELEASE
+        ]
+    );
+    assert_eq!(
+        stack.effects().await?,
+        [
+            INVENTORY_RESERVE,
+            PAYMENT_CHARGE,
+            PAYMENT_REFUND,
+            INVENTORY_RELEASE
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_with_backoff() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    recording::inject(
+        &stack.env.pool,
+        &Fault::transient(PAYMENT_CHARGE, "flaky").times(2),
+    )
+    .await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    let charge = stack.step(id, "charge").await?;
+    assert_eq!(charge["attempts"], 3);
+    let (retry_timers,): (i64,) = sqlx::query_as(
+        "select count(*) from history h, jsonb_array_elements(h.commands) c
+         where h.workflow_id = $1 and c->>'type' = 'start_timer'
+           and c->'purpose'->>'purpose' = 'retry'",
+    )
+    .bind(id)
+    .fetch_one(&stack.env.pool)
+    .await?;
+    assert_eq!(
+        retry_timers, 2,
+        "each failed attempt waits on a backoff timer"
+    );
+    assert_eq!(stack.effects().await?.len(), 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_nobody_answers_is_retried_after_its_timeout_and_the_late_result_is_ignored()
+-> anyhow::Result<()> {
+    let def = sagas::order(Duration::from_millis(700), Duration::from_millis(50));
+    let mut stack = Stack::new(def, &[PAYMENT_CHARGE]).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    // Nobody consumes payment.charge: the first attempt's start-to-close timer must fire.
+    eventually(
+        SETTLE,
+        "the charge to be retried after its timeout",
+        || async { Ok((stack.step(id, "charge").await?["attempts"] == 2).then_some(())) },
+    )
+    .await?;
+    stack.spawn_workers(&[PAYMENT_CHARGE]);
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    assert_eq!(
+        stack.effects().await?.len(),
+        4,
+        "the charge happened once for all attempts"
+    );
+    let charge = stack.step(id, "charge").await?;
+    assert_eq!(charge["last_error"]["code"], "timeout");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    let (command,): (Value,) = sqlx::query_as(
+        "select c from history h, jsonb_array_elements(h.commands) c
+         where h.workflow_id = $1 and c->>'type' = 'schedule_activity' order by h.seq limit 1",
+    )
+    .bind(id)
+    .fetch_one(&stack.env.pool)
+    .await?;
+    let duplicate = ResultMessage {
+        task_id: serde_json::from_value(command["task_id"].clone())?,
+        workflow_id: WorkflowId(id),
+        attempt: 1,
+        outcome: TaskOutcome::Completed {
+            output: serde_json::json!({"again": true}),
+        },
+    };
+    let conn = broker::connect(&amqp_url(), Duration::from_secs(5)).await?;
+    let ch = broker::confirm_channel(&conn).await?;
+    let bytes = serde_json::to_vec(&duplicate)?;
+    let queue = stack.env.topology.results_queue();
+    let msg = Outgoing {
+        queue: &queue,
+        body: &bytes,
+        message_id: "dup".into(),
+        traceparent: None,
+    };
+    broker::publish_confirmed(&ch, &[msg]).await?;
+    let ignored = eventually(SETTLE, "the duplicate to be recorded", || async {
+        let row: Option<(String,)> = sqlx::query_as(
+            "select ignored from history where workflow_id = $1 and ignored is not null",
+        )
+        .bind(id)
+        .fetch_optional(&stack.env.pool)
+        .await?;
+        Ok(row.map(|r| r.0))
+    })
+    .await?;
+    assert!(ignored.contains("no attempt is waiting"), "{ignored}");
+    assert_eq!(stack.env.status(id).await?, "completed");
+    assert_eq!(
+        stack.step(id, "reserve").await?["output"]["again"],
+        Value::Null
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_compensates_what_was_done() -> anyhow::Result<()> {
+    let def = sagas::order(Duration::from_secs(5), Duration::from_secs(60));
+    let stack = Stack::new(def, &[]).await?;
+    recording::inject(
+        &stack.env.pool,
+        &Fault::transient(PAYMENT_CHARGE, "flaky").times(1),
+    )
+    .await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    eventually(SETTLE, "the charge to wait on its backoff", || async {
+        Ok((stack.step(id, "charge").await?["status"] == "retrying").then_some(()))
+    })
+    .await?;
+    let cancel = Event::CancelRequested {
+        actor: "test".into(),
+        reason: "customer changed their mind".into(),
+    };
+    let out = stack.act(id, cancel).await?;
+    assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "cancelled");
+    assert_eq!(
+        stack.effects().await?,
+        [INVENTORY_RESERVE, INVENTORY_RELEASE]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_pivot_retries_forward_and_never_compensates() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    recording::inject(
+        &stack.env.pool,
+        &Fault::transient(NOTIFICATION_SEND, "flaky").times(6),
+    )
+    .await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    assert_eq!(
+        stack.step(id, "notify").await?["attempts"],
+        7,
+        "retried past the usual budget"
+    );
+    let effects = stack.effects().await?;
+    let undone = [PAYMENT_REFUND, INVENTORY_RELEASE, ORDER_CANCEL];
+    assert!(
+        !effects.iter().any(|e| undone.contains(&e.as_str())),
+        "{effects:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_retryable_error_compensates_at_once() -> anyhow::Result<()> {
+    let stack = Stack::new(sagas::fast_order(), &[]).await?;
+    // The fault marks card_declined retryable, but the step's policy lists the code as never
+    // retryable: the policy wins.
+    let fault = Fault::transient(PAYMENT_CHARGE, "card_declined").times(1);
+    recording::inject(&stack.env.pool, &fault).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "compensated");
+    assert_eq!(stack.step(id, "charge").await?["attempts"], 1);
+    assert_eq!(
+        stack.effects().await?,
+        [INVENTORY_RESERVE, INVENTORY_RELEASE]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_started_later_resumes_unsent_tasks() -> anyhow::Result<()> {
+    // Sagas started while no engine runs wait in the outbox; a new engine publishes them.
+    let env = TestEnv::new().await?;
+    let registry = Arc::new(Registry::new().with(sagas::fast_order()));
+    let applier = env.applier(registry.clone());
+    let ids = [
+        start_order(&env, &applier).await?,
+        start_order(&env, &applier).await?,
+    ];
+    let (outbox,): (i64,) = sqlx::query_as("select count(*) from outbox")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(outbox, 2);
+    let mut stack = Stack {
+        stops: vec![env.spawn_engine(registry)],
+        env,
+        applier,
+    };
+    stack.spawn_workers(&ORDER_SAGA_ACTIVITIES);
+    for id in ids {
+        assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    }
+    Ok(())
+}
