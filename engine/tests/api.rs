@@ -215,6 +215,24 @@ async fn start_answers_201_with_location_and_the_running_workflow() -> anyhow::R
     let steps = res.json["steps"].as_array().expect("steps");
     let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["reserve", "charge", "create_order", "notify"]);
+    let activities: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s["activity"].as_str())
+        .collect();
+    assert_eq!(
+        activities,
+        [
+            "inventory.reserve",
+            "payment.charge",
+            "order.create",
+            "notification.send"
+        ]
+    );
+    let kinds: Vec<&str> = steps.iter().filter_map(|s| s["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["compensatable", "compensatable", "pivot", "retriable"]
+    );
     assert_eq!(steps[0]["status"], "running");
     assert_eq!(steps[0]["attempts"], 1);
     assert!(

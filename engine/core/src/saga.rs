@@ -122,6 +122,13 @@ impl WorkflowDefinition for SagaDefinition {
         self.version
     }
 
+    fn describe(&self, view: &mut WorkflowView) {
+        for (step, def) in view.steps.iter_mut().zip(&self.steps) {
+            step.activity.clone_from(&def.activity);
+            step.kind = def.kind.as_str().to_owned();
+        }
+    }
+
     fn validate_input(&self, input: &Value) -> Result<(), DecideError> {
         match self.input_check {
             Some(check) => check(input).map_err(DecideError::InvalidInput),

@@ -165,6 +165,10 @@ pub trait WorkflowDefinition: fmt::Debug + Send + Sync {
         input: &Value,
         at: DateTime<Utc>,
     ) -> Result<(Box<dyn WorkflowState>, Decision), DecideError>;
+    /// Fills in what the state alone does not know (each step's activity and kind).
+    fn describe(&self, view: &mut WorkflowView) {
+        let _ = view;
+    }
     /// Folds any later event into `state`.
     fn decide(
         &self,

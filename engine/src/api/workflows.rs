@@ -120,7 +120,12 @@ pub async fn start(
         StatusCode::OK
     };
     let location = format!("/api/v1/workflows/{}", started.id);
-    Ok((status, [(header::LOCATION, location)], Json(detail(&row)?)).into_response())
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(detail(&st, &row)?),
+    )
+        .into_response())
 }
 
 async fn load(st: &AppState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {
@@ -157,12 +162,19 @@ fn summary(row: &store::WorkflowRow) -> Summary {
     }
 }
 
-fn detail(row: &store::WorkflowRow) -> Result<Value, ApiError> {
+fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<Value, ApiError> {
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
     let mut out = serde_json::to_value(summary(row)).map_err(|e| ApiError::Internal(e.into()))?;
-    out["steps"] =
-        serde_json::to_value(state.view().steps).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut view = state.view();
+    if let Some(def) = st
+        .applier
+        .registry
+        .get(&row.workflow_type, row.version as u32)
+    {
+        def.describe(&mut view);
+    }
+    out["steps"] = serde_json::to_value(view.steps).map_err(|e| ApiError::Internal(e.into()))?;
     out["last_seq"] = json!(row.last_seq);
     Ok(out)
 }
@@ -173,7 +185,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let row = load(&st, workflow_id(&id)?).await?;
-    Ok(Json(detail(&row)?))
+    Ok(Json(detail(&st, &row)?))
 }
 
 /// `GET /workflows/{id}/history`: the events in the replay format.
@@ -260,11 +272,14 @@ pub async fn list(
         created_after: time_param("created_after", &q.created_after)?,
         created_before: time_param("created_before", &q.created_before)?,
         before_id,
-        limit,
+        // One row more than asked tells whether another page exists.
+        limit: limit + 1,
     };
     let mut conn = st.pool.acquire().await?;
-    let rows = store::list(&mut conn, &filter).await?;
-    let next = (rows.len() as i64 == limit)
+    let mut rows = store::list(&mut conn, &filter).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
     let items: Vec<Summary> = rows.iter().map(summary).collect();
