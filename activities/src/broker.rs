@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     publisher_confirm::Confirmation,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use orderflow_core::protocol::{RESULTS_QUEUE, task_queue};
+use orderflow_core::protocol::{EVENTS_EXCHANGE, RESULTS_QUEUE, task_queue};
 
 /// Queue names, with a prefix so tests (and tenants) can share one broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +42,49 @@ impl Topology {
 
     pub fn dead_letter_queue(&self) -> String {
         format!("{}orderflow.dead", self.prefix)
+    }
+
+    /// The topic exchange of workflow lifecycle events.
+    pub fn events_exchange(&self) -> String {
+        format!("{}{}", self.prefix, EVENTS_EXCHANGE)
+    }
+
+    /// Declares the events exchange (durable topic).
+    pub async fn declare_events(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                &self.events_exchange(),
+                ExchangeKind::Topic,
+                opts,
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declares `queue` (durable, dead-lettered like every queue) and binds it to the events
+    /// exchange for `routing_key` (e.g. `workflow.finished.order`). A service calls this for the
+    /// events it follows; the queue name is the service's own (`<prefix>order.workflow-events`).
+    pub async fn bind_events(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        routing_key: &str,
+    ) -> Result<(), lapin::Error> {
+        self.declare_events(channel).await?;
+        self.declare_queue(channel, queue).await?;
+        channel
+            .queue_bind(
+                queue,
+                &self.events_exchange(),
+                routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Declares the dead-letter queue, the results queue and one task queue per activity.
@@ -108,6 +154,9 @@ pub async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error>
 /// One message to publish persistently.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
+    /// The exchange; `""` is the default exchange, which routes to the queue named `queue`.
+    pub exchange: &'a str,
+    /// The queue (default exchange) or routing key (any other exchange).
     pub queue: &'a str,
     pub body: &'a [u8],
     pub message_id: String,
@@ -144,7 +193,13 @@ pub async fn publish_confirmed(
             .with_message_id(m.message_id.as_str().into())
             .with_headers(headers);
         let confirm = channel
-            .basic_publish("", m.queue, BasicPublishOptions::default(), m.body, props)
+            .basic_publish(
+                m.exchange,
+                m.queue,
+                BasicPublishOptions::default(),
+                m.body,
+                props,
+            )
             .await?;
         pending.push((m.message_id.clone(), confirm));
     }

@@ -495,6 +495,7 @@ async fn process(
             .clone()
             .or_else(|| header_traceparent(&delivery));
         let msg = Outgoing {
+            exchange: "",
             queue: &results_queue,
             body: &body,
             message_id: task.task_id.to_string(),

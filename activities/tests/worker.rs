@@ -108,6 +108,7 @@ impl Env {
     async fn publish_raw(&self, activity: &str, body: &[u8]) -> anyhow::Result<()> {
         let queue = self.topology.task_queue(activity);
         let msg = Outgoing {
+            exchange: "",
             queue: &queue,
             body,
             message_id: Uuid::new_v4().to_string(),

@@ -8,8 +8,8 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::{DateTime, Utc};
 use orderflow_activities::broker::Topology;
 use orderflow_core::{
-    Command, DecideError, Decision, Event, Registry, TaskMessage, WorkflowId, WorkflowState,
-    WorkflowStatus,
+    Command, DecideError, Decision, Event, Registry, StepStatus, TaskMessage, WorkflowFinished,
+    WorkflowId, WorkflowState, WorkflowStatus, protocol::finished_routing_key,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -122,8 +122,17 @@ impl Applier {
         let meta = Meta {
             id: id.0,
             workflow_type: def.workflow_type().to_owned(),
+            business_keys: req.business_keys.clone(),
         };
-        w.record(&self.topology, &meta, 1, at, &event, &decision)?;
+        w.record(
+            &self.topology,
+            &meta,
+            1,
+            at,
+            &event,
+            &decision,
+            state.as_ref(),
+        )?;
         w.new_workflows.push(NewWorkflow {
             id: id.0,
             workflow_type: meta.workflow_type.clone(),
@@ -182,6 +191,7 @@ impl Applier {
                     meta: Meta {
                         id: row.id,
                         workflow_type: row.workflow_type,
+                        business_keys: row.business_keys,
                     },
                     version: row.version as u32,
                     state,
@@ -209,7 +219,15 @@ impl Applier {
                 Ok(decision) => {
                     wf.last_seq += 1;
                     wf.dirty = true;
-                    w.record(&self.topology, &wf.meta, wf.last_seq, at, event, &decision)?;
+                    w.record(
+                        &self.topology,
+                        &wf.meta,
+                        wf.last_seq,
+                        at,
+                        event,
+                        &decision,
+                        wf.state.as_ref(),
+                    )?;
                     outcomes.push(Outcome::Applied {
                         seq: wf.last_seq,
                         status: wf.state.status(),
@@ -267,6 +285,7 @@ fn snapshot(state: &dyn WorkflowState) -> Result<Value, ApplyError> {
 struct Meta {
     id: Uuid,
     workflow_type: String,
+    business_keys: Value,
 }
 
 #[derive(Debug)]
@@ -292,7 +311,9 @@ struct Writes {
 }
 
 impl Writes {
-    /// Records one decided event and turns its commands into rows.
+    /// Records one decided event and turns its commands into rows. `state` is the state after
+    /// the event, for what a finished event reports.
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         topology: &Topology,
@@ -301,6 +322,7 @@ impl Writes {
         at: DateTime<Utc>,
         event: &Event,
         decision: &Decision,
+        state: &dyn WorkflowState,
     ) -> Result<(), ApplyError> {
         let json = |v: serde_json::Result<Value>| v.map_err(|e| ApplyError::CorruptState(wf.id, e));
         self.history.push(HistoryRow {
@@ -330,6 +352,7 @@ impl Writes {
                     self.outbox.push(NewTask {
                         workflow_id: wf.id,
                         task_id: spec.task_id.0,
+                        exchange: String::new(),
                         queue: topology.task_queue(&spec.activity),
                         body: json(serde_json::to_value(&task))?,
                     });
@@ -349,8 +372,31 @@ impl Writes {
                     });
                 }
                 Command::CancelTimer { timer_id } => self.cancelled_timers.push(timer_id.0),
-                Command::Finish { status, .. } => {
+                Command::Finish { status, reason } => {
                     self.finished.push((wf.workflow_type.clone(), *status));
+                    // Services follow their sagas through this event, published after commit.
+                    let cause = state
+                        .view()
+                        .steps
+                        .into_iter()
+                        .find(|s| s.status == StepStatus::Failed)
+                        .and_then(|s| s.last_error);
+                    let finished = WorkflowFinished {
+                        workflow_id: WorkflowId(wf.id),
+                        workflow_type: wf.workflow_type.clone(),
+                        status: *status,
+                        reason: reason.clone(),
+                        cause,
+                        business_keys: wf.business_keys.clone(),
+                        at,
+                    };
+                    self.outbox.push(NewTask {
+                        workflow_id: wf.id,
+                        task_id: WorkflowId(wf.id).derive("finished"),
+                        exchange: topology.events_exchange(),
+                        queue: finished_routing_key(&wf.workflow_type),
+                        body: json(serde_json::to_value(&finished))?,
+                    });
                 }
                 Command::RequireAttention { reason } => {
                     tracing::warn!(workflow_id = %wf.id, %reason, "workflow needs attention");

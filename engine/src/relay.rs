@@ -34,6 +34,7 @@ pub async fn relay_once(pool: &PgPool, channel: &Channel, limit: i64) -> Result<
         .iter()
         .zip(&bodies)
         .map(|(r, body)| Outgoing {
+            exchange: &r.exchange,
             queue: &r.queue,
             body,
             message_id: r.task_id.to_string(),

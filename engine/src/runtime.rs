@@ -79,14 +79,21 @@ impl Engine {
         channel: &Channel,
         declared: &mut HashSet<String>,
     ) -> anyhow::Result<()> {
-        let queues: Vec<(String,)> = sqlx::query_as("select distinct queue from outbox")
-            .fetch_all(&self.pool)
-            .await?;
-        for (q,) in queues {
-            if !declared.contains(&q) {
-                self.config.topology.declare_queue(channel, &q).await?;
-                declared.insert(q);
+        let targets: Vec<(String, String)> =
+            sqlx::query_as("select distinct exchange, queue from outbox")
+                .fetch_all(&self.pool)
+                .await?;
+        for (exchange, queue) in targets {
+            let target = if exchange.is_empty() { queue } else { exchange };
+            if declared.contains(&target) {
+                continue;
             }
+            if target == self.config.topology.events_exchange() {
+                self.config.topology.declare_events(channel).await?;
+            } else {
+                self.config.topology.declare_queue(channel, &target).await?;
+            }
+            declared.insert(target);
         }
         Ok(())
     }

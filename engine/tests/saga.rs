@@ -262,6 +262,7 @@ async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(&duplicate)?;
     let queue = stack.env.topology.results_queue();
     let msg = Outgoing {
+        exchange: "",
         queue: &queue,
         body: &bytes,
         message_id: "dup".into(),
@@ -379,5 +380,56 @@ async fn an_engine_started_later_resumes_unsent_tasks() -> anyhow::Result<()> {
     for id in ids {
         assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_hear_when_a_saga_finishes_and_why() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+
+    // No charge worker until the fault is in place, so the declined saga cannot charge first.
+    let mut stack = Stack::new(sagas::fast_order(), &[PAYMENT_CHARGE]).await?;
+    let conn = broker::connect(&amqp_url(), Duration::from_secs(5)).await?;
+    let ch = conn.create_channel().await?;
+    let topology = &stack.env.topology;
+    let queue = format!("{}order.workflow-events", topology.prefix);
+    topology
+        .bind_events(&ch, &queue, "workflow.finished.order")
+        .await?;
+    let mut events = ch
+        .basic_consume(
+            &queue,
+            "",
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+
+    let fault = Fault::permanent(PAYMENT_CHARGE, "card_declined");
+    let declined = start_order(&stack.env, &stack.applier).await?;
+    recording::inject(&stack.env.pool, &fault.for_workflow(declined)).await?;
+    let ok = start_order(&stack.env, &stack.applier).await?;
+    stack.spawn_workers(&[PAYMENT_CHARGE]);
+    let mut heard = std::collections::HashMap::new();
+    while heard.len() < 2 {
+        let delivery = tokio::time::timeout(SETTLE, events.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        let finished: orderflow_core::WorkflowFinished = serde_json::from_slice(&delivery.data)?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        heard.insert(finished.workflow_id.0, finished);
+    }
+    assert_eq!(heard[&ok].status, orderflow_core::WorkflowStatus::Completed);
+    assert_eq!(heard[&ok].cause, None);
+    assert_eq!(
+        heard[&declined].status,
+        orderflow_core::WorkflowStatus::Compensated
+    );
+    let cause = heard[&declined]
+        .cause
+        .as_ref()
+        .expect("a compensated saga says why");
+    assert_eq!(cause.code, "card_declined");
     Ok(())
 }

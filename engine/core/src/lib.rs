@@ -38,7 +38,7 @@ pub use definition::{DefinitionError, SagaDefinition, Step, StepKind};
 pub use event::{Command, Decision, Event, Phase, TaskSpec, TimerPurpose};
 pub use history::{History, RecordedEvent};
 pub use ids::{TaskId, TimerId, WorkflowId};
-pub use protocol::{ActivityError, ResultMessage, TaskMessage, TaskOutcome};
+pub use protocol::{ActivityError, ResultMessage, TaskMessage, TaskOutcome, WorkflowFinished};
 pub use registry::Registry;
 pub use replay::{ReplayError, replay};
 pub use retry::RetryPolicy;

@@ -82,3 +82,26 @@ impl ActivityError {
         }
     }
 }
+
+/// Topic exchange (before any prefix) on which the engine publishes workflow lifecycle events,
+/// so services can follow the sagas they started without reading the engine's tables.
+pub const EVENTS_EXCHANGE: &str = "orderflow.events";
+
+/// Routing key of [`WorkflowFinished`] for a workflow type: `workflow.finished.<type>`.
+pub fn finished_routing_key(workflow_type: &str) -> String {
+    format!("workflow.finished.{workflow_type}")
+}
+
+/// Published (through the outbox, after the commit) when a workflow reaches a terminal status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowFinished {
+    pub workflow_id: WorkflowId,
+    pub workflow_type: String,
+    pub status: crate::WorkflowStatus,
+    pub reason: Option<String>,
+    /// The error that made the saga compensate, if one did (`out_of_stock`, `card_declined`).
+    pub cause: Option<ActivityError>,
+    /// The business keys the workflow was started with (`order_id`, `user_id`).
+    pub business_keys: Value,
+    pub at: DateTime<Utc>,
+}

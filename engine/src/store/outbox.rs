@@ -8,7 +8,11 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub workflow_id: Uuid,
+    /// The task id, or for an event a message id derived from the workflow.
     pub task_id: Uuid,
+    /// `""` for the default exchange (task queues), else the events exchange.
+    pub exchange: String,
+    /// The queue, or the routing key when `exchange` is set.
     pub queue: String,
     pub body: Value,
 }
@@ -18,6 +22,7 @@ pub struct NewTask {
 pub struct OutboxRow {
     pub id: i64,
     pub task_id: Uuid,
+    pub exchange: String,
     pub queue: String,
     pub body: Value,
 }
@@ -28,14 +33,16 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[NewTask]) -> sqlx::Res
     }
     let wf: Vec<Uuid> = rows.iter().map(|r| r.workflow_id).collect();
     let task: Vec<Uuid> = rows.iter().map(|r| r.task_id).collect();
+    let exchange: Vec<&str> = rows.iter().map(|r| r.exchange.as_str()).collect();
     let queue: Vec<&str> = rows.iter().map(|r| r.queue.as_str()).collect();
     let body: Vec<&Value> = rows.iter().map(|r| &r.body).collect();
     sqlx::query(
-        "insert into outbox (workflow_id, task_id, queue, body)
-         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[])",
+        "insert into outbox (workflow_id, task_id, exchange, queue, body)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])",
     )
     .bind(wf)
     .bind(task)
+    .bind(exchange)
     .bind(queue)
     .bind(body)
     .execute(conn)
@@ -46,7 +53,8 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[NewTask]) -> sqlx::Res
 /// Locks up to `limit` rows no other relay holds, oldest first.
 pub async fn claim(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
-        "select id, task_id, queue, body from outbox order by id limit $1 for update skip locked",
+        "select id, task_id, exchange, queue, body from outbox
+         order by id limit $1 for update skip locked",
     )
     .bind(limit)
     .fetch_all(conn)

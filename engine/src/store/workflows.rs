@@ -40,6 +40,7 @@ pub struct Locked {
     pub version: i32,
     pub state: Value,
     pub last_seq: i64,
+    pub business_keys: Value,
 }
 
 /// A workflow as the API reads it.
@@ -138,10 +139,10 @@ pub async fn lock(
     skip_locked: bool,
 ) -> sqlx::Result<Vec<Locked>> {
     let sql = if skip_locked {
-        "select id, workflow_type, version, state, last_seq from workflows
+        "select id, workflow_type, version, state, last_seq, business_keys from workflows
          where id = any($1) order by id for update skip locked"
     } else {
-        "select id, workflow_type, version, state, last_seq from workflows
+        "select id, workflow_type, version, state, last_seq, business_keys from workflows
          where id = any($1) order by id for update"
     };
     sqlx::query_as(sql).bind(ids).fetch_all(conn).await
