@@ -3,11 +3,20 @@
 mod cli;
 mod roles;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     roles::init_logging(&cli.log_format);
-    roles::run(cli).await
+    match roles::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line; a backtrace helps nobody at a prompt.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use orderflow_activities::broker::Topology;
 use orderflow_core::{
     Command, DecideError, Decision, Event, Registry, StepStatus, TaskMessage, WorkflowFinished,
@@ -271,9 +271,11 @@ async fn existing(
     }
 }
 
-/// The engine's clock: the only place that reads the time for events.
+/// The engine's clock: the only place that reads the time for events. Truncated to the
+/// microseconds Postgres keeps, so the time a history row reads back is the time the decider saw
+/// and replay recomputes the same timers.
 pub fn now() -> DateTime<Utc> {
-    Utc::now()
+    Utc::now().trunc_subsecs(6)
 }
 
 fn snapshot(state: &dyn WorkflowState) -> Result<Value, ApplyError> {

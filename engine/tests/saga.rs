@@ -98,6 +98,26 @@ impl Stack {
     }
 }
 
+/// The history as stored replays against the definitions it ran on: the format survives the
+/// round trip through Postgres (times included) and the decider is deterministic.
+async fn assert_replays(
+    stack: &Stack,
+    id: Uuid,
+    def: orderflow_core::SagaDefinition,
+) -> anyhow::Result<()> {
+    let mut conn = stack.env.pool.acquire().await?;
+    let events = orderflow_engine::store::history::load(&mut conn, id).await?;
+    let history = orderflow_core::History {
+        workflow_id: WorkflowId(id),
+        workflow_type: "order".into(),
+        version: 1,
+        events,
+    };
+    let state = orderflow_core::replay(&Registry::new().with(def), &history)?;
+    assert_eq!(state.status().as_str(), stack.env.status(id).await?);
+    Ok(())
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -309,6 +329,8 @@ async fn cancel_compensates_what_was_done() -> anyhow::Result<()> {
     let out = stack.act(id, cancel).await?;
     assert!(matches!(out, Outcome::Applied { .. }), "{out:?}");
     assert_eq!(settled(&stack.env, id, SETTLE).await?, "cancelled");
+    let def = sagas::order(Duration::from_secs(5), Duration::from_secs(60));
+    assert_replays(&stack, id, def).await?;
     assert_eq!(
         stack.effects().await?,
         [INVENTORY_RESERVE, INVENTORY_RELEASE]
