@@ -25,6 +25,7 @@
 pub mod definition;
 pub mod event;
 pub mod history;
+pub mod inject;
 pub mod ids;
 pub mod protocol;
 pub mod registry;
