@@ -11,6 +11,8 @@ pub const PAYMENT_REFUND: &str = "payment.refund";
 pub const ORDER_CREATE: &str = "order.create";
 pub const ORDER_CANCEL: &str = "order.cancel";
 pub const NOTIFICATION_SEND: &str = "notification.send";
+/// Order saga v2 only: a read-only fraud screen before the charge.
+pub const FRAUD_CHECK: &str = "fraud.check";
 
 /// Every activity of the order saga, forward and compensating.
 pub const ORDER_SAGA_ACTIVITIES: [&str; 7] = [

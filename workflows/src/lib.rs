@@ -8,7 +8,12 @@ pub mod replay;
 
 use orderflow_core::Registry;
 
-/// Every workflow type and version this build can run.
+/// Every workflow type and version this build can run. Order saga v2 is deployed beside v1 but
+/// pinned: new orders start on v1 until the fraud screen's workers (`fraud.check`) run in
+/// production; unpinning is the one-line rollout, and sagas already on v1 finish on v1.
 pub fn registry() -> Registry {
-    Registry::new().with(order::v1())
+    Registry::new()
+        .with(order::v1())
+        .with(order::v2())
+        .pin(order::ORDER_SAGA, 1)
 }

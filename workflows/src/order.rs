@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use orderflow_activities::contracts::{
-    INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CANCEL, ORDER_CREATE,
-    OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND,
+    FRAUD_CHECK, INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CANCEL,
+    ORDER_CREATE, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND,
 };
 use orderflow_core::{RetryPolicy, SagaDefinition, Step};
 
@@ -24,32 +24,64 @@ pub const CHARGE: &str = "charge";
 pub const CREATE_ORDER: &str = "create_order";
 pub const NOTIFY: &str = "notify";
 
-/// Version 1 of the order saga.
-pub fn v1() -> SagaDefinition {
-    let business = |codes: &[&str]| RetryPolicy {
+/// v2 only: the fraud screen before the charge.
+pub const FRAUD_SCREEN: &str = "fraud_check";
+
+fn business(codes: &[&str]) -> RetryPolicy {
+    RetryPolicy {
         non_retryable_codes: codes.iter().map(|c| (*c).to_owned()).collect(),
         ..RetryPolicy::default()
-    };
+    }
+}
+
+fn reserve() -> Step {
+    Step::compensatable(RESERVE, INVENTORY_RESERVE)
+        .compensate_with(INVENTORY_RELEASE)
+        .retry(business(&["out_of_stock", "unknown_product"]))
+}
+
+fn charge() -> Step {
+    Step::compensatable(CHARGE, PAYMENT_CHARGE)
+        .compensate_with(PAYMENT_REFUND)
+        .retry(business(&["card_declined"]))
+}
+
+fn create_order() -> Step {
+    Step::pivot(CREATE_ORDER, ORDER_CREATE).compensate_with(ORDER_CANCEL)
+}
+
+fn notify() -> Step {
+    Step::retriable(NOTIFY, NOTIFICATION_SEND).retry(RetryPolicy {
+        max_interval: Duration::from_secs(60),
+        ..RetryPolicy::default()
+    })
+}
+
+/// Version 1 of the order saga. Frozen: sagas started on it must finish on it, and the recorded
+/// histories in `tests/histories/` fail replay if it changes in a way that matters to them.
+pub fn v1() -> SagaDefinition {
     SagaDefinition::builder(ORDER_SAGA, 1)
         .input::<OrderSagaInput>()
         .deadline(Duration::from_secs(15 * 60))
-        .step(
-            Step::compensatable(RESERVE, INVENTORY_RESERVE)
-                .compensate_with(INVENTORY_RELEASE)
-                .retry(business(&["out_of_stock", "unknown_product"])),
-        )
-        .step(
-            Step::compensatable(CHARGE, PAYMENT_CHARGE)
-                .compensate_with(PAYMENT_REFUND)
-                .retry(business(&["card_declined"])),
-        )
-        .step(Step::pivot(CREATE_ORDER, ORDER_CREATE).compensate_with(ORDER_CANCEL))
-        .step(
-            Step::retriable(NOTIFY, NOTIFICATION_SEND).retry(RetryPolicy {
-                max_interval: Duration::from_secs(60),
-                ..RetryPolicy::default()
-            }),
-        )
+        .step(reserve())
+        .step(charge())
+        .step(create_order())
+        .step(notify())
+        .build()
+        .expect("the order saga definition is valid")
+}
+
+/// Version 2: a read-only fraud screen (`fraud.check`) between the reservation and the charge.
+/// A suspected fraud (`fraud_suspected`) releases the reservation and charges nothing.
+pub fn v2() -> SagaDefinition {
+    SagaDefinition::builder(ORDER_SAGA, 2)
+        .input::<OrderSagaInput>()
+        .deadline(Duration::from_secs(15 * 60))
+        .step(reserve())
+        .step(Step::read_only(FRAUD_SCREEN, FRAUD_CHECK).retry(business(&["fraud_suspected"])))
+        .step(charge())
+        .step(create_order())
+        .step(notify())
         .build()
         .expect("the order saga definition is valid")
 }

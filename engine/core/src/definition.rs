@@ -47,6 +47,8 @@ pub struct Step {
     pub retry: RetryPolicy,
     /// How long one attempt may take from scheduling to its result before it counts as lost.
     pub start_to_close: Duration,
+    /// The step changes nothing (a check, a lookup), so it has nothing to compensate.
+    pub read_only: bool,
 }
 
 impl Step {
@@ -58,6 +60,16 @@ impl Step {
             compensation: None,
             retry: RetryPolicy::default(),
             start_to_close: Duration::from_secs(30),
+            read_only: false,
+        }
+    }
+
+    /// A step before the pivot that changes nothing (a fraud check): it needs no compensation,
+    /// and says so explicitly rather than by forgetting one.
+    pub fn read_only(name: &str, activity: &str) -> Self {
+        Self {
+            read_only: true,
+            ..Self::new(name, activity, StepKind::Compensatable)
         }
     }
 
@@ -212,7 +224,7 @@ impl SagaBuilder {
             }
             match step.kind {
                 StepKind::Compensatable => {
-                    if step.compensation.is_none() {
+                    if step.compensation.is_none() && !step.read_only {
                         return Err(DefinitionError::MissingCompensation(step.name.clone()));
                     }
                     if seen_pivot || seen_retriable {
@@ -253,6 +265,16 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err, DefinitionError::MissingCompensation("reserve".into()));
+    }
+
+    #[test]
+    fn a_read_only_step_needs_no_compensation() {
+        let def = SagaDefinition::builder("t", 1)
+            .step(Step::read_only("check", "fraud.check"))
+            .step(Step::pivot("p", "a"))
+            .build()
+            .expect("a read-only step builds without a compensation");
+        assert!(def.steps[0].read_only && def.steps[0].compensation.is_none());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use crate::WorkflowDefinition;
 #[derive(Clone, Default)]
 pub struct Registry {
     defs: BTreeMap<String, BTreeMap<u32, Arc<dyn WorkflowDefinition>>>,
+    /// Types whose new workflows start on a version other than the newest.
+    pinned: BTreeMap<String, u32>,
 }
 
 impl fmt::Debug for Registry {
@@ -44,9 +46,20 @@ impl Registry {
         self.defs.get(workflow_type)?.get(&version)
     }
 
-    /// The version new workflows of this type start on.
+    /// Makes new workflows of this type start on `version` although a newer one is deployed:
+    /// the newer version runs nothing until it is unpinned (a staged rollout).
+    pub fn pin(mut self, workflow_type: &str, version: u32) -> Self {
+        self.pinned.insert(workflow_type.to_owned(), version);
+        self
+    }
+
+    /// The version new workflows of this type start on: the pinned one, else the newest.
     pub fn latest(&self, workflow_type: &str) -> Option<&Arc<dyn WorkflowDefinition>> {
-        self.defs.get(workflow_type)?.values().next_back()
+        let versions = self.defs.get(workflow_type)?;
+        match self.pinned.get(workflow_type) {
+            Some(v) => versions.get(v),
+            None => versions.values().next_back(),
+        }
     }
 
     pub fn types(&self) -> impl Iterator<Item = &str> {
