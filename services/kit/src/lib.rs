@@ -1,0 +1,26 @@
+//! What every OrderFlow service (order, inventory, payment, notification, user) shares, so the
+//! five speak HTTP, authenticate and fail the same way:
+//!
+//! - [`config`]: [`ServiceConfig`], the settings every service has (bind address, its own
+//!   database, broker, Redis, queue prefix, JWT secret, engine URL, worker concurrency).
+//! - [`db`]: connects to a service's own database, creating it if missing, and migrates it.
+//! - [`auth`]: HS256 JWT access tokens ([`auth::JwtKeys`]) and the axum extractors
+//!   [`auth::AuthUser`] / [`auth::AdminUser`] that every API uses to verify them.
+//! - [`problem`]: [`ApiError`], the one error type of every API, rendered as
+//!   `application/problem+json`, and [`problem::parse_json`] which names the offending field.
+//! - [`http`]: `/health`, `/ready` (dependency probes), `/metrics`, the request-duration
+//!   middleware, [`http::app`] which assembles a service's router, and [`http::serve`].
+//! - [`events`]: follows the engine's `WorkflowFinished` events on a service's own queue, acking
+//!   each only after the service's handler committed.
+//! - [`kv`]: a Redis connection that reconnects by itself.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod http;
+pub mod kv;
+pub mod problem;
+
+pub use config::ServiceConfig;
+pub use problem::ApiError;
