@@ -32,6 +32,14 @@ pub enum Event {
     TerminateRequested { actor: String, reason: String },
     /// An operator asked to retry the waiting or stuck step now.
     RetryRequested { actor: String, reason: String },
+    /// An operator asked to run the forward path again from `step` (at or before the current
+    /// one). Re-run steps keep their idempotency keys, so a step that already took effect is not
+    /// done twice: its activity answers with the first result.
+    RetryFromStep {
+        step: String,
+        actor: String,
+        reason: String,
+    },
     /// A named signal with a payload was sent to the running workflow.
     SignalReceived {
         name: String,
@@ -57,6 +65,7 @@ impl Event {
             Event::CancelRequested { .. } => "cancel_requested",
             Event::TerminateRequested { .. } => "terminate_requested",
             Event::RetryRequested { .. } => "retry_requested",
+            Event::RetryFromStep { .. } => "retry_from_step",
             Event::SignalReceived { .. } => "signal_received",
             Event::CompensationResolved { .. } => "compensation_resolved",
         }

@@ -256,7 +256,7 @@ impl<'a> Decider<'a> {
                     self.succeeded(f, output.clone());
                     Ok(None)
                 }
-                None => Ok(Some(format!("no attempt is waiting for task {task_id}"))),
+                None => Ok(Some(self.late_completion(*task_id))),
             },
             Event::ActivityFailed { task_id, error } => match self.take_in_flight(*task_id) {
                 Some(f) => {
@@ -293,6 +293,7 @@ impl<'a> Decider<'a> {
                 Ok(None)
             }
             Event::RetryRequested { .. } => self.retry_now(),
+            Event::RetryFromStep { step, .. } => self.retry_from(step),
             Event::SignalReceived { name, payload, .. } => {
                 self.refuse_if_terminal("signal")?;
                 self.s.signals.insert(name.clone(), payload.clone());
@@ -432,6 +433,70 @@ impl<'a> Decider<'a> {
         }
     }
 
+    /// Runs the forward path again from step `step`: that step and every later one up to the
+    /// cursor go back to pending with a fresh retry budget, and `step` is scheduled now.
+    ///
+    /// Only a saga moving forward with no task out qualifies: a result still on its way would
+    /// race the new attempt, and a compensating saga has already decided to undo. It never goes
+    /// back over a pivot that succeeded, since the saga then only moves forward. Re-run steps
+    /// keep their idempotency keys, so an activity that already took effect (a charge) answers
+    /// with its first result instead of doing it twice.
+    fn retry_from(&mut self, step: &str) -> Outcome {
+        self.refuse_if_terminal("retry from a step")?;
+        let Some(idx) = self.def.steps.iter().position(|s| s.name == step) else {
+            return reject(format!("the saga has no step `{step}`"));
+        };
+        let forward = match self.s.status {
+            WorkflowStatus::Running => self.s.undo_pending.is_none(),
+            WorkflowStatus::NeedsAttention => self.s.attention == Some(Phase::Forward),
+            _ => false,
+        };
+        if !forward {
+            return reject(format!(
+                "the saga is {} and being undone; retry or resolve its compensation instead",
+                self.s.status
+            ));
+        }
+        if let Some(f) = &self.s.in_flight {
+            return reject(format!(
+                "a task of step `{}` is out with a worker; retry from a step once it settles",
+                self.s.steps[f.step].name
+            ));
+        }
+        let cursor = self.s.cursor;
+        if idx > cursor {
+            return reject(format!(
+                "step `{step}` has not been reached yet; the saga is at `{}`",
+                self.s.steps[cursor].name
+            ));
+        }
+        if let Some(p) = (idx..=cursor).find(|&j| {
+            self.def.steps[j].kind == StepKind::Pivot
+                && self.s.steps[j].status == StepStatus::Completed
+        }) {
+            return reject(format!(
+                "the pivot `{}` already succeeded; the saga can only move forward from there",
+                self.s.steps[p].name
+            ));
+        }
+        if let Some(timer) = self.retry_timer() {
+            self.cancel_timer(timer);
+        }
+        for st in &mut self.s.steps[idx..=cursor] {
+            st.status = StepStatus::Pending;
+            st.output = None;
+            st.finished_at = None;
+            st.budget_from = st.attempts;
+        }
+        if self.s.status == WorkflowStatus::NeedsAttention {
+            self.s.attention = None;
+            self.s.reason = self.s.reason_before_attention.take();
+            self.s.status = WorkflowStatus::Running;
+        }
+        self.schedule(idx, Phase::Forward);
+        Ok(None)
+    }
+
     fn succeeded(&mut self, f: InFlight, output: Value) {
         let at = self.at;
         let st = &mut self.s.steps[f.step];
@@ -543,19 +608,79 @@ impl<'a> Decider<'a> {
     }
 
     fn compensate_from(&mut self, from: Option<usize>) {
-        let Some(from) = from else {
-            return self.finish_compensation();
-        };
-        let next = (0..=from).rev().find(|&i| {
-            let st = &self.s.steps[i];
-            self.def.steps[i].compensation.is_some()
-                && (st.status == StepStatus::Completed
-                    || (st.outcome_unknown && st.status != StepStatus::Compensated))
+        // Reverse order from `from`; then any step above it that turned out to have taken effect
+        // late (see `late_completion`), so nothing is left behind.
+        let below = from.and_then(|from| (0..=from).rev().find(|&i| self.needs_compensation(i)));
+        let next = below.or_else(|| {
+            (0..self.s.steps.len())
+                .rev()
+                .find(|&i| self.needs_compensation(i))
         });
         match next {
             Some(i) => self.schedule(i, Phase::Compensate),
             None => self.finish_compensation(),
         }
+    }
+
+    /// The step has a compensation, may have taken effect and was not compensated yet.
+    fn needs_compensation(&self, i: usize) -> bool {
+        let st = &self.s.steps[i];
+        self.def.steps[i].compensation.is_some()
+            && (st.status == StepStatus::Completed
+                || (st.outcome_unknown && st.status != StepStatus::Compensated))
+    }
+
+    /// Which step, phase and attempt a task id belongs to (ids are derived, so recompute them).
+    fn locate(&self, task: TaskId) -> Option<(usize, Phase, u32)> {
+        let wf = self.s.workflow_id;
+        self.s.steps.iter().enumerate().find_map(|(i, st)| {
+            [
+                (Phase::Forward, st.attempts),
+                (Phase::Compensate, st.compensation_attempts),
+            ]
+            .into_iter()
+            .find_map(|(phase, n)| {
+                (1..=n)
+                    .find(|&a| task_id_for(wf, &st.name, phase, a) == task)
+                    .map(|a| (i, phase, a))
+            })
+        })
+    }
+
+    /// A completion for an attempt the saga no longer waits for: it timed out, or it failed and
+    /// was then redelivered to a worker and succeeded. Either way the step took effect, so a saga
+    /// that undoes (or already undid) must compensate it too: no reservation or charge is left
+    /// behind. The result itself does not move the saga forward; a running retry completes
+    /// idempotently with the same effect.
+    fn late_completion(&mut self, task: TaskId) -> String {
+        let Some((idx, phase, attempt)) = self.locate(task) else {
+            return format!("no attempt is waiting for task {task}");
+        };
+        let name = self.s.steps[idx].name.clone();
+        let st = &mut self.s.steps[idx];
+        if phase == Phase::Compensate
+            || matches!(st.status, StepStatus::Completed | StepStatus::Compensated)
+            || self.def.steps[idx].compensation.is_none()
+        {
+            return format!(
+                "late result of task {task} (attempt {attempt} of `{name}`); the step is settled"
+            );
+        }
+        st.outcome_unknown = true;
+        if matches!(
+            self.s.status,
+            WorkflowStatus::Compensated | WorkflowStatus::Cancelled
+        ) {
+            let why = self.s.reason.clone().unwrap_or_default();
+            self.s.status = WorkflowStatus::Compensating;
+            self.s.reason = Some(format!(
+                "{why}; step `{name}` took effect late and is undone too"
+            ));
+            self.schedule(idx, Phase::Compensate);
+        }
+        format!(
+            "late result of attempt {attempt} of `{name}`: it took effect, so undoing the saga compensates it"
+        )
     }
 
     fn finish_compensation(&mut self) {
@@ -620,11 +745,7 @@ impl<'a> Decider<'a> {
             }
         };
         st.started_at.get_or_insert(self.at);
-        let phase_name = match phase {
-            Phase::Forward => "forward",
-            Phase::Compensate => "compensate",
-        };
-        let task_id = TaskId(wf.derive(&format!("task/{}/{phase_name}/{attempt}", def.name)));
+        let task_id = task_id_for(wf, &def.name, phase, attempt);
         let timeout_timer = TimerId(wf.derive(&format!("timeout/{task_id}")));
         let deadline = self.at + timeout;
         self.out.push(Command::ScheduleActivity(TaskSpec {
@@ -733,4 +854,13 @@ impl<'a> Decider<'a> {
             .position(|s| s.name == step)
             .ok_or_else(|| DecideError::Inconsistent(format!("no step `{step}` in the definition")))
     }
+}
+
+/// The id of one attempt's task: derived, so replay and [`Decider::locate`] compute the same one.
+fn task_id_for(wf: WorkflowId, step: &str, phase: Phase, attempt: u32) -> TaskId {
+    let phase_name = match phase {
+        Phase::Forward => "forward",
+        Phase::Compensate => "compensate",
+    };
+    TaskId(wf.derive(&format!("task/{step}/{phase_name}/{attempt}")))
 }

@@ -1193,3 +1193,206 @@ fn cancel_after_the_deadline_started_undoing_is_refused_with_why() {
     );
     assert_replays(&d, def());
 }
+
+fn retry_from(d: &mut Driver, step: &str) -> Result<(), DriveError> {
+    d.deliver(orderflow_core::Event::RetryFromStep {
+        step: step.to_owned(),
+        actor: "ops:bob".to_owned(),
+        reason: "reservation data repaired".to_owned(),
+    })
+    .map(|_| ())
+}
+
+#[test]
+fn retry_from_an_earlier_step_reruns_it_and_later_ones_with_the_same_keys() {
+    let mut d = start();
+    d.complete(RESERVE, reservation()).unwrap();
+    let first_charge = d.task(CHARGE).unwrap().clone();
+    d.fail(
+        CHARGE,
+        ActivityError::retryable("unavailable", "stripe 503"),
+    )
+    .unwrap();
+    assert_eq!(step_status(&d, CHARGE), StepStatus::Retrying);
+
+    retry_from(&mut d, RESERVE).unwrap();
+    assert_eq!(
+        commands(&d),
+        [
+            "cancel_timer",
+            "schedule inventory.reserve#2",
+            "start_timer attempt_timeout"
+        ],
+        "the backoff timer goes and the chosen step runs now"
+    );
+    assert_eq!(step_status(&d, RESERVE), StepStatus::Running);
+    assert_eq!(step_status(&d, CHARGE), StepStatus::Pending);
+    assert_eq!(saga(&d).steps[0].output, None, "its old output is dropped");
+    let rerun = d.task(RESERVE).unwrap().clone();
+    assert_eq!(
+        rerun.idempotency_key,
+        format!("{}/reserve", d.history().workflow_id),
+        "a re-run keeps the step's key, so a done effect is not done twice"
+    );
+    assert_eq!(
+        rerun.payload["results"],
+        json!({}),
+        "later steps' outputs are no longer handed on"
+    );
+
+    d.complete(RESERVE, json!({"reservation_id": "res_2"}))
+        .unwrap();
+    let second_charge = d.task(CHARGE).unwrap().clone();
+    assert_eq!(second_charge.attempt, 2);
+    assert_eq!(second_charge.idempotency_key, first_charge.idempotency_key);
+    assert_eq!(
+        second_charge.payload["results"][RESERVE]["reservation_id"],
+        "res_2"
+    );
+    d.complete(CHARGE, charge()).unwrap();
+    d.complete(CREATE_ORDER, json!({"status": "confirmed"}))
+        .unwrap();
+    d.complete(NOTIFY, json!({"notification_id": "n_1"}))
+        .unwrap();
+    assert_eq!(d.status(), WorkflowStatus::Completed);
+    assert_replays(&d, order_saga());
+}
+
+#[test]
+fn retry_from_a_step_gives_it_a_fresh_retry_budget() {
+    let def = || {
+        let mut def = order_saga();
+        def.steps[1].retry = RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        def
+    };
+    let mut d = start_with(def());
+    d.complete(RESERVE, reservation()).unwrap();
+    d.fail(CHARGE, ActivityError::retryable("unavailable", "503"))
+        .unwrap();
+    retry_from(&mut d, CHARGE).unwrap();
+    assert_eq!(
+        commands(&d),
+        [
+            "cancel_timer",
+            "schedule payment.charge#2",
+            "start_timer attempt_timeout"
+        ]
+    );
+    d.fail(CHARGE, ActivityError::retryable("unavailable", "503"))
+        .unwrap();
+    assert_eq!(
+        step_status(&d, CHARGE),
+        StepStatus::Retrying,
+        "attempt 2 of 3 in all is within the fresh budget of 2"
+    );
+    d.fire_next_timer().unwrap();
+    d.fail(CHARGE, ActivityError::retryable("unavailable", "503"))
+        .unwrap();
+    assert_eq!(d.status(), WorkflowStatus::Compensating);
+    assert_replays(&d, def());
+}
+
+#[test]
+fn retry_from_a_step_after_the_pivot_repairs_a_saga_that_needs_attention() {
+    let mut d = start();
+    through_pivot(&mut d);
+    d.fail(
+        NOTIFY,
+        ActivityError::permanent("bad_address", "no such mailbox"),
+    )
+    .unwrap();
+    assert_eq!(d.status(), WorkflowStatus::NeedsAttention);
+
+    retry_from(&mut d, NOTIFY).unwrap();
+    assert_eq!(
+        commands(&d),
+        [
+            "schedule notification.send#2",
+            "start_timer attempt_timeout"
+        ]
+    );
+    assert_eq!(d.status(), WorkflowStatus::Running);
+    assert_eq!(saga(&d).reason, None);
+    d.complete(NOTIFY, json!({"notification_id": "n_1"}))
+        .unwrap();
+    assert_eq!(d.status(), WorkflowStatus::Completed);
+    assert_replays(&d, order_saga());
+}
+
+#[test]
+fn retry_from_a_step_is_refused_when_it_could_break_the_saga() {
+    let mut d = start();
+    let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+        step: RESERVE.into(),
+        actor: "ops:bob".into(),
+        reason: "x".into(),
+    }));
+    assert!(why.contains("is out with a worker"), "{why}");
+    let events = d.history().events.len();
+
+    d.fail(RESERVE, ActivityError::retryable("unavailable", "db down"))
+        .unwrap();
+    let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+        step: CHARGE.into(),
+        actor: "ops:bob".into(),
+        reason: "x".into(),
+    }));
+    assert!(why.contains("not been reached"), "{why}");
+    let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+        step: "ship".into(),
+        actor: "ops:bob".into(),
+        reason: "x".into(),
+    }));
+    assert!(why.contains("no step `ship`"), "{why}");
+    assert_eq!(
+        d.history().events.len(),
+        events + 1,
+        "refusals record nothing"
+    );
+
+    // Past the pivot, nothing at or before it runs again.
+    let mut d = start();
+    through_pivot(&mut d);
+    d.fail(
+        NOTIFY,
+        ActivityError::permanent("bad_address", "no mailbox"),
+    )
+    .unwrap();
+    for step in [RESERVE, CREATE_ORDER] {
+        let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+            step: step.into(),
+            actor: "ops:bob".into(),
+            reason: "x".into(),
+        }));
+        assert!(
+            why.contains("pivot `create_order` already succeeded"),
+            "{why}"
+        );
+    }
+
+    // A compensating saga has decided to undo.
+    let mut d = start();
+    d.complete(RESERVE, reservation()).unwrap();
+    d.fail(CHARGE, ActivityError::permanent("card_declined", "no"))
+        .unwrap();
+    assert_eq!(d.status(), WorkflowStatus::Compensating);
+    let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+        step: RESERVE.into(),
+        actor: "ops:bob".into(),
+        reason: "x".into(),
+    }));
+    assert!(why.contains("being undone"), "{why}");
+
+    // A finished saga stays finished.
+    let mut d = start();
+    d.terminate("ops:bob", "test").unwrap();
+    let why = rejected(d.deliver(orderflow_core::Event::RetryFromStep {
+        step: RESERVE.into(),
+        actor: "ops:bob".into(),
+        reason: "x".into(),
+    }));
+    assert!(why.contains("already terminated"), "{why}");
+}
