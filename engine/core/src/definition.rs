@@ -151,6 +151,8 @@ pub struct SagaDefinition {
     pub steps: Vec<Step>,
     /// The whole saga must reach the pivot within this time or it compensates.
     pub deadline: Option<Duration>,
+    /// What happens to a running saga whose history stops replaying.
+    pub nondeterminism: crate::NondeterminismPolicy,
     pub(crate) input_check: Option<InputCheck>,
 }
 
@@ -173,9 +175,20 @@ impl SagaDefinition {
                 version,
                 steps: Vec::new(),
                 deadline: None,
+                nondeterminism: crate::NondeterminismPolicy::default(),
                 input_check: None,
             },
         }
+    }
+
+    /// A stable hash (FNV-1a) of everything that shapes decisions: steps, kinds, activities,
+    /// policies, timeouts and the deadline.
+    pub fn fingerprint(&self) -> String {
+        let shape = format!("{:?}|{:?}", self.steps, self.deadline);
+        let hash = shape.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{}@{}:{hash:016x}", self.workflow_type, self.version)
     }
 
     /// Index of the pivot step, if any.
@@ -198,6 +211,12 @@ impl SagaBuilder {
 
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.def.deadline = Some(deadline);
+        self
+    }
+
+    /// What happens to a running saga of this definition whose history stops replaying.
+    pub fn on_nondeterminism(mut self, policy: crate::NondeterminismPolicy) -> Self {
+        self.def.nondeterminism = policy;
         self
     }
 

@@ -52,6 +52,9 @@ pub enum Event {
         actor: String,
         reason: String,
     },
+    /// The engine found that the workflow's recorded history no longer replays against the
+    /// deployed definition of its version; the definition's policy decides what happens.
+    NondeterminismDetected { detail: String },
 }
 
 impl Event {
@@ -68,6 +71,7 @@ impl Event {
             Event::RetryFromStep { .. } => "retry_from_step",
             Event::SignalReceived { .. } => "signal_received",
             Event::CompensationResolved { .. } => "compensation_resolved",
+            Event::NondeterminismDetected { .. } => "nondeterminism_detected",
         }
     }
 }

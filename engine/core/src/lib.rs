@@ -25,8 +25,8 @@
 pub mod definition;
 pub mod event;
 pub mod history;
-pub mod inject;
 pub mod ids;
+pub mod inject;
 pub mod protocol;
 pub mod registry;
 pub mod replay;
@@ -45,6 +45,6 @@ pub use replay::{ReplayError, replay};
 pub use retry::RetryPolicy;
 pub use saga::SagaState;
 pub use state::{
-    DecideError, StepStatus, StepView, WorkflowDefinition, WorkflowState, WorkflowStatus,
-    WorkflowView,
+    DecideError, NondeterminismPolicy, StepStatus, StepView, WorkflowDefinition, WorkflowState,
+    WorkflowStatus, WorkflowView,
 };

@@ -122,6 +122,14 @@ impl WorkflowDefinition for SagaDefinition {
         self.version
     }
 
+    fn fingerprint(&self) -> String {
+        SagaDefinition::fingerprint(self)
+    }
+
+    fn nondeterminism_policy(&self) -> crate::NondeterminismPolicy {
+        self.nondeterminism
+    }
+
     fn describe(&self, view: &mut WorkflowView) {
         for (step, def) in view.steps.iter_mut().zip(&self.steps) {
             step.activity.clone_from(&def.activity);
@@ -294,6 +302,27 @@ impl<'a> Decider<'a> {
             }
             Event::RetryRequested { .. } => self.retry_now(),
             Event::RetryFromStep { step, .. } => self.retry_from(step),
+            Event::NondeterminismDetected { detail } => {
+                if self.s.status.is_terminal() {
+                    return Ok(Some("the workflow had already finished".into()));
+                }
+                let why = format!("its history no longer replays on this deployment: {detail}");
+                match self.def.nondeterminism {
+                    crate::NondeterminismPolicy::NeedsAttention => {
+                        let phase = self
+                            .s
+                            .in_flight
+                            .as_ref()
+                            .map_or(Phase::Forward, |f| f.phase);
+                        self.needs_attention(phase, why);
+                    }
+                    crate::NondeterminismPolicy::Fail => {
+                        self.s.in_flight = None;
+                        self.finish(WorkflowStatus::Terminated, format!("failed: {why}"));
+                    }
+                }
+                Ok(None)
+            }
             Event::SignalReceived { name, payload, .. } => {
                 self.refuse_if_terminal("signal")?;
                 self.s.signals.insert(name.clone(), payload.clone());

@@ -152,10 +152,31 @@ pub enum DecideError {
     Inconsistent(String),
 }
 
+/// What the engine does with a running workflow whose history no longer replays against the
+/// deployed definition of its version (someone changed a version in place).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NondeterminismPolicy {
+    /// Stop and wait for an operator, with the mismatch as the reason (the default).
+    #[default]
+    NeedsAttention,
+    /// Fail it: terminated, compensating nothing, with the mismatch as the reason.
+    Fail,
+}
+
 /// A versioned workflow definition: creates the state from the first event and decides the rest.
 pub trait WorkflowDefinition: fmt::Debug + Send + Sync {
     fn workflow_type(&self) -> &str;
     fn version(&self) -> u32;
+    /// Changes whenever the definition's behaviour may change. A workflow stores the fingerprint
+    /// it last ran with; a different one makes the engine replay its history before going on.
+    fn fingerprint(&self) -> String {
+        format!("{}@{}", self.workflow_type(), self.version())
+    }
+    /// What to do when a running workflow's history no longer replays.
+    fn nondeterminism_policy(&self) -> NondeterminismPolicy {
+        NondeterminismPolicy::NeedsAttention
+    }
     /// Checks a start request's input before anything is stored.
     fn validate_input(&self, input: &Value) -> Result<(), DecideError>;
     /// Folds the first event (`WorkflowStarted`).
