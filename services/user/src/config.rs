@@ -1,0 +1,46 @@
+//! What the user service needs beyond [`ServiceConfig`].
+
+use std::time::Duration;
+
+use orderflow_service_kit::{ServiceConfig, auth::ACCESS_TOKEN_TTL, config::ports};
+
+/// The first admin, created (or promoted) at start.
+#[derive(Clone)]
+pub struct AdminSeed {
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for AdminSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSeed")
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UserConfig {
+    pub service: ServiceConfig,
+    /// From `ORDERFLOW_ADMIN_EMAIL` / `ORDERFLOW_ADMIN_PASSWORD`.
+    pub admin: Option<AdminSeed>,
+    /// Lifetime of access tokens (15 minutes).
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh session since its last rotation (30 days).
+    pub refresh_ttl: Duration,
+}
+
+impl UserConfig {
+    /// Defaults for this machine: port 8085, database `orderflow_user`.
+    pub fn local(jwt_secret: impl Into<String>) -> Self {
+        let mut service = ServiceConfig::local("user", ports::USER);
+        service.jwt_secret = jwt_secret.into();
+        Self {
+            service,
+            admin: None,
+            access_ttl: ACCESS_TOKEN_TTL,
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The user service through its router, on a fresh database and the local Redis: registration,
+//! login, every kind of forged token, refresh rotation, logout, profile changes and roles.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use orderflow_service_kit::{
+    auth::{Claims, JwtKeys, Role},
+    db,
+    http::{self, Readiness},
+    kv,
+};
+use orderflow_user::{AppState, seed, sessions::Sessions};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+const SECRET: &str = "user-test-secret-user-test-secret-0123";
+
+struct App {
+    router: Router,
+    pool: sqlx::PgPool,
+}
+
+async fn app() -> anyhow::Result<App> {
+    orderflow_testkit::init_tracing();
+    let tag = Uuid::new_v4().simple().to_string();
+    let url = db::with_database(
+        &orderflow_testkit::pg_server(),
+        &format!("orderflow_user_test_{tag}"),
+    )?;
+    let pool = db::connect_and_migrate(&url, &orderflow_user::migrator()).await?;
+    let redis = kv::connect("redis://127.0.0.1:6379").await?;
+    let state = AppState {
+        pool: pool.clone(),
+        keys: JwtKeys::new(SECRET),
+        sessions: Sessions::new(redis.clone(), &format!("t{}.", &tag[..12])),
+        access_ttl: Duration::from_secs(900),
+        refresh_ttl: Duration::from_secs(3600),
+    };
+    let ready = Readiness::new().postgres(pool.clone()).redis(redis);
+    Ok(App {
+        router: http::app("user", orderflow_user::router(state), ready),
+        pool,
+    })
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+impl Answer {
+    fn problem(&self, status: StatusCode, field: Option<&str>) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.content_type, "application/problem+json");
+        assert_eq!(self.body["field"].as_str(), field, "{}", self.body);
+    }
+}
+
+impl App {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.raw(method, path, token, body.map(|b| b.to_string()))
+            .await
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b)),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn register(&self, email: &str, password: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/api/v1/users",
+            None,
+            Some(json!({"email": email, "password": password, "name": "Ann"})),
+        )
+        .await
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": email, "password": password})),
+        )
+        .await
+    }
+}
+
+fn token_of(a: &Answer, field: &str) -> String {
+    a.body[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", a.body))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn register_login_and_read_me() -> anyhow::Result<()> {
+    let app = app().await?;
+    let created = app.register("Ann@Example.com", "correct horse").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["role"], "customer");
+    assert!(created.body.get("password_hash").is_none());
+
+    // The same address in another case is the same account.
+    app.register("ann@example.com", "another one")
+        .await
+        .problem(StatusCode::CONFLICT, None);
+
+    app.login("ann@example.com", "wrong horse")
+        .await
+        .problem(StatusCode::UNAUTHORIZED, None);
+    app.login("nobody@example.com", "correct horse")
+        .await
+        .problem(StatusCode::UNAUTHORIZED, None);
+    let tokens = app.login("ANN@example.com", "correct horse").await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    assert_eq!(tokens.body["token_type"], "Bearer");
+    let access = token_of(&tokens, "access_token");
+
+    let me = app
+        .call(Method::GET, "/api/v1/users/me", Some(&access), None)
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["id"], created.body["id"]);
+    assert_eq!(me.body["email"], "Ann@Example.com");
+    let claims = JwtKeys::new(SECRET).verify(&access)?;
+    assert_eq!(claims.role, Role::Customer);
+    assert!(claims.exp - claims.iat <= 900);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_registrations_name_the_field_and_store_nothing() -> anyhow::Result<()> {
+    let app = app().await?;
+    let post = |body: String| app.raw(Method::POST, "/api/v1/users", None, Some(body));
+    post(json!({"email": "not-an-email", "password": "long enough"}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("email"));
+    post(json!({"email": "a@example.com", "password": "short"}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("password"));
+    post(json!({"email": "a@example.com"}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("password"));
+    post(json!({"email": "a@example.com", "password": "long enough", "role": "admin"}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("role"));
+    post("{\"email\": ".to_owned())
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("body"));
+    let (n,): (i64,) = sqlx::query_as("select count(*) from users")
+        .fetch_one(&app.pool)
+        .await?;
+    assert_eq!(n, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn forged_expired_and_foreign_tokens_are_rejected() -> anyhow::Result<()> {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    let app = app().await?;
+    let created = app.register("bob@example.com", "correct horse").await;
+    let id: Uuid = created.body["id"].as_str().unwrap().parse()?;
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        sub: id,
+        role: Role::Admin,
+        iat: now,
+        exp: now + 600,
+    };
+    let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(serde_json::to_value(&claims)?)
+    );
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?;
+    let expired = JwtKeys::new(SECRET).sign(&Claims {
+        iat: now - 7200,
+        exp: now - 3600,
+        ..claims.clone()
+    })?;
+    let foreign = JwtKeys::new("some-other-secret-some-other-secret-99").issue(
+        id,
+        Role::Admin,
+        Duration::from_secs(600),
+    )?;
+    for (what, token) in [
+        ("alg none", none),
+        ("HS512", hs512),
+        ("expired", expired),
+        ("wrong key", foreign),
+        ("garbage", "abc.def.ghi".to_owned()),
+    ] {
+        let a = app
+            .call(Method::GET, "/api/v1/users/me", Some(&token), None)
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{what} token accepted");
+        a.problem(StatusCode::UNAUTHORIZED, None);
+    }
+    app.call(Method::GET, "/api/v1/users/me", None, None)
+        .await
+        .problem(StatusCode::UNAUTHORIZED, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_logout_revokes() -> anyhow::Result<()> {
+    let app = app().await?;
+    app.register("cy@example.com", "correct horse").await;
+    let first = app.login("cy@example.com", "correct horse").await;
+    let r1 = token_of(&first, "refresh_token");
+
+    let refresh = |t: &str| {
+        app.call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": t})),
+        )
+    };
+    let second = refresh(&r1).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let r2 = token_of(&second, "refresh_token");
+    assert_ne!(r1, r2);
+    // A spent refresh token is worthless, so a stolen copy cannot outlive the owner's refresh.
+    refresh(&r1).await.problem(StatusCode::UNAUTHORIZED, None);
+    refresh("not hex")
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("refresh_token"));
+
+    let out = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/logout",
+            None,
+            Some(json!({"refresh_token": r2})),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    refresh(&r2).await.problem(StatusCode::UNAUTHORIZED, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn patch_me_changes_the_profile_and_a_new_password_ends_every_session() -> anyhow::Result<()>
+{
+    let app = app().await?;
+    app.register("dee@example.com", "correct horse").await;
+    let tokens = app.login("dee@example.com", "correct horse").await;
+    let access = token_of(&tokens, "access_token");
+    let refresh = token_of(&tokens, "refresh_token");
+
+    let renamed = app
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me",
+            Some(&access),
+            Some(json!({"name": " Dee "})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+    assert_eq!(renamed.body["name"], "Dee");
+
+    app.call(
+        Method::PATCH,
+        "/api/v1/users/me",
+        Some(&access),
+        Some(json!({"password": "battery staple"})),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, Some("current_password"));
+    app.call(
+        Method::PATCH,
+        "/api/v1/users/me",
+        Some(&access),
+        Some(json!({"password": "battery staple", "current_password": "wrong"})),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY, Some("current_password"));
+    let changed = app
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me",
+            Some(&access),
+            Some(json!({"password": "battery staple", "current_password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+
+    app.call(
+        Method::POST,
+        "/api/v1/auth/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await
+    .problem(StatusCode::UNAUTHORIZED, None);
+    app.login("dee@example.com", "correct horse")
+        .await
+        .problem(StatusCode::UNAUTHORIZED, None);
+    assert_eq!(
+        app.login("dee@example.com", "battery staple").await.status,
+        StatusCode::OK
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_seeded_admin_manages_roles_and_customers_cannot() -> anyhow::Result<()> {
+    let app = app().await?;
+    seed::ensure_admin(&app.pool, "root@example.com", "admin password").await?;
+    // Seeding again (a restart) changes nothing.
+    seed::ensure_admin(&app.pool, "root@example.com", "admin password").await?;
+    let admin = token_of(
+        &app.login("root@example.com", "admin password").await,
+        "access_token",
+    );
+    assert_eq!(JwtKeys::new(SECRET).verify(&admin)?.role, Role::Admin);
+
+    let eve = app.register("eve@example.com", "correct horse").await;
+    let eve_id = eve.body["id"].as_str().unwrap().to_owned();
+    let eve_token = token_of(
+        &app.login("eve@example.com", "correct horse").await,
+        "access_token",
+    );
+
+    let path = format!("/api/v1/users/{eve_id}/role");
+    app.call(
+        Method::PUT,
+        &path,
+        Some(&eve_token),
+        Some(json!({"role": "admin"})),
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN, None);
+    app.call(
+        Method::PUT,
+        &path,
+        Some(&admin),
+        Some(json!({"role": "root"})),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, Some("role"));
+    let promoted = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(promoted.body["role"], "admin");
+    app.call(Method::GET, "/api/v1/users/not-a-uuid", Some(&admin), None)
+        .await
+        .problem(StatusCode::BAD_REQUEST, Some("id"));
+    let ready = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_throttled() -> anyhow::Result<()> {
+    let app = app().await?;
+    app.register("fay@example.com", "correct horse").await;
+    for _ in 0..orderflow_user::sessions::MAX_FAILURES {
+        app.login("fay@example.com", "guess")
+            .await
+            .problem(StatusCode::UNAUTHORIZED, None);
+    }
+    // Even the right password waits now: the attacker cannot tell when they guessed it.
+    let locked = app.login("FAY@example.com", "correct horse").await;
+    locked.problem(StatusCode::TOO_MANY_REQUESTS, None);
+    Ok(())
+}
