@@ -1,0 +1,188 @@
+//! The sandbox speaks Stripe well enough for the real client: async-stripe against it on port 0,
+//! plus raw HTTP for what the client hides (headers, the test controls).
+
+use std::str::FromStr;
+
+use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig, ledger::LedgerView};
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_core::{
+    PaymentIntentStatus,
+    payment_intent::{CreatePaymentIntent, RetrievePaymentIntent},
+    refund::CreateRefund,
+};
+
+fn client(sb: &RunningSandbox, key: &str) -> Client {
+    ClientBuilder::new(key).url(sb.url()).build().unwrap()
+}
+
+fn eur() -> stripe_types::Currency {
+    stripe_types::Currency::from_str("eur").unwrap()
+}
+
+fn create(amount: i64, pm: &str) -> CreatePaymentIntent {
+    CreatePaymentIntent::new(amount, eur())
+        .payment_method(pm)
+        .confirm(true)
+}
+
+fn idem(key: &str) -> RequestStrategy {
+    RequestStrategy::Idempotent(IdempotencyKey::new(key).unwrap())
+}
+
+fn stripe_error(e: StripeError) -> (u16, String, Option<String>) {
+    match e {
+        StripeError::Stripe(err, status) => (
+            status,
+            err.type_.as_str().to_owned(),
+            err.code.as_ref().map(|c| c.as_str().to_owned()),
+        ),
+        other => panic!("not a Stripe error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_answer_and_refuse_other_parameters() -> anyhow::Result<()>
+{
+    let sb = RunningSandbox::start(SandboxConfig::default()).await?;
+    let c = client(&sb, orderflow_stripe_sandbox::DEFAULT_SECRET_KEY);
+    let first = create(500, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("k1"))
+        .send(&c)
+        .await?;
+    let again = create(500, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("k1"))
+        .send(&c)
+        .await?;
+    assert_eq!(first.id, again.id);
+    assert_eq!(first.status, PaymentIntentStatus::Succeeded);
+    assert_eq!(sb.sandbox.ledger().charges.len(), 1);
+
+    let other = create(501, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("k1"))
+        .send(&c)
+        .await;
+    let (status, kind, _) = stripe_error(other.unwrap_err());
+    assert_eq!((status, kind.as_str()), (400, "idempotency_error"));
+
+    // A decline is saved too: the same key gets the same decline.
+    for _ in 0..2 {
+        let declined = create(500, "pm_card_chargeDeclined")
+            .customize()
+            .request_strategy(idem("k2"))
+            .send(&c)
+            .await;
+        let (status, kind, code) = stripe_error(declined.unwrap_err());
+        assert_eq!(
+            (status, kind.as_str(), code.as_deref()),
+            (402, "card_error", Some("card_declined"))
+        );
+    }
+    assert_eq!(sb.sandbox.ledger().payment_intents.len(), 2);
+
+    let fetched = RetrievePaymentIntent::new(first.id.clone())
+        .send(&c)
+        .await?;
+    assert_eq!(
+        (fetched.id, fetched.amount_received),
+        (first.id.clone(), 500)
+    );
+
+    let refund = CreateRefund::new()
+        .payment_intent(first.id.as_str())
+        .send(&c)
+        .await?;
+    assert_eq!(refund.amount, 500);
+    let twice = CreateRefund::new()
+        .payment_intent(first.id.as_str())
+        .send(&c)
+        .await;
+    let (status, _, code) = stripe_error(twice.unwrap_err());
+    assert_eq!(
+        (status, code.as_deref()),
+        (400, Some("charge_already_refunded"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_stripe_errors_naming_the_parameter() -> anyhow::Result<()> {
+    let sb = RunningSandbox::start(SandboxConfig::default()).await?;
+    let wrong_key = client(&sb, "sk_test_wrong");
+    let (status, kind, _) = stripe_error(
+        create(500, "pm_card_visa")
+            .send(&wrong_key)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, kind.as_str()), (401, "invalid_request_error"));
+
+    let c = client(&sb, orderflow_stripe_sandbox::DEFAULT_SECRET_KEY);
+    let unknown = create(500, "pm_card_nope").send(&c).await.unwrap_err();
+    assert_eq!(stripe_error(unknown).2.as_deref(), Some("resource_missing"));
+    let (status, _, code) = stripe_error(
+        RetrievePaymentIntent::new("pi_missing")
+            .send(&c)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, code.as_deref()), (404, Some("resource_missing")));
+    assert!(sb.sandbox.ledger().payment_intents.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_test_controls_inject_faults_and_show_the_ledger_over_http() -> anyhow::Result<()> {
+    let sb = RunningSandbox::start(SandboxConfig::default()).await?;
+    let http = reqwest::Client::new();
+    let set = http
+        .post(format!("{}sandbox/faults", sb.url()))
+        .json(&serde_json::json!({ "fail_requests": 1 }))
+        .send()
+        .await?;
+    assert_eq!(set.status(), 200);
+    let c = client(&sb, orderflow_stripe_sandbox::DEFAULT_SECRET_KEY);
+    let (status, kind, _) = stripe_error(create(700, "pm_card_visa").send(&c).await.unwrap_err());
+    assert_eq!((status, kind.as_str()), (500, "api_error"));
+    let pi = create(700, "pm_card_visa").send(&c).await?;
+
+    let ledger: LedgerView = http
+        .get(format!("{}sandbox/ledger", sb.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ledger.payment_intents.len(), 1);
+    assert_eq!(ledger.charges[0].payment_intent, pi.id.as_str());
+    assert_eq!(sb.sandbox.requests(), 2);
+    assert_eq!(sb.sandbox.ledger(), ledger);
+
+    let bad = http
+        .post(format!("{}sandbox/faults", sb.url()))
+        .json(&serde_json::json!({ "fail": "yes" }))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    sb.sandbox.set_faults(Faults::default());
+
+    // Replays say so, as Stripe does.
+    let post = |key: &str| {
+        http.post(format!("{}v1/payment_intents", sb.url()))
+            .bearer_auth(orderflow_stripe_sandbox::DEFAULT_SECRET_KEY)
+            .header("idempotency-key", key.to_owned())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("amount=100&currency=usd&confirm=true&payment_method=pm_card_visa&metadata[a]=1")
+    };
+    let one = post("raw").send().await?;
+    assert!(one.headers().get("idempotent-replayed").is_none());
+    let one: serde_json::Value = one.json().await?;
+    assert_eq!(one["metadata"]["a"], "1");
+    let two = post("raw").send().await?;
+    assert_eq!(two.headers()["idempotent-replayed"], "true");
+    let two: serde_json::Value = two.json().await?;
+    assert_eq!(one["id"], two["id"]);
+    Ok(())
+}
