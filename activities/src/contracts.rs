@@ -66,6 +66,15 @@ pub struct Charge {
     pub payment_intent_id: String,
 }
 
+/// `payment.refund` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    /// The payment refunded or closed; `None` if the charge step never reached the payment service.
+    pub payment_id: Option<String>,
+    /// Stripe's refund id; `None` when there was nothing to refund (declined, never charged).
+    pub refund_id: Option<String>,
+}
+
 /// `order.create` output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderConfirmation {

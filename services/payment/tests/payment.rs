@@ -1,0 +1,782 @@
+//! The payment service on the real thing: the production async-stripe client against the local
+//! Stripe sandbox on port 0, a fresh Postgres database per test, the local Redis, and the
+//! service's HTTP app served on port 0 for webhooks.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use chrono::Utc;
+use orderflow_activities::{
+    Activity, TaskContext,
+    contracts::{Charge, Money, OrderItem, OrderSagaInput},
+};
+use orderflow_core::{Phase, TaskId, WorkflowId};
+use orderflow_payment::{
+    AppState, Payments, StripeConfig,
+    activities::{ChargeActivity, RefundActivity},
+    breaker::BreakerConfig,
+    cache::OutcomeCache,
+    gateway::Gateway,
+    model::{ChargeRequest, PaymentStatus},
+    store,
+};
+use orderflow_service_kit::{
+    auth::{JwtKeys, Role},
+    db,
+    http::Readiness,
+    kv,
+};
+use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig, WebhookTarget};
+use orderflow_testkit::eventually;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+const JWT_SECRET: &str = "payment-test-secret-payment-test-secret-0123";
+const WEBHOOK_SECRET: &str = "whsec_payment_tests";
+
+/// One test's world: its own payment database, Redis namespace, sandbox and service.
+struct World {
+    payments: Arc<Payments>,
+    pool: PgPool,
+    sandbox: RunningSandbox,
+    state: AppState,
+    /// Stops the service's HTTP server.
+    stop: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Default)]
+struct Setup {
+    breaker: Option<BreakerConfig>,
+    request_timeout: Option<Duration>,
+    /// Whether the sandbox posts its webhooks to the service. Off by default: a webhook can
+    /// settle a pending payment by itself, which would hide what the idempotency key does.
+    webhooks: bool,
+}
+
+impl World {
+    async fn new() -> anyhow::Result<Self> {
+        Self::with(Setup::default()).await
+    }
+
+    async fn with(setup: Setup) -> anyhow::Result<Self> {
+        orderflow_testkit::init_tracing();
+        let tag = Uuid::new_v4().simple().to_string();
+        let url = format!(
+            "{}/orderflow_test_payment_{tag}",
+            orderflow_testkit::pg_server()
+        );
+        let pool = db::connect_and_migrate(&url, &orderflow_payment::migrator()).await?;
+        // The service listens first, so the sandbox can post its webhooks to it.
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let service_addr = listener.local_addr()?;
+        let sandbox = RunningSandbox::start(SandboxConfig {
+            webhook: setup.webhooks.then(|| WebhookTarget {
+                url: format!("http://{service_addr}/api/v1/webhooks/stripe"),
+                secret: WEBHOOK_SECRET.into(),
+            }),
+            ..SandboxConfig::default()
+        })
+        .await?;
+        let mut stripe = StripeConfig::sandbox(sandbox.url());
+        stripe.webhook_secret = WEBHOOK_SECRET.into();
+        if let Some(b) = setup.breaker {
+            stripe.breaker = b;
+        }
+        if let Some(t) = setup.request_timeout {
+            stripe.request_timeout = t;
+        }
+        let redis = kv::connect("redis://127.0.0.1:6379").await?;
+        let payments = Arc::new(Payments {
+            pool: pool.clone(),
+            gateway: Gateway::new(&stripe)?,
+            cache: OutcomeCache::new(
+                redis,
+                &format!("t{}.", &tag[..12]),
+                Duration::from_secs(600),
+            ),
+        });
+        let state = AppState {
+            pool: pool.clone(),
+            keys: JwtKeys::new(JWT_SECRET),
+            webhook_secret: WEBHOOK_SECRET.into(),
+        };
+        let stop = CancellationToken::new();
+        let app = orderflow_payment::router(state.clone(), Readiness::new().postgres(pool.clone()));
+        tokio::spawn(orderflow_service_kit::http::serve_on(
+            listener,
+            app,
+            stop.clone(),
+        ));
+        Ok(Self {
+            payments,
+            pool,
+            sandbox,
+            state,
+            stop,
+        })
+    }
+
+    fn charge(&self) -> ChargeActivity {
+        ChargeActivity(self.payments.clone())
+    }
+
+    fn refund(&self) -> RefundActivity {
+        RefundActivity(self.payments.clone())
+    }
+
+    fn app(&self) -> axum::Router {
+        orderflow_payment::router(self.state.clone(), Readiness::new())
+    }
+
+    fn token(&self, user: Uuid, role: Role) -> String {
+        JwtKeys::new(JWT_SECRET)
+            .issue(user, role, Duration::from_secs(600))
+            .unwrap()
+    }
+}
+
+fn input(payment_method: &str) -> OrderSagaInput {
+    OrderSagaInput {
+        order_id: Uuid::now_v7(),
+        user_id: Uuid::now_v7(),
+        items: vec![OrderItem {
+            product_id: "sku-1".into(),
+            quantity: 2,
+        }],
+        total: Money {
+            amount_minor: 2599,
+            currency: "EUR".into(),
+        },
+        payment_method: payment_method.into(),
+        email: "buyer@example.com".into(),
+    }
+}
+
+/// The task of the charge step (or its compensation) of workflow `wf`.
+fn task(wf: Uuid, phase: Phase) -> TaskContext {
+    let key = match phase {
+        Phase::Forward => format!("{wf}/charge"),
+        Phase::Compensate => format!("{wf}/charge/compensate"),
+    };
+    TaskContext {
+        task_id: TaskId(Uuid::now_v7()),
+        workflow_id: WorkflowId(wf),
+        step: "charge".into(),
+        phase,
+        attempt: 1,
+        idempotency_key: key,
+        deadline: Utc::now() + chrono::Duration::seconds(30),
+        results: Map::new(),
+        signals: Map::new(),
+    }
+}
+
+fn pi_of(charge: &Charge) -> &str {
+    &charge.payment_intent_id
+}
+
+#[tokio::test]
+async fn a_charge_succeeds_and_records_the_intent_in_three_phases() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let charge = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await?;
+
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.payment_intents.len(), 1);
+    let pi = &ledger.payment_intents[0];
+    assert_eq!(pi.id, pi_of(&charge));
+    assert_eq!((pi.amount, pi.currency.as_str()), (2599, "eur"));
+    assert_eq!(pi.metadata["payment_id"], charge.payment_id);
+    assert_eq!(pi.metadata["order_id"], inp.order_id.to_string());
+    assert_eq!(ledger.charges.len(), 1);
+
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Succeeded);
+    assert_eq!(row.id.to_string(), charge.payment_id);
+    assert_eq!(row.payment_intent_id.as_deref(), Some(pi_of(&charge)));
+    assert_eq!((row.amount_minor, row.currency.as_str()), (2599, "EUR"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_key_twice_makes_one_payment_intent() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    // Two deliveries of the same task at once: both find the row pending and call Stripe with
+    // the same key; Stripe (the sandbox) runs the first and replays it for the second.
+    let (charge, t1, t2) = (
+        w.charge(),
+        task(wf, Phase::Forward),
+        task(wf, Phase::Forward),
+    );
+    let (a, b) = tokio::join!(charge.run(&t1, inp.clone()), charge.run(&t2, inp.clone()));
+    let (a, b) = (a?, b?);
+    assert_eq!(a, b);
+    // And once more after the fact.
+    let c = w.charge().run(&task(wf, Phase::Forward), inp).await?;
+    assert_eq!(a, c);
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.payment_intents.len(), 1);
+    assert_eq!(ledger.charges.len(), 1);
+
+    // The key itself, through the production client: one intent whatever the number of calls.
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    for _ in 0..2 {
+        let again = w
+            .payments
+            .gateway
+            .charge(&row, &row.stripe_key(), None)
+            .await?;
+        assert_eq!(again, a.payment_intent_id);
+    }
+    assert_eq!(w.sandbox.sandbox.ledger().payment_intents.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_declined_card_is_a_non_retryable_card_declined() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let err = w
+        .charge()
+        .run(&task(wf, Phase::Forward), input("pm_card_chargeDeclined"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "card_declined");
+    assert!(!err.retryable);
+    assert!(err.message.contains("generic_decline"), "{}", err.message);
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Declined);
+    assert!(
+        row.payment_intent_id.is_some(),
+        "the declined intent is kept"
+    );
+    assert!(w.sandbox.sandbox.ledger().charges.is_empty());
+
+    // A repeat gives the same answer without asking Stripe again.
+    let before = w.sandbox.sandbox.requests();
+    let again = w
+        .charge()
+        .run(&task(wf, Phase::Forward), input("pm_card_chargeDeclined"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (again.code.as_str(), again.retryable),
+        ("card_declined", false)
+    );
+    assert_eq!(w.sandbox.sandbox.requests(), before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    w.sandbox.sandbox.set_faults(Faults {
+        fail_requests: 1,
+        ..Faults::default()
+    });
+    let err = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable),
+        ("stripe_unavailable", true)
+    );
+    assert!(w.sandbox.sandbox.ledger().payment_intents.is_empty());
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Pending);
+    assert_eq!(row.stripe_attempt, 0, "an unknown outcome keeps the key");
+
+    let charge = w.charge().run(&task(wf, Phase::Forward), inp).await?;
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.charges.len(), 1);
+    assert_eq!(ledger.charges[0].payment_intent, charge.payment_intent_id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_answer_times_out_retryably_and_the_retry_finds_the_same_intent()
+-> anyhow::Result<()> {
+    let w = World::with(Setup {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..Setup::default()
+    })
+    .await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    // Stripe charges, but its answer comes too late for the client.
+    w.sandbox.sandbox.set_faults(Faults {
+        hang_requests: 1,
+        hang_ms: 2_000,
+        ..Faults::default()
+    });
+    let err = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable),
+        ("stripe_unavailable", true)
+    );
+    assert_eq!(w.sandbox.sandbox.ledger().charges.len(), 1);
+
+    let charge = w.charge().run(&task(wf, Phase::Forward), inp).await?;
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(
+        ledger.charges.len(),
+        1,
+        "the retry replayed the first charge"
+    );
+    assert_eq!(ledger.charges[0].payment_intent, charge.payment_intent_id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_processing_error_is_retried_under_a_fresh_key() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let err = w
+        .charge()
+        .run(
+            &task(wf, Phase::Forward),
+            input("pm_card_chargeDeclinedProcessingError"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable),
+        ("card_processing_error", true)
+    );
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(
+        (row.status, row.stripe_attempt),
+        (PaymentStatus::Pending, 1)
+    );
+    assert_eq!(row.stripe_key(), format!("{wf}/charge#1"));
+    assert!(w.sandbox.sandbox.ledger().charges.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_between_the_phases_never_charges_twice() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let inp = input("pm_card_visa");
+    let req = ChargeRequest::from_saga(&inp)?;
+
+    // Died after phase 1: the row is pending, Stripe never heard of it.
+    let wf1 = Uuid::now_v7();
+    let key1 = format!("{wf1}/charge");
+    store::insert_or_get(&w.pool, &key1, wf1, &req, PaymentStatus::Pending).await?;
+    let c1 = w
+        .charge()
+        .run(&task(wf1, Phase::Forward), inp.clone())
+        .await?;
+
+    // Died after phase 2: Stripe charged, the intent id never reached the table.
+    let wf2 = Uuid::now_v7();
+    let key2 = format!("{wf2}/charge");
+    let pending = store::insert_or_get(&w.pool, &key2, wf2, &req, PaymentStatus::Pending).await?;
+    let first = w
+        .payments
+        .gateway
+        .charge(&pending, &pending.stripe_key(), None)
+        .await?;
+    let c2 = w.charge().run(&task(wf2, Phase::Forward), inp).await?;
+    assert_eq!(c2.payment_intent_id, first);
+    assert_eq!(c2.payment_id, pending.id.to_string());
+
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.charges.len(), 2, "one charge per saga");
+    assert_eq!(ledger.charges_with("payment_id", &c1.payment_id).len(), 1);
+    assert_eq!(ledger.charges_with("payment_id", &c2.payment_id).len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refund_happens_exactly_once() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let charge = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await?;
+    let (refund, t1, t2) = (
+        w.refund(),
+        task(wf, Phase::Compensate),
+        task(wf, Phase::Compensate),
+    );
+    let (a, b) = tokio::join!(refund.run(&t1, inp.clone()), refund.run(&t2, inp.clone()));
+    let (a, b) = (a?, b?);
+    let c = w.refund().run(&task(wf, Phase::Compensate), inp).await?;
+    assert_eq!(a.refund_id, b.refund_id);
+    assert_eq!(a, c);
+    assert_eq!(a.payment_id.as_deref(), Some(charge.payment_id.as_str()));
+
+    let ledger = w.sandbox.sandbox.ledger();
+    let refunds = ledger.refunds_of(pi_of(&charge));
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount, 2599);
+    assert_eq!(Some(refunds[0].id.clone()), a.refund_id);
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Refunded);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let r = w
+        .refund()
+        .run(&task(wf, Phase::Compensate), inp.clone())
+        .await?;
+    assert_eq!(r.refund_id, None);
+    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Voided);
+
+    // The charge task that timed out, arriving after its compensation, must not charge.
+    let err = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable),
+        ("payment_voided", false)
+    );
+    assert_eq!(w.sandbox.sandbox.requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refunding_an_in_doubt_charge_settles_it_then_refunds_it_once() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let req = ChargeRequest::from_saga(&inp)?;
+    let pending = store::insert_or_get(
+        &w.pool,
+        &format!("{wf}/charge"),
+        wf,
+        &req,
+        PaymentStatus::Pending,
+    )
+    .await?;
+    let intent = w
+        .payments
+        .gateway
+        .charge(&pending, &pending.stripe_key(), None)
+        .await?;
+    let r = w.refund().run(&task(wf, Phase::Compensate), inp).await?;
+    assert!(r.refund_id.is_some());
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.charges.len(), 1);
+    assert_eq!(ledger.refunds_of(&intent).len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_answers_a_repeated_charge_without_the_database_or_stripe() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let first = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await?;
+    let requests = w.sandbox.sandbox.requests();
+    // With the database closed and Stripe failing, only Redis can answer.
+    w.pool.close().await;
+    w.sandbox.sandbox.set_faults(Faults {
+        fail_requests: 100,
+        ..Faults::default()
+    });
+    let again = w.charge().run(&task(wf, Phase::Forward), inp).await?;
+    assert_eq!(again, first);
+    assert_eq!(w.sandbox.sandbox.requests(), requests);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_stripe_failures_and_refuses_fast() -> anyhow::Result<()> {
+    let w = World::with(Setup {
+        breaker: Some(BreakerConfig {
+            min_calls: 3,
+            window: 10,
+            ..BreakerConfig::default()
+        }),
+        ..Setup::default()
+    })
+    .await?;
+    w.sandbox.sandbox.set_faults(Faults {
+        fail_requests: 100,
+        ..Faults::default()
+    });
+    for _ in 0..3 {
+        let e = w
+            .charge()
+            .run(&task(Uuid::now_v7(), Phase::Forward), input("pm_card_visa"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "stripe_unavailable");
+    }
+    let seen = w.sandbox.sandbox.requests();
+    let e = w
+        .charge()
+        .run(&task(Uuid::now_v7(), Phase::Forward), input("pm_card_visa"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.retryable),
+        ("stripe_circuit_open", true)
+    );
+    assert_eq!(w.sandbox.sandbox.requests(), seen, "refused without a call");
+
+    let metrics = orderflow_service_kit::http::render_metrics();
+    assert!(
+        metrics.contains("payment_stripe_circuit_state 2"),
+        "the open state is a metric"
+    );
+    Ok(())
+}
+
+async fn events_of(pool: &PgPool, pi: &str) -> anyhow::Result<Vec<String>> {
+    Ok(store::events_of(pool, pi)
+        .await?
+        .into_iter()
+        .map(|e| e.kind)
+        .collect())
+}
+
+#[tokio::test]
+async fn signed_webhooks_are_recorded_and_complete_a_pending_payment() -> anyhow::Result<()> {
+    let w = World::with(Setup {
+        webhooks: true,
+        ..Setup::default()
+    })
+    .await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let req = ChargeRequest::from_saga(&inp)?;
+    let pending = store::insert_or_get(
+        &w.pool,
+        &format!("{wf}/charge"),
+        wf,
+        &req,
+        PaymentStatus::Pending,
+    )
+    .await?;
+    // Phase 2 without phase 3: only the webhook can tell the table.
+    let intent = w
+        .payments
+        .gateway
+        .charge(&pending, &pending.stripe_key(), None)
+        .await?;
+    let pool = w.pool.clone();
+    let row = eventually(
+        Duration::from_secs(10),
+        "the webhook to settle the payment",
+        || {
+            let pool = pool.clone();
+            async move {
+                let p = store::get(&pool, pending.id).await?.unwrap();
+                Ok((p.status == PaymentStatus::Succeeded).then_some(p))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(row.payment_intent_id.as_deref(), Some(intent.as_str()));
+    assert_eq!(
+        events_of(&w.pool, &intent).await?,
+        vec!["payment_intent.succeeded"]
+    );
+    Ok(())
+}
+
+fn webhook_request(body: &str, signature: Option<&str>) -> Request<Body> {
+    let mut req =
+        Request::post("/api/v1/webhooks/stripe").header(header::CONTENT_TYPE, "application/json");
+    if let Some(s) = signature {
+        req = req.header("stripe-signature", s);
+    }
+    req.body(Body::from(body.to_owned())).unwrap()
+}
+
+async fn problem(res: axum::response::Response) -> (StatusCode, Option<String>, Value) {
+    let status = res.status();
+    let ct = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        ct,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn webhook_signatures_are_checked() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let intent = orderflow_stripe_sandbox::ledger::PaymentIntent::example("pi_test_webhook");
+    let event = orderflow_stripe_sandbox::ledger::event_json(
+        "payment_intent.succeeded",
+        orderflow_stripe_sandbox::ledger::intent_json(&intent),
+        None,
+    );
+    let body = event.to_string();
+    let now = Utc::now().timestamp();
+    let good = orderflow_stripe_sandbox::webhooks::signature_header(WEBHOOK_SECRET, now, &body);
+
+    let (status, ..) = problem(w.app().oneshot(webhook_request(&body, Some(&good))).await?).await;
+    assert_eq!(status, StatusCode::OK);
+    // Stripe redelivers: answered 200, recorded once.
+    let (status, ..) = problem(w.app().oneshot(webhook_request(&body, Some(&good))).await?).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        events_of(&w.pool, "pi_test_webhook").await?,
+        vec!["payment_intent.succeeded"]
+    );
+
+    let wrong_key = orderflow_stripe_sandbox::webhooks::signature_header("whsec_other", now, &body);
+    let tampered = body.replace("2599", "1");
+    let stale =
+        orderflow_stripe_sandbox::webhooks::signature_header(WEBHOOK_SECRET, now - 3600, &body);
+    for (body, sig) in [
+        (body.as_str(), Some(wrong_key.as_str())),
+        (tampered.as_str(), Some(good.as_str())),
+        (body.as_str(), Some(stale.as_str())),
+        (body.as_str(), Some("garbage")),
+        (body.as_str(), None),
+    ] {
+        let (status, ct, p) = problem(w.app().oneshot(webhook_request(body, sig)).await?).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sig:?}");
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        assert_eq!(p["field"], "Stripe-Signature", "{p}");
+    }
+    Ok(())
+}
+
+async fn get(app: axum::Router, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut req = Request::get(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let (status, _, body) =
+        problem(app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap()).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn payments_are_shown_to_their_payer_and_listed_to_admins() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let inp = input("pm_card_visa");
+    let charge = w
+        .charge()
+        .run(&task(Uuid::now_v7(), Phase::Forward), inp.clone())
+        .await?;
+    let _declined = w
+        .charge()
+        .run(
+            &task(Uuid::now_v7(), Phase::Forward),
+            input("pm_card_chargeDeclined"),
+        )
+        .await;
+
+    let payer = w.token(inp.user_id, Role::Customer);
+    let stranger = w.token(Uuid::now_v7(), Role::Customer);
+    let admin = w.token(Uuid::now_v7(), Role::Admin);
+    let uri = format!("/api/v1/payments/{}", charge.payment_id);
+
+    let (status, body) = get(w.app(), &uri, Some(&payer)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["payment"]["status"], "succeeded");
+    assert_eq!(
+        body["payment"]["payment_intent_id"],
+        charge.payment_intent_id
+    );
+    assert_eq!(
+        get(w.app(), &uri, Some(&stranger)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(w.app(), &uri, Some(&admin)).await.0, StatusCode::OK);
+    assert_eq!(get(w.app(), &uri, None).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = get(w.app(), "/api/v1/payments/nope", Some(&payer)).await;
+    assert_eq!(
+        (status, &body["field"]),
+        (StatusCode::BAD_REQUEST, &Value::from("id"))
+    );
+
+    let (status, body) = get(w.app(), "/api/v1/payments?limit=1", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    let cursor = body["next_cursor"].as_str().unwrap().to_owned();
+    let (_, page2) = get(
+        w.app(),
+        &format!("/api/v1/payments?limit=1&cursor={cursor}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(page2["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["next_cursor"], Value::Null);
+    let (_, declined) = get(w.app(), "/api/v1/payments?status=declined", Some(&admin)).await;
+    assert_eq!(declined["items"][0]["failure_code"], "card_declined");
+
+    assert_eq!(
+        get(w.app(), "/api/v1/payments", Some(&payer)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    for (q, field) in [
+        ("status=lost", "status"),
+        ("limit=0", "limit"),
+        ("cursor=x", "cursor"),
+        ("order_id=1", "order_id"),
+    ] {
+        let (status, body) = get(w.app(), &format!("/api/v1/payments?{q}"), Some(&admin)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+        assert_eq!(body["field"], field, "{q}");
+    }
+    Ok(())
+}
