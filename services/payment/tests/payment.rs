@@ -780,3 +780,112 @@ async fn payments_are_shown_to_their_payer_and_listed_to_admins() -> anyhow::Res
     }
     Ok(())
 }
+
+/// The order saga run by the real engine, with this service's workers for the payment steps
+/// (through RabbitMQ) and recording activities for the other services' steps.
+struct Saga {
+    env: orderflow_testkit::TestEnv,
+    applier: orderflow_engine::apply::Applier,
+    stops: Vec<CancellationToken>,
+}
+
+impl Drop for Saga {
+    fn drop(&mut self) {
+        for s in &self.stops {
+            s.cancel();
+        }
+    }
+}
+
+impl Saga {
+    async fn new(w: &World) -> anyhow::Result<Self> {
+        use orderflow_activities::{
+            contracts::PAYMENT_CHARGE, contracts::PAYMENT_REFUND, recording, worker::Worker,
+        };
+        let env = orderflow_testkit::TestEnv::new().await?;
+        let registry =
+            Arc::new(orderflow_core::Registry::new().with(orderflow_testkit::sagas::fast_order()));
+        let applier = env.applier(registry.clone());
+        let engine = env.spawn_engine(registry);
+        let mut worker = Worker::builder(orderflow_testkit::amqp_url(), env.topology.clone())
+            .handlers(orderflow_payment::handlers(w.payments.clone()), 4);
+        for h in recording::order_saga_handlers(env.pool.clone()) {
+            if ![PAYMENT_CHARGE, PAYMENT_REFUND].contains(&h.activity()) {
+                worker = worker.handler(h, 4);
+            }
+        }
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.build().run(stop.clone().cancelled_owned()));
+        Ok(Self {
+            env,
+            applier,
+            stops: vec![engine, stop],
+        })
+    }
+
+    /// Starts an order saga paying with `payment_method` and waits until it settles.
+    async fn run(&self, payment_method: &str) -> anyhow::Result<(Uuid, String)> {
+        let mut input = orderflow_testkit::order_input();
+        input["payment_method"] = payment_method.into();
+        let started = self
+            .applier
+            .start(
+                &self.env.pool,
+                orderflow_engine::apply::StartRequest {
+                    workflow_type: "order".into(),
+                    input,
+                    business_keys: serde_json::json!({}),
+                    idempotency_key: None,
+                    request_hash: None,
+                },
+            )
+            .await?;
+        let id = started.id.0;
+        let status = orderflow_testkit::settled(&self.env, id, Duration::from_secs(30)).await?;
+        Ok((id, status))
+    }
+}
+
+#[tokio::test]
+async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() -> anyhow::Result<()>
+{
+    use orderflow_activities::{contracts::ORDER_CREATE, recording};
+    let w = World::new().await?;
+    let saga = Saga::new(&w).await?;
+
+    let (paid, status) = saga.run("pm_card_visa").await?;
+    assert_eq!(status, "completed");
+    let row = store::by_key(&w.pool, &format!("{paid}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Succeeded);
+
+    let (declined, status) = saga.run("pm_card_chargeDeclined").await?;
+    assert_eq!(status, "compensated");
+    let row = store::by_key(&w.pool, &format!("{declined}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Declined);
+
+    // Charged, then the pivot fails for good: the compensation refunds the charge.
+    recording::inject(
+        &saga.env.pool,
+        &recording::Fault::permanent(ORDER_CREATE, "boom"),
+    )
+    .await?;
+    let (refunded, status) = saga.run("pm_card_visa").await?;
+    assert_eq!(status, "compensated");
+    let row = store::by_key(&w.pool, &format!("{refunded}/charge"))
+        .await?
+        .unwrap();
+    assert_eq!(row.status, PaymentStatus::Refunded);
+
+    let ledger = w.sandbox.sandbox.ledger();
+    assert_eq!(ledger.charges.len(), 2, "the declined saga charged nothing");
+    assert_eq!(ledger.refunds.len(), 1);
+    assert_eq!(
+        Some(ledger.refunds[0].payment_intent.as_str()),
+        row.payment_intent_id.as_deref()
+    );
+    Ok(())
+}
