@@ -47,6 +47,11 @@ impl OutcomeCache {
         }
     }
 
+    /// The Redis connection, for the readiness probe.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     fn key(&self, idempotency_key: &str) -> String {
         format!("{}{idempotency_key}", self.namespace)
     }

@@ -90,7 +90,7 @@ pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Resu
         keys: JwtKeys::new(&config.service.jwt_secret),
         webhook_secret: config.stripe.webhook_secret.clone(),
     };
-    let redis = kv::connect(&config.service.redis_url).await?;
+    let redis = payments.cache.connection();
     // Stripe is not probed: an outage there is the breaker's business, and the service still
     // answers its API and refuses charges fast meanwhile.
     let ready = Readiness::new()

@@ -611,24 +611,24 @@ async fn signed_webhooks_are_recorded_and_complete_a_pending_payment() -> anyhow
         .gateway
         .charge(&pending, &pending.stripe_key(), None)
         .await?;
+    // The handler settles the payment, then records the event: wait for both.
     let pool = w.pool.clone();
-    let row = eventually(
+    let (row, events) = eventually(
         Duration::from_secs(10),
-        "the webhook to settle the payment",
+        "the webhook to settle the payment and be recorded",
         || {
-            let pool = pool.clone();
+            let (pool, intent) = (pool.clone(), intent.clone());
             async move {
                 let p = store::get(&pool, pending.id).await?.unwrap();
-                Ok((p.status == PaymentStatus::Succeeded).then_some(p))
+                let events = events_of(&pool, &intent).await?;
+                Ok((p.status == PaymentStatus::Succeeded && !events.is_empty())
+                    .then_some((p, events)))
             }
         },
     )
     .await?;
     assert_eq!(row.payment_intent_id.as_deref(), Some(intent.as_str()));
-    assert_eq!(
-        events_of(&w.pool, &intent).await?,
-        vec!["payment_intent.succeeded"]
-    );
+    assert_eq!(events, vec!["payment_intent.succeeded"]);
     Ok(())
 }
 
@@ -887,5 +887,55 @@ async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() ->
         Some(ledger.refunds[0].payment_intent.as_str()),
         row.payment_intent_id.as_deref()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_service_runs_ready_and_stops_on_its_token() -> anyhow::Result<()> {
+    orderflow_testkit::init_tracing();
+    let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
+    let tag = Uuid::new_v4().simple().to_string();
+    // A port the OS just handed out and took back: `run` binds the configured address itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut service = orderflow_service_kit::ServiceConfig::local("payment", port);
+    service.bind = ([127, 0, 0, 1], port).into();
+    service.database_url = format!(
+        "{}/orderflow_test_payment_{tag}",
+        orderflow_testkit::pg_server()
+    );
+    service.queue_prefix = format!("t{}.", &tag[..12]);
+    service.jwt_secret = JWT_SECRET.into();
+    let config =
+        orderflow_payment::PaymentConfig::new(service, StripeConfig::sandbox(sandbox.url()));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(orderflow_payment::run(config, stop.clone()));
+
+    let http = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    eventually(Duration::from_secs(20), "the service to be ready", || {
+        let (http, ready) = (http.clone(), ready.clone());
+        async move {
+            Ok(match http.get(&ready).send().await {
+                Ok(r) => (r.status() == StatusCode::OK).then_some(()),
+                Err(_) => None,
+            })
+        }
+    })
+    .await?;
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("payment_stripe_circuit_state"),
+        "{metrics}"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), running).await???;
     Ok(())
 }
