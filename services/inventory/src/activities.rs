@@ -1,0 +1,151 @@
+//! The inventory's activities: `inventory.reserve` and its compensation `inventory.release`.
+//! Both are idempotent per saga step, as at-least-once delivery requires.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use orderflow_activities::{
+    Activity, ActivityError, TaskContext,
+    contracts::{INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation},
+    worker::Handler,
+};
+use sqlx::PgPool;
+
+use crate::{
+    metrics,
+    store::reservations::{self, ReserveError, ReserveRequest, StepRef},
+};
+
+/// Error codes the saga definition treats as final (its `non_retryable_codes`).
+pub mod codes {
+    pub const OUT_OF_STOCK: &str = "out_of_stock";
+    pub const UNKNOWN_PRODUCT: &str = "unknown_product";
+    pub const INVALID_ITEMS: &str = "invalid_items";
+    pub const DATABASE: &str = "database";
+}
+
+/// `inventory.reserve`: holds every item of the order or none, for `ttl` at most if the saga
+/// never settles.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub pool: PgPool,
+    pub ttl: Duration,
+}
+
+#[async_trait]
+impl Activity for Reserve {
+    const NAME: &'static str = INVENTORY_RESERVE;
+    type Input = OrderSagaInput;
+    type Output = Reservation;
+
+    async fn run(
+        &self,
+        ctx: &TaskContext,
+        input: OrderSagaInput,
+    ) -> Result<Reservation, ActivityError> {
+        let items: Vec<(String, u32)> = input
+            .items
+            .into_iter()
+            .map(|i| (i.product_id, i.quantity))
+            .collect();
+        let step = step_ref(ctx);
+        let req = ReserveRequest {
+            step: &step,
+            idempotency_key: &ctx.idempotency_key,
+            order_id: Some(input.order_id),
+            items: &items,
+            ttl: self.ttl,
+        };
+        let outcome = reservations::reserve(&self.pool, &req).await;
+        metrics::reserve_outcome(match &outcome {
+            Ok(_) => "reserved",
+            Err(ReserveError::OutOfStock(_)) => codes::OUT_OF_STOCK,
+            Err(ReserveError::UnknownProducts(_)) => codes::UNKNOWN_PRODUCT,
+            Err(ReserveError::Database(_)) => codes::DATABASE,
+            Err(_) => codes::INVALID_ITEMS,
+        });
+        match outcome {
+            Ok(r) => Ok(Reservation {
+                reservation_id: r.id.to_string(),
+            }),
+            Err(e @ ReserveError::OutOfStock(_)) => {
+                Err(ActivityError::permanent(codes::OUT_OF_STOCK, e.to_string()))
+            }
+            Err(e @ ReserveError::UnknownProducts(_)) => Err(ActivityError::permanent(
+                codes::UNKNOWN_PRODUCT,
+                e.to_string(),
+            )),
+            Err(
+                e @ (ReserveError::NoItems
+                | ReserveError::ZeroQuantity { .. }
+                | ReserveError::TooMany(_)),
+            ) => Err(ActivityError::permanent(
+                codes::INVALID_ITEMS,
+                e.to_string(),
+            )),
+            Err(ReserveError::Database(e)) => Err(db_error(e)),
+        }
+    }
+}
+
+/// `inventory.release`: gives the reserve step's units back. Releasing a reservation that is
+/// already released, or that never happened, succeeds.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl Activity for Release {
+    const NAME: &'static str = INVENTORY_RELEASE;
+    // The compensation only needs the step it undoes, which the task context names.
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+
+    async fn run(
+        &self,
+        ctx: &TaskContext,
+        _input: serde_json::Value,
+    ) -> Result<serde_json::Value, ActivityError> {
+        let outcome = reservations::release(
+            &self.pool,
+            &step_ref(ctx),
+            &ctx.idempotency_key,
+            "compensated",
+        )
+        .await
+        .map_err(db_error)?;
+        let released = match outcome {
+            reservations::Released::Now => "released",
+            reservations::Released::AlreadySettled(_) => "already_settled",
+            reservations::Released::NeverReserved => "never_reserved",
+        };
+        metrics::released(released);
+        Ok(serde_json::json!({ "outcome": released }))
+    }
+}
+
+/// The forward and compensation tasks of one step carry the same workflow id and step name; that
+/// pair, not the (phase-specific) idempotency key, names the reservation.
+fn step_ref(ctx: &TaskContext) -> StepRef {
+    StepRef {
+        workflow_id: ctx.workflow_id.0,
+        step: ctx.step.clone(),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> ActivityError {
+    tracing::warn!(error = %e, "inventory database error; the task will be retried");
+    ActivityError::retryable(codes::DATABASE, "the inventory database is unavailable")
+}
+
+/// The inventory's activity handlers, for a worker.
+pub fn handlers(pool: PgPool, ttl: Duration) -> Vec<Arc<dyn Handler>> {
+    vec![
+        Arc::new(Reserve {
+            pool: pool.clone(),
+            ttl,
+        }),
+        Arc::new(Release { pool }),
+    ]
+}

@@ -1,0 +1,158 @@
+//! The inventory service: the catalogue (products with a price and stock) and the order saga's
+//! first step, reserving stock, done so that concurrent sagas can never oversell.
+//!
+//! Stock is three counters per product, `on_hand`, `reserved` and `sold`; a reservation moves
+//! units from on hand to reserved (all of an order's items or none), and settles when its saga
+//! does: committed (reserved to sold) when the saga completes, released (back on hand) when it
+//! compensates, is cancelled, or when the reservation expires.
+//!
+//! - [`model`]: checked domain types (`Sku`, `Price`, `Stock`, reservation status).
+//! - [`store`]: the tables, one module each: [`store::products`], [`store::reservations`]
+//!   (reserve, release, settle, sweep; the lock order that keeps them deadlock-free).
+//! - [`activities`]: `inventory.reserve` and `inventory.release` for the worker runtime.
+//! - [`settle`]: follows `WorkflowFinished` events to commit or release a saga's reservations.
+//! - [`sweeper`]: releases reservations whose saga never settled within the TTL.
+//! - [`api`]: the REST API (public catalogue, admin writes and inspection).
+//! - [`seed`]: the demo catalogue for `orderflow up`.
+//! - [`config`]: [`InventoryConfig`] and its defaults.
+//! - [`metrics`]: reservation counters on `/metrics`.
+
+pub mod activities;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod seed;
+pub mod settle;
+pub mod store;
+pub mod sweeper;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use orderflow_activities::worker::{Handler, Worker};
+use orderflow_service_kit::{
+    auth::JwtKeys,
+    db,
+    events::{self, Subscription},
+    http::{self, Readiness},
+};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio_util::sync::CancellationToken;
+
+pub use activities::handlers as activity_handlers;
+pub use api::AppState;
+pub use config::InventoryConfig;
+pub use seed::seed_demo_products;
+
+/// The service's name in metrics, queue names and logs.
+pub const SERVICE: &str = "inventory";
+
+/// The inventory database's migrations (`migrations/inventory`).
+pub fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("../../migrations/inventory");
+    // Another service's versions in the same database (never in production) are not ours to judge.
+    m.set_ignore_missing(true);
+    m
+}
+
+/// The whole HTTP app: `/api/v1` plus `/health`, `/ready`, `/metrics`.
+pub fn router(state: AppState, ready: Readiness) -> axum::Router {
+    http::app(SERVICE, api::routes(state), ready)
+}
+
+/// The activity handlers for a worker (reserve with the configured hold time, release).
+pub fn handlers(pool: PgPool, config: &InventoryConfig) -> Vec<Arc<dyn Handler>> {
+    activities::handlers(pool, config.reservation_ttl)
+}
+
+/// What the service follows: the order saga's end.
+pub fn subscription(config: &InventoryConfig) -> Subscription {
+    Subscription {
+        amqp_url: config.service.amqp_url.clone(),
+        topology: config.service.topology(),
+        service: SERVICE.to_owned(),
+        routing_key: orderflow_core::protocol::finished_routing_key("order"),
+    }
+}
+
+/// Migrates, then serves the API, runs the activity workers, follows finished sagas and sweeps
+/// expired reservations, until `stop`. If one part fails the others are stopped too.
+pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
+    if config.seed_demo_products {
+        let n = seed_demo_products(&pool)
+            .await
+            .context("seeding demo products")?;
+        if n > 0 {
+            tracing::info!(products = n, "seeded the demo catalogue");
+        }
+    }
+    let stop = stop.child_token();
+    let state = AppState {
+        pool: pool.clone(),
+        keys: JwtKeys::new(&config.service.jwt_secret),
+    };
+    let ready = Readiness::new()
+        .postgres(pool.clone())
+        .amqp(config.service.amqp_url.clone());
+    let app = router(state, ready);
+
+    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
+        .handlers(
+            handlers(pool.clone(), &config),
+            config.service.worker_concurrency,
+        )
+        .build();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            worker
+                .run(stop.cancelled_owned())
+                .await
+                .context("inventory worker")
+        }
+    });
+    tasks.spawn({
+        let (pool, stop, sub) = (pool.clone(), stop.clone(), subscription(&config));
+        async move {
+            events::follow(
+                sub,
+                |event| {
+                    let pool = pool.clone();
+                    async move { settle::on_workflow_finished(&pool, &event).await }
+                },
+                stop,
+            )
+            .await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (pool, stop, every) = (pool.clone(), stop.clone(), config.sweep_interval);
+        async move {
+            sweeper::run(pool, every, stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn(http::serve(config.service.bind, app, stop.clone()));
+
+    let mut outcome = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let result = done.context("an inventory task panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "inventory service part failed; stopping"
+            );
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+        // Whatever ended first (stop, or a failure), the rest follow.
+        stop.cancel();
+    }
+    pool.close().await;
+    outcome
+}
