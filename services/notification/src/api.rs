@@ -1,0 +1,205 @@
+//! The notification service's REST API under `/api/v1`.
+//!
+//! | method and path | who | |
+//! |---|---|---|
+//! | `GET /notifications?status=&channel=&recipient=&workflow_id=&cursor=&limit=` | admin | the log, newest first |
+//! | `GET /notifications/{id}` | admin | one message with every delivery attempt |
+//! | `GET /outbox?cursor=&limit=` | admin | what the outbox provider recorded |
+//! | `GET /contacts/me`, `PUT /contacts/me` `{phone, push_token}` | the user | where else order messages go |
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRef, Path, Query, State, rejection::QueryRejection},
+    routing::get,
+};
+use orderflow_service_kit::{
+    ApiError,
+    auth::{AdminUser, AuthUser, JwtKeys},
+    problem::parse_json,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    model::{Channel, NotificationStatus, parse_phone, parse_push_token},
+    store::{self, Contact, ListFilter},
+};
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub keys: JwtKeys,
+}
+
+impl FromRef<AppState> for JwtKeys {
+    fn from_ref(st: &AppState) -> Self {
+        st.keys.clone()
+    }
+}
+
+/// The `/api/v1` routes.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/notifications", get(list))
+        .route("/notifications/{id}", get(show))
+        .route("/outbox", get(outbox))
+        .route("/contacts/me", get(my_contact).put(set_my_contact))
+        .with_state(state)
+}
+
+fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(50),
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad(
+                "limit",
+                format!("`{l}` is not a number from 1 to 200"),
+            )),
+        },
+    }
+}
+
+fn uuid_param(field: &str, raw: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    raw.map(|s| {
+        Uuid::parse_str(s).map_err(|_| ApiError::bad(field, format!("`{s}` is not a UUID")))
+    })
+    .transpose()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    channel: Option<String>,
+    recipient: Option<String>,
+    workflow_id: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /notifications` (admin).
+async fn list(
+    _admin: AdminUser,
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q?;
+    let limit = limit(q.limit.as_deref())?;
+    let filter = ListFilter {
+        status: q
+            .status
+            .as_deref()
+            .map(|s| {
+                NotificationStatus::parse(s).ok_or_else(|| {
+                    ApiError::bad("status", format!("`{s}` is not pending, sent or failed"))
+                })
+            })
+            .transpose()?,
+        channel: q
+            .channel
+            .as_deref()
+            .map(|s| {
+                Channel::parse(s).ok_or_else(|| {
+                    ApiError::bad("channel", format!("`{s}` is not email, sms or push"))
+                })
+            })
+            .transpose()?,
+        recipient: q.recipient,
+        workflow_id: uuid_param("workflow_id", q.workflow_id.as_deref())?,
+        before: uuid_param("cursor", q.cursor.as_deref())?,
+        // One row more than asked tells whether another page exists.
+        limit: limit + 1,
+    };
+    let mut conn = st.pool.acquire().await?;
+    let mut rows = store::list(&mut conn, &filter).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|n| n.id)).flatten();
+    Ok(Json(json!({ "items": rows, "next_cursor": next })))
+}
+
+/// `GET /notifications/{id}` (admin).
+async fn show(
+    _admin: AdminUser,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no notification `{id}`"));
+    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let mut conn = st.pool.acquire().await?;
+    let n = store::get(&mut conn, uuid).await?.ok_or_else(not_found)?;
+    let attempts = store::attempts(&mut conn, uuid).await?;
+    let mut body = serde_json::to_value(n).map_err(|e| ApiError::Internal(e.into()))?;
+    body["attempt_log"] = json!(attempts);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /outbox` (admin).
+async fn outbox(
+    _admin: AdminUser,
+    State(st): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q?;
+    let limit = limit(q.limit.as_deref())?;
+    let before = uuid_param("cursor", q.cursor.as_deref())?;
+    let mut conn = st.pool.acquire().await?;
+    let mut rows = store::outbox(&mut conn, before, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().map(|m| m.notification_id))
+        .flatten();
+    Ok(Json(json!({ "items": rows, "next_cursor": next })))
+}
+
+/// `GET /contacts/me`.
+async fn my_contact(user: AuthUser, State(st): State<AppState>) -> Result<Json<Contact>, ApiError> {
+    let mut conn = st.pool.acquire().await?;
+    Ok(Json(store::contact(&mut conn, user.id()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactBody {
+    phone: Option<String>,
+    push_token: Option<String>,
+}
+
+/// `PUT /contacts/me`: replaces both details; `null` or absent removes one.
+async fn set_my_contact(
+    user: AuthUser,
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Contact>, ApiError> {
+    let b: ContactBody = parse_json(&body)?;
+    let contact = Contact {
+        phone: b
+            .phone
+            .as_deref()
+            .map(parse_phone)
+            .transpose()
+            .map_err(|e| ApiError::unprocessable("phone", e.to_string()))?,
+        push_token: b
+            .push_token
+            .as_deref()
+            .map(parse_push_token)
+            .transpose()
+            .map_err(|e| ApiError::unprocessable("push_token", e.to_string()))?,
+    };
+    let mut conn = st.pool.acquire().await?;
+    store::set_contact(&mut conn, user.id(), &contact).await?;
+    Ok(Json(contact))
+}

@@ -1,0 +1,150 @@
+//! The notification service: the order saga's last step, `notification.send`, which confirms the
+//! order by email (and by SMS and push where the user asked for them), and the log of every
+//! message and delivery attempt that admins can read.
+//!
+//! - [`send`]: the activity; one message per channel and idempotency key, never sent twice.
+//! - [`providers`]: the delivery traits and their implementations: SMTP email (lettre), HTTP SMS
+//!   and push, and the outbox that only records messages (`orderflow up` without providers).
+//! - [`templates`]: the message templates (minijinja), compiled in.
+//! - [`store`]: the notification log, attempts, outbox and contacts tables.
+//! - [`api`]: the REST API (admin log and outbox, the user's contact details).
+//! - [`model`]: channels, statuses and checked contact details.
+//! - [`config`]: [`NotificationConfig`] and its defaults.
+//! - [`metrics`]: delivery counters on `/metrics`.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod providers;
+pub mod send;
+pub mod store;
+pub mod templates;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use orderflow_activities::worker::{Handler, Worker};
+use orderflow_service_kit::{
+    auth::JwtKeys,
+    db,
+    http::{self, Readiness},
+};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio_util::sync::CancellationToken;
+
+pub use api::AppState;
+pub use config::NotificationConfig;
+pub use send::{Providers, Send};
+
+use crate::providers::{http::HttpProvider, outbox::Outbox, smtp::SmtpEmail};
+
+/// The service's name in metrics and logs.
+pub const SERVICE: &str = "notification";
+
+/// The notification database's migrations (`migrations/notification`).
+pub fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("../../migrations/notification");
+    // Another service's versions in the same database (never in production) are not ours to judge.
+    m.set_ignore_missing(true);
+    m
+}
+
+/// The whole HTTP app: `/api/v1` plus `/health`, `/ready`, `/metrics`.
+pub fn router(state: AppState, ready: Readiness) -> axum::Router {
+    http::app(SERVICE, api::routes(state), ready)
+}
+
+/// The providers `config` asks for; the outbox stands in for each one left unset.
+pub fn providers(pool: PgPool, config: &NotificationConfig) -> anyhow::Result<Providers> {
+    let outbox = Arc::new(Outbox::new(pool, &config.email_from).context("email_from")?);
+    let http = |url: &Option<String>| -> anyhow::Result<Option<Arc<HttpProvider>>> {
+        url.as_ref()
+            .map(|u| {
+                HttpProvider::new(u, &config.provider_api_key, config.send_timeout)
+                    .map(Arc::new)
+                    .with_context(|| format!("HTTP provider {u}"))
+            })
+            .transpose()
+    };
+    let email: Arc<dyn providers::EmailProvider> = match &config.smtp_url {
+        Some(url) => Arc::new(
+            SmtpEmail::new(url, &config.email_from, config.send_timeout)
+                .context("SMTP provider")?,
+        ),
+        None => outbox.clone(),
+    };
+    let sms: Arc<dyn providers::SmsProvider> = match http(&config.sms_url)? {
+        Some(p) => p,
+        None => outbox.clone(),
+    };
+    let push: Arc<dyn providers::PushProvider> = match http(&config.push_url)? {
+        Some(p) => p,
+        None => outbox,
+    };
+    Ok(Providers { email, sms, push })
+}
+
+/// The activity handlers for a worker.
+pub fn handlers(pool: PgPool, providers: Providers) -> Vec<Arc<dyn Handler>> {
+    vec![Arc::new(Send { pool, providers })]
+}
+
+/// Migrates, then serves the API and runs the `notification.send` worker until `stop`. If one
+/// part fails the other is stopped too.
+pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
+    let providers = providers(pool.clone(), &config)?;
+    tracing::info!(
+        email = providers.email.name(),
+        sms = providers.sms.name(),
+        push = providers.push.name(),
+        "notification providers"
+    );
+    let stop = stop.child_token();
+    let state = AppState {
+        pool: pool.clone(),
+        keys: JwtKeys::new(&config.service.jwt_secret),
+    };
+    let ready = Readiness::new()
+        .postgres(pool.clone())
+        .amqp(config.service.amqp_url.clone());
+    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
+        .handlers(
+            handlers(pool.clone(), providers),
+            config.service.worker_concurrency,
+        )
+        .build();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            worker
+                .run(stop.cancelled_owned())
+                .await
+                .context("notification worker")
+        }
+    });
+    tasks.spawn(http::serve(
+        config.service.bind,
+        router(state, ready),
+        stop.clone(),
+    ));
+    let mut outcome = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let result = done.context("a notification task panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "notification service part failed; stopping"
+            );
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+        // Whatever ended first (stop, or a failure), the rest follow.
+        stop.cancel();
+    }
+    pool.close().await;
+    outcome
+}

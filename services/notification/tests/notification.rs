@@ -1,0 +1,711 @@
+//! The notification service on the real services: a fresh database per test, a real SMTP server
+//! (aiosmtpd, started by each test on its own port; `scripts/test-servers.sh` installs it), a
+//! local HTTP server standing in for the SMS/push provider's API, and the engine in-process for
+//! the saga test.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, to_bytes},
+    extract::State,
+    http::{HeaderMap, Request, StatusCode, header},
+    routing::post,
+};
+use chrono::Utc;
+use orderflow_activities::{
+    Activity, TaskContext,
+    contracts::*,
+    recording::RecordingActivity,
+    worker::{Handler, Worker},
+};
+use orderflow_core::{Phase, Registry, TaskId, WorkflowId};
+use orderflow_notification::{
+    AppState, NotificationConfig, Providers, Send,
+    providers::{http::HttpProvider, outbox::Outbox, smtp::SmtpEmail},
+    store::{self, Contact},
+};
+use orderflow_service_kit::{
+    ServiceConfig,
+    auth::{JwtKeys, Role},
+    db,
+    http::Readiness,
+};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, pg_server, sagas, settled, start_order};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, process::Child};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+const SECRET: &str = "notification-tests-secret-of-32-bytes-or-more";
+const FROM: &str = "Shop <orders@shop.test>";
+
+async fn notification_db() -> anyhow::Result<PgPool> {
+    orderflow_testkit::init_tracing();
+    let name = format!("orderflow_test_{}_notification", Uuid::new_v4().simple());
+    db::connect_and_migrate(
+        &format!("{}/{name}", pg_server()),
+        &orderflow_notification::migrator(),
+    )
+    .await
+}
+
+/// A port nobody listens on right now.
+async fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
+}
+
+/// aiosmtpd on `port`, keeping every message it receives in a Maildir.
+struct SmtpServer {
+    child: Child,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    async fn start(port: u16) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join(format!("orderflow-smtp-{}", Uuid::new_v4().simple()));
+        // aiosmtpd's Mailbox creates the Maildir itself, but not its parent.
+        std::fs::create_dir_all(&root)?;
+        let maildir = root.join("mail");
+        let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = tokio::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .kill_on_drop(true)
+            .spawn()?;
+        eventually(Duration::from_secs(15), "aiosmtpd to listen", || {
+            let exited = child.try_wait();
+            async move {
+                if let Ok(Some(status)) = exited {
+                    anyhow::bail!(
+                        "aiosmtpd exited with {status}; is it installed (scripts/test-servers.sh)?"
+                    );
+                }
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ()))
+            }
+        })
+        .await?;
+        Ok(Self { child, maildir })
+    }
+
+    /// Every message received so far, as the server stored it.
+    fn messages(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.maildir.join("new");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            out.push(std::fs::read_to_string(e?.path())?);
+        }
+        Ok(out)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        if let Some(root) = self.maildir.parent() {
+            std::fs::remove_dir_all(root)?;
+        }
+        Ok(())
+    }
+}
+
+fn smtp(port: u16) -> Arc<SmtpEmail> {
+    Arc::new(
+        SmtpEmail::new(
+            &format!("smtp://127.0.0.1:{port}"),
+            FROM,
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    )
+}
+
+fn providers(pool: &PgPool, email: Arc<SmtpEmail>) -> Providers {
+    let outbox = Arc::new(Outbox::new(pool.clone(), FROM).unwrap());
+    Providers {
+        email,
+        sms: outbox.clone(),
+        push: outbox,
+    }
+}
+
+fn ctx(workflow: Uuid) -> TaskContext {
+    TaskContext {
+        task_id: TaskId(Uuid::new_v4()),
+        workflow_id: WorkflowId(workflow),
+        step: "notify".into(),
+        phase: Phase::Forward,
+        attempt: 1,
+        idempotency_key: format!("{workflow}/notify"),
+        deadline: Utc::now() + chrono::Duration::seconds(30),
+        results: Default::default(),
+        signals: Default::default(),
+    }
+}
+
+fn order(email: &str) -> OrderSagaInput {
+    OrderSagaInput {
+        order_id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        items: vec![OrderItem {
+            product_id: "sku-1".into(),
+            quantity: 2,
+        }],
+        total: Money {
+            amount_minor: 2599,
+            currency: "EUR".into(),
+        },
+        payment_method: "pm_card_visa".into(),
+        email: email.into(),
+    }
+}
+
+async fn rows(pool: &PgPool) -> anyhow::Result<Vec<store::Notification>> {
+    let mut conn = pool.acquire().await?;
+    Ok(store::list(
+        &mut conn,
+        &store::ListFilter {
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+#[tokio::test]
+async fn the_confirmation_reaches_the_smtp_server_once() -> anyhow::Result<()> {
+    let pool = notification_db().await?;
+    let port = free_port().await?;
+    let server = SmtpServer::start(port).await?;
+    let send = Send {
+        pool: pool.clone(),
+        providers: providers(&pool, smtp(port)),
+    };
+    let wf = Uuid::now_v7();
+    let input = order("buyer@example.com");
+    // Four deliveries of the same task at once, then a late fifth.
+    let ctxs: Vec<TaskContext> = (0..4).map(|_| ctx(wf)).collect();
+    let runs = futures::future::join_all(ctxs.iter().map(|c| send.run(c, input.clone()))).await;
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|r| r.map(|n| n.notification_id))
+        .collect::<Result<_, _>>()?;
+    let again = send.run(&ctx(wf), input.clone()).await?;
+    assert!(ids.iter().all(|id| *id == again.notification_id), "{ids:?}");
+
+    let mail = server.messages()?;
+    assert_eq!(mail.len(), 1, "one email for one key: {mail:?}");
+    let m = &mail[0];
+    assert!(m.contains("X-RcptTo: buyer@example.com"), "{m}");
+    assert!(m.contains("Subject: Your order"), "{m}");
+    assert!(
+        m.contains(&format!(
+            "Message-ID: <{}@shop.test>",
+            again.notification_id
+        )),
+        "{m}"
+    );
+    assert!(m.contains(&input.order_id.to_string()), "{m}");
+    assert!(m.contains("25.99 EUR"), "{m}");
+    assert!(m.contains("text/html"), "an HTML alternative: {m}");
+
+    let logged = rows(&pool).await?;
+    assert_eq!(logged.len(), 1);
+    assert_eq!((logged[0].status.as_str(), logged[0].attempts), ("sent", 1));
+    assert_eq!(logged[0].provider, "smtp");
+    assert!(logged[0].provider_message_id.is_some());
+    server.stop().await
+}
+
+#[tokio::test]
+async fn smtp_down_is_retryable_and_the_message_goes_out_once_it_is_back() -> anyhow::Result<()> {
+    let pool = notification_db().await?;
+    let port = free_port().await?;
+    let send = Send {
+        pool: pool.clone(),
+        providers: providers(&pool, smtp(port)),
+    };
+    let wf = Uuid::now_v7();
+    let input = order("buyer@example.com");
+    let down = send
+        .run(&ctx(wf), input.clone())
+        .await
+        .expect_err("nobody listens");
+    assert_eq!(down.code, "delivery_delayed");
+    assert!(down.retryable);
+    let logged = rows(&pool).await?;
+    assert_eq!(
+        (logged[0].status.as_str(), logged[0].attempts),
+        ("pending", 1)
+    );
+    assert!(logged[0].last_error.is_some());
+
+    let server = SmtpServer::start(port).await?;
+    send.run(&ctx(wf), input.clone()).await?;
+    send.run(&ctx(wf), input).await?;
+    assert_eq!(server.messages()?.len(), 1);
+    let logged = rows(&pool).await?;
+    assert_eq!((logged[0].status.as_str(), logged[0].attempts), ("sent", 2));
+    let mut conn = pool.acquire().await?;
+    let log: Vec<String> = store::attempts(&mut conn, logged[0].id)
+        .await?
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(log, ["transient_failure", "sent"]);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_bad_address_is_a_permanent_failure_logged_once() -> anyhow::Result<()> {
+    let pool = notification_db().await?;
+    let port = free_port().await?;
+    let server = SmtpServer::start(port).await?;
+    let send = Send {
+        pool: pool.clone(),
+        providers: providers(&pool, smtp(port)),
+    };
+    let wf = Uuid::now_v7();
+    for _ in 0..2 {
+        let e = send
+            .run(&ctx(wf), order("not an address"))
+            .await
+            .expect_err("undeliverable");
+        assert_eq!(e.code, "undeliverable");
+        assert!(!e.retryable);
+    }
+    let logged = rows(&pool).await?;
+    assert_eq!(
+        (logged[0].status.as_str(), logged[0].attempts),
+        ("failed", 1)
+    );
+    assert!(server.messages()?.is_empty());
+    server.stop().await
+}
+
+/// What the fake SMS/push provider API saw, and what it answers.
+#[derive(Clone, Default)]
+struct ProviderApi {
+    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+    status: Arc<Mutex<StatusCode>>,
+}
+
+async fn provider_api() -> anyhow::Result<(ProviderApi, SocketAddr)> {
+    let api = ProviderApi {
+        status: Arc::new(Mutex::new(StatusCode::OK)),
+        ..Default::default()
+    };
+    let app =
+        Router::new()
+            .route(
+                "/messages",
+                post(
+                    |State(api): State<ProviderApi>,
+                     headers: HeaderMap,
+                     Json(body): Json<Value>| async move {
+                        let n = {
+                            let mut seen = api.seen.lock().unwrap();
+                            seen.push((headers, body));
+                            seen.len()
+                        };
+                        let status = *api.status.lock().unwrap();
+                        (status, Json(json!({ "id": format!("msg-{n}") })))
+                    },
+                ),
+            )
+            .with_state(api.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((api, addr))
+}
+
+#[tokio::test]
+async fn sms_and_push_go_to_the_http_provider_where_the_user_asked() -> anyhow::Result<()> {
+    let pool = notification_db().await?;
+    let (api, addr) = provider_api().await?;
+    let http = Arc::new(HttpProvider::new(
+        format!("http://{addr}/messages"),
+        "provider-key",
+        Duration::from_secs(5),
+    )?);
+    let send = Send {
+        pool: pool.clone(),
+        providers: Providers {
+            email: Arc::new(Outbox::new(pool.clone(), FROM)?),
+            sms: http.clone(),
+            push: http,
+        },
+    };
+    let input = order("buyer@example.com");
+    let mut conn = pool.acquire().await?;
+    store::set_contact(
+        &mut conn,
+        input.user_id,
+        &Contact {
+            phone: Some("+4915112345678".into()),
+            push_token: Some("device-token-1".into()),
+        },
+    )
+    .await?;
+
+    // The provider is overloaded: the step is retried, and the email that went out is not resent.
+    *api.status.lock().unwrap() = StatusCode::SERVICE_UNAVAILABLE;
+    let wf = Uuid::now_v7();
+    let e = send.run(&ctx(wf), input.clone()).await.expect_err("503");
+    assert_eq!((e.code.as_str(), e.retryable), ("delivery_delayed", true));
+    *api.status.lock().unwrap() = StatusCode::OK;
+    send.run(&ctx(wf), input.clone()).await?;
+    send.run(&ctx(wf), input.clone()).await?;
+    let (n,): (i64,) = sqlx::query_as("select count(*) from outbox_messages")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(n, 1, "the email was recorded once");
+
+    let seen = api.seen.lock().unwrap().clone();
+    // Two failed calls, then one each for SMS and push.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let sms = seen
+        .iter()
+        .rev()
+        .find(|(_, b)| b.get("to").is_some())
+        .unwrap();
+    assert_eq!(sms.1["to"], "+4915112345678");
+    assert!(sms.1["text"].as_str().unwrap().contains("25.99 EUR"));
+    assert_eq!(sms.0["authorization"], "Bearer provider-key");
+    assert!(sms.0.contains_key("idempotency-key"));
+    let push = seen
+        .iter()
+        .rev()
+        .find(|(_, b)| b.get("device_token").is_some())
+        .unwrap();
+    assert_eq!(push.1["device_token"], "device-token-1");
+    assert!(push.1["title"].as_str().unwrap().starts_with("Your order"));
+
+    // A refused SMS (a stale number) is logged as failed but does not fail a confirmed order.
+    *api.status.lock().unwrap() = StatusCode::BAD_REQUEST;
+    let other = Uuid::now_v7();
+    send.run(&ctx(other), input).await?;
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "select channel, status from notifications where workflow_id = $1 order by channel",
+    )
+    .bind(other)
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        statuses,
+        [
+            ("email".to_owned(), "sent".to_owned()),
+            ("push".to_owned(), "failed".to_owned()),
+            ("sms".to_owned(), "failed".to_owned())
+        ]
+    );
+    Ok(())
+}
+
+// ---- the REST API -------------------------------------------------------------------------
+
+struct Api {
+    app: Router,
+    pool: PgPool,
+    keys: JwtKeys,
+}
+
+impl Api {
+    async fn new() -> anyhow::Result<Self> {
+        let pool = notification_db().await?;
+        let keys = JwtKeys::new(SECRET);
+        let app = orderflow_notification::router(
+            AppState {
+                pool: pool.clone(),
+                keys: keys.clone(),
+            },
+            Readiness::new().postgres(pool.clone()),
+        );
+        Ok(Self { app, pool, keys })
+    }
+
+    fn token(&self, role: Role) -> String {
+        self.keys
+            .issue(Uuid::new_v4(), role, Duration::from_secs(300))
+            .expect("signs")
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, String, Value)> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))?;
+        let res = self.app.clone().oneshot(req).await?;
+        let status = res.status();
+        let ctype = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = to_bytes(res.into_body(), 1 << 20).await?;
+        Ok((
+            status,
+            ctype,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn admins_read_the_log_and_the_outbox() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let send = Send {
+        pool: api.pool.clone(),
+        providers: {
+            let outbox = Arc::new(Outbox::new(api.pool.clone(), FROM)?);
+            Providers {
+                email: outbox.clone(),
+                sms: outbox.clone(),
+                push: outbox,
+            }
+        },
+    };
+    let mut workflows = Vec::new();
+    for i in 0..3 {
+        let wf = Uuid::now_v7();
+        send.run(&ctx(wf), order(&format!("buyer{i}@example.com")))
+            .await?;
+        workflows.push(wf);
+    }
+    let admin = api.token(Role::Admin);
+
+    let (status, _, page) = api
+        .call("GET", "/api/v1/notifications?limit=2", Some(&admin), None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        page["items"][0]["recipient"], "buyer2@example.com",
+        "newest first"
+    );
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, _, rest) = api
+        .call(
+            "GET",
+            &format!("/api/v1/notifications?limit=2&cursor={cursor}"),
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(rest["items"][0]["recipient"], "buyer0@example.com");
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    let (_, _, filtered) = api
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/notifications?status=sent&channel=email&workflow_id={}",
+                workflows[1]
+            ),
+            Some(&admin),
+            None,
+        )
+        .await?;
+    let items = filtered["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    let (status, _, one) = api
+        .call(
+            "GET",
+            &format!("/api/v1/notifications/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["attempt_log"][0]["outcome"], "sent");
+    assert_eq!(one["provider"], "outbox");
+
+    let (status, _, outbox) = api
+        .call("GET", "/api/v1/outbox", Some(&admin), None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let raw = outbox["items"][0]["content"].as_str().unwrap();
+    assert!(
+        raw.contains("Subject: Your order"),
+        "the email as it would have gone out: {raw}"
+    );
+
+    let customer = api.token(Role::Customer);
+    for uri in [
+        "/api/v1/notifications",
+        &format!("/api/v1/notifications/{id}"),
+        "/api/v1/outbox",
+    ] {
+        let (status, ctype, _) = api.call("GET", uri, Some(&customer), None).await?;
+        assert_eq!(
+            (status, ctype.as_str()),
+            (StatusCode::FORBIDDEN, "application/problem+json")
+        );
+        let (status, _, _) = api.call("GET", uri, None, None).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    for (uri, field) in [
+        ("/api/v1/notifications?status=lost", "status"),
+        ("/api/v1/notifications?channel=fax", "channel"),
+        ("/api/v1/notifications?limit=0", "limit"),
+        ("/api/v1/notifications?cursor=x", "cursor"),
+        ("/api/v1/notifications?workflow_id=1", "workflow_id"),
+        ("/api/v1/notifications?colour=red", "colour"),
+    ] {
+        let (status, ctype, problem) = api.call("GET", uri, Some(&admin), None).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(problem["field"], field, "{uri}: {problem}");
+    }
+    let (status, _, _) = api
+        .call(
+            "GET",
+            &format!("/api/v1/notifications/{}", Uuid::now_v7()),
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_set_where_else_their_order_messages_go() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let user = Uuid::new_v4();
+    let token = api
+        .keys
+        .issue(user, Role::Customer, Duration::from_secs(300))?;
+    let (status, _, saved) = api
+        .call(
+            "PUT",
+            "/api/v1/contacts/me",
+            Some(&token),
+            Some(r#"{"phone":"+4915112345678","push_token":"tok-1"}"#),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(saved["phone"], "+4915112345678");
+    let (_, _, got) = api
+        .call("GET", "/api/v1/contacts/me", Some(&token), None)
+        .await?;
+    assert_eq!(got, saved);
+    let mut conn = api.pool.acquire().await?;
+    assert_eq!(
+        store::contact(&mut conn, user).await?.push_token.as_deref(),
+        Some("tok-1")
+    );
+
+    for (body, field) in [
+        (r#"{"phone":"0151 123"}"#, "phone"),
+        (r#"{"push_token":"has space"}"#, "push_token"),
+        (r#"{"email":"x@y.z"}"#, "email"),
+        ("{", "body"),
+    ] {
+        let (status, ctype, problem) = api
+            .call("PUT", "/api/v1/contacts/me", Some(&token), Some(body))
+            .await?;
+        assert!(status.is_client_error(), "{body}: {status}");
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    assert_eq!(
+        store::contact(&mut conn, user).await?.phone.as_deref(),
+        Some("+4915112345678")
+    );
+    let (status, _, _) = api
+        .call(
+            "PUT",
+            "/api/v1/contacts/me",
+            None,
+            Some(r#"{"phone":null}"#),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+/// The saga's last step while SMTP is down: the order is confirmed already, the step keeps
+/// retrying, and the email goes out once when the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_confirms_by_email_once_smtp_is_back() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let pool = notification_db().await?;
+    let registry = Arc::new(Registry::new().with(sagas::fast_order()));
+    let applier = env.applier(registry.clone());
+    let engine = env.spawn_engine(registry);
+    let stop = CancellationToken::new();
+
+    let port = free_port().await?;
+    let mut config = NotificationConfig::new(ServiceConfig::local("notification", 0));
+    config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    config.email_from = FROM.into();
+    config.send_timeout = Duration::from_secs(1);
+    let mut worker = Worker::builder(amqp_url(), env.topology.clone()).handlers(
+        orderflow_notification::handlers(
+            pool.clone(),
+            orderflow_notification::providers(pool.clone(), &config)?,
+        ),
+        4,
+    );
+    for name in [
+        INVENTORY_RESERVE,
+        INVENTORY_RELEASE,
+        PAYMENT_CHARGE,
+        PAYMENT_REFUND,
+        ORDER_CREATE,
+        ORDER_CANCEL,
+    ] {
+        let h: Arc<dyn Handler> = Arc::new(RecordingActivity::new(name, env.pool.clone()));
+        worker = worker.handler(h, 4);
+    }
+    tokio::spawn(worker.build().run(stop.clone().cancelled_owned()));
+
+    let id = start_order(&env, &applier).await?;
+    let failed_attempts = eventually(Duration::from_secs(30), "a failed delivery", || async {
+        let r = rows(&pool).await?;
+        Ok(r.first().filter(|n| n.attempts >= 2).map(|n| n.attempts))
+    })
+    .await?;
+    assert_eq!(
+        env.status(id).await?,
+        "running",
+        "the notify step is retrying"
+    );
+    let server = SmtpServer::start(port).await?;
+    let status = settled(&env, id, Duration::from_secs(30)).await;
+    stop.cancel();
+    engine.cancel();
+    assert_eq!(status?, "completed");
+    let mail = server.messages()?;
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert!(mail[0].contains("X-RcptTo: buyer@example.com"));
+    let logged = rows(&pool).await?;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].status, "sent");
+    assert!(logged[0].attempts > failed_attempts);
+    server.stop().await
+}
