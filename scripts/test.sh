@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+# Local stand-ins for external systems the tests talk to with real clients (an SMTP server).
+scripts/test-servers.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
