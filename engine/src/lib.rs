@@ -9,8 +9,10 @@
 //! - [`intake`]: consumes worker results and applies them in batches, acking after commit.
 //! - [`runtime`]: runs relay, timers and intake together, woken by `LISTEN/NOTIFY`.
 //! - [`api`]: the REST API (axum) to start, inspect and operate workflows.
+//! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`].
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod admin;
 pub mod api;
 pub mod apply;
 pub mod config;

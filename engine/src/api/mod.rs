@@ -31,6 +31,11 @@ pub struct AppState {
 
 /// The whole HTTP surface of an engine process.
 pub fn router(state: AppState) -> Router {
+    router_with_admin(state, None)
+}
+
+/// [`router`] plus, when `admin` is set, the operators' web UI under `/admin`.
+pub fn router_with_admin(state: AppState, admin: Option<crate::admin::AdminConfig>) -> Router {
     let api = Router::new()
         .route("/workflows", post(workflows::start).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
@@ -42,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workflow-counts", get(workflows::counts));
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::admin::router(state.clone(), admin))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(|| async { metrics::render() }))

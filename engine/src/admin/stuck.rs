@@ -1,0 +1,384 @@
+//! Why a saga is stuck, in one line, and which activity queues have no worker.
+//!
+//! A saga is stuck when it needs attention, waits to retry a failed attempt (forward or
+//! compensation), has a task out on a queue that no worker consumes, or has a timer that came due
+//! and did not fire (the start-to-close timeout or the deadline passed and no engine reacted).
+//! [`why`] reads one saga's state, timers and latest task and says which, with the numbers an
+//! operator needs: the attempt, the last error, the queue, how late.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use lapin::{Connection, options::QueueDeclareOptions, types::FieldTable};
+use orderflow_activities::broker::{self, Topology};
+use orderflow_core::{Phase, SagaState, StepStatus, TaskSpec, WorkflowStatus};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::query::{self, StuckKind, StuckRow, TimerRow};
+
+/// One activity queue as RabbitMQ reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// The queue exists; `consumers` workers listen and `ready` tasks wait.
+    Declared { consumers: u32, ready: u32 },
+    /// No such queue: no worker has ever declared it.
+    Missing,
+}
+
+impl QueueState {
+    pub fn has_worker(self) -> bool {
+        matches!(self, Self::Declared { consumers, .. } if consumers > 0)
+    }
+}
+
+/// What the probe saw at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeResult {
+    /// By activity, for every activity a task is out on.
+    pub queues: BTreeMap<String, QueueState>,
+    /// Workflows whose task is out on a queue with no worker, with the activity.
+    pub no_worker: Vec<(Uuid, String)>,
+    /// Why the broker could not be asked, if it could not.
+    pub error: Option<String>,
+}
+
+impl ProbeResult {
+    pub fn no_worker_ids(&self) -> Vec<Uuid> {
+        self.no_worker.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+/// Asks RabbitMQ (a passive queue declare answers with the consumer count) about the queues that
+/// tasks are out on. The answer is reused for a few seconds, so a page that refreshes itself, or
+/// many operators, cost the broker and the database one look per interval.
+#[derive(Debug)]
+pub struct QueueProbe {
+    amqp_url: String,
+    topology: Topology,
+    ttl: Duration,
+    inner: Mutex<ProbeCache>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeCache {
+    conn: Option<Connection>,
+    last: Option<(Instant, Arc<ProbeResult>)>,
+}
+
+impl QueueProbe {
+    pub fn new(amqp_url: String, topology: Topology, ttl: Duration) -> Self {
+        Self {
+            amqp_url,
+            topology,
+            ttl,
+            inner: Mutex::new(ProbeCache::default()),
+        }
+    }
+
+    /// The latest answer, asking again when it is older than the probe's TTL.
+    pub async fn check(&self, pool: &PgPool) -> Result<Arc<ProbeResult>, sqlx::Error> {
+        let mut cache = self.inner.lock().await;
+        if let Some((at, r)) = &cache.last
+            && at.elapsed() < self.ttl
+        {
+            return Ok(r.clone());
+        }
+        let out = {
+            let mut conn = pool.acquire().await?;
+            query::tasks_out(&mut conn).await?
+        };
+        let activities: BTreeSet<String> = out.iter().filter_map(|(_, a)| a.clone()).collect();
+        let mut result = ProbeResult::default();
+        match self.ask(&mut cache.conn, &activities).await {
+            Ok(queues) => result.queues = queues,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin: cannot ask RabbitMQ about queue consumers");
+                cache.conn = None;
+                result.error = Some(e.to_string());
+            }
+        }
+        result.no_worker = out
+            .into_iter()
+            .filter_map(|(id, a)| a.map(|a| (id, a)))
+            .filter(|(_, a)| result.queues.get(a).is_some_and(|q| !q.has_worker()))
+            .collect();
+        let result = Arc::new(result);
+        cache.last = Some((Instant::now(), result.clone()));
+        Ok(result)
+    }
+
+    async fn ask(
+        &self,
+        conn: &mut Option<Connection>,
+        activities: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, QueueState>, lapin::Error> {
+        let mut out = BTreeMap::new();
+        if activities.is_empty() {
+            return Ok(out);
+        }
+        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+            let c = tokio::time::timeout(
+                Duration::from_secs(3),
+                broker::connect(&self.amqp_url, Duration::ZERO),
+            )
+            .await
+            .map_err(|_| lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))??;
+            *conn = Some(c);
+        }
+        let Some(c) = conn.as_ref() else {
+            return Ok(out);
+        };
+        let mut channel = c.create_channel().await?;
+        for activity in activities {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let queue = self.topology.task_queue(activity);
+            match channel
+                .queue_declare(&queue, passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => {
+                    out.insert(
+                        activity.clone(),
+                        QueueState::Declared {
+                            consumers: q.consumer_count(),
+                            ready: q.message_count(),
+                        },
+                    );
+                }
+                // A passive declare of a missing queue closes the channel with 404.
+                Err(lapin::Error::ProtocolError(e)) if e.get_id() == 404 => {
+                    out.insert(activity.clone(), QueueState::Missing);
+                    channel = c.create_channel().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = channel.close(200, "done").await;
+        Ok(out)
+    }
+}
+
+/// Why one saga is stuck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
+    pub kind: Option<StuckKind>,
+    pub line: String,
+    /// The activity it is stuck on, if one.
+    pub activity: Option<String>,
+}
+
+/// Says why `row` is stuck, from its state, its pending timers, its latest task and what the
+/// probe saw. Checked from the most to the least specific cause.
+pub fn why(
+    row: &StuckRow,
+    timers: &[&TimerRow],
+    probe: &ProbeResult,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Why {
+    let task: Option<TaskSpec> = row
+        .last_task
+        .as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let activity = task.as_ref().map(|t| t.activity.clone());
+    let state: Option<SagaState> = (row.state.get("kind").and_then(|k| k.as_str()) == Some("saga"))
+        .then(|| serde_json::from_value(row.state.clone()).ok())
+        .flatten();
+    let why = |kind, line: String| Why {
+        kind: Some(kind),
+        line,
+        activity: activity.clone(),
+    };
+    if row.status == WorkflowStatus::NeedsAttention.as_str() {
+        let reason = row.reason.as_deref().unwrap_or("no reason recorded");
+        return why(StuckKind::Attention, format!("Needs attention: {reason}"));
+    }
+    let late = chrono::Duration::from_std(grace).unwrap_or_default();
+    if let Some(t) = timers.iter().find(|t| t.fire_at + late < now) {
+        let what = match t.purpose.get("purpose").and_then(|p| p.as_str()) {
+            Some("attempt_timeout") => match &task {
+                Some(t) => format!(
+                    "the start-to-close timeout of `{}` attempt {}",
+                    t.activity, t.attempt
+                ),
+                None => "a start-to-close timeout".to_owned(),
+            },
+            Some("retry") => format!(
+                "the backoff before retrying `{}`",
+                t.purpose
+                    .get("step")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("?")
+            ),
+            Some("deadline") => "the saga's deadline".to_owned(),
+            _ => "a timer".to_owned(),
+        };
+        return why(
+            StuckKind::Overdue,
+            format!(
+                "Timer overdue: {what} came due {} ago and has not fired; is an engine running?",
+                human(now - t.fire_at)
+            ),
+        );
+    }
+    let out = state.as_ref().and_then(|s| s.in_flight.as_ref());
+    if let (Some(_), Some(task)) = (out, &task)
+        && let Some(q) = probe.queues.get(&task.activity)
+        && !q.has_worker()
+    {
+        let queue_says = match q {
+            QueueState::Declared { ready, .. } => format!("{ready} tasks waiting"),
+            QueueState::Missing => "the queue was never declared".to_owned(),
+        };
+        return why(
+            StuckKind::NoWorker,
+            format!(
+                "No worker: `{}` attempt {} waits on a queue that no worker consumes ({queue_says})",
+                task.activity, task.attempt
+            ),
+        );
+    }
+    let retry = timers
+        .iter()
+        .find(|t| t.purpose.get("purpose").and_then(|p| p.as_str()) == Some("retry"));
+    if let (Some(timer), Some(s)) = (retry, &state) {
+        let step_name = timer
+            .purpose
+            .get("step")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let phase = timer
+            .purpose
+            .get("phase")
+            .and_then(|v| serde_json::from_value::<Phase>(v.clone()).ok())
+            .unwrap_or(Phase::Forward);
+        let step = s.steps.iter().find(|st| st.name == step_name);
+        let error = step.and_then(|st| st.last_error.as_ref()).map_or_else(
+            || "an error".to_owned(),
+            |e| format!("{}: {}", e.code, e.message),
+        );
+        let next = if timer.fire_at > now {
+            format!("next attempt in {}", human(timer.fire_at - now))
+        } else {
+            "next attempt due now".to_owned()
+        };
+        let what = task.as_ref().map_or_else(
+            || format!("step `{step_name}`"),
+            |t| format!("`{}`", t.activity),
+        );
+        let line = match phase {
+            Phase::Forward => format!(
+                "Retrying {what}: attempt {} failed with {error}; {next}",
+                step.map_or(0, |st| st.attempts)
+            ),
+            Phase::Compensate => format!(
+                "Compensation failing: {what} of step `{step_name}` attempt {} failed with {error}; {next}",
+                step.map_or(0, |st| st.compensation_attempts)
+            ),
+        };
+        return why(StuckKind::Retrying, line);
+    }
+    let line = match &state {
+        Some(s) if s.undo_pending.is_some() => format!(
+            "Waiting for the running step to settle before undoing: {}",
+            s.undo_pending.as_deref().unwrap_or_default()
+        ),
+        Some(s) if s.steps.iter().any(|st| st.status == StepStatus::Running) => {
+            "Running; no longer stuck".to_owned()
+        }
+        _ => "No longer stuck".to_owned(),
+    };
+    Why {
+        kind: None,
+        line,
+        activity,
+    }
+}
+
+/// A duration as people say it: `42 s`, `3 min`, `2 h 5 min`, `3 d`.
+pub fn human(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(
+        status: &str,
+        state: serde_json::Value,
+        last_task: Option<serde_json::Value>,
+    ) -> StuckRow {
+        StuckRow {
+            id: Uuid::nil(),
+            workflow_type: "order".into(),
+            version: 1,
+            status: status.into(),
+            reason: Some("compensation `payment.refund` of step `charge` keeps failing".into()),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            state,
+            last_task,
+            last_task_at: None,
+        }
+    }
+
+    #[test]
+    fn needs_attention_says_the_reason() {
+        let r = row("needs_attention", json!({}), None);
+        let w = why(
+            &r,
+            &[],
+            &ProbeResult::default(),
+            Utc::now(),
+            Duration::from_secs(10),
+        );
+        assert_eq!(w.kind, Some(StuckKind::Attention));
+        assert!(w.line.contains("payment.refund"), "{}", w.line);
+    }
+
+    #[test]
+    fn an_overdue_timer_is_named() {
+        let now = Utc::now();
+        let r = row("running", json!({}), None);
+        let t = TimerRow {
+            workflow_id: Uuid::nil(),
+            id: Uuid::nil(),
+            fire_at: now - chrono::Duration::seconds(90),
+            purpose: json!({"purpose": "deadline"}),
+        };
+        let w = why(
+            &r,
+            &[&t],
+            &ProbeResult::default(),
+            now,
+            Duration::from_secs(10),
+        );
+        assert_eq!(w.kind, Some(StuckKind::Overdue));
+        assert!(w.line.contains("deadline came due 1 min ago"), "{}", w.line);
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        assert_eq!(human(chrono::Duration::seconds(42)), "42 s");
+        assert_eq!(human(chrono::Duration::seconds(7500)), "2 h 5 min");
+        assert_eq!(human(chrono::Duration::seconds(-3)), "0 s");
+    }
+}

@@ -1,0 +1,761 @@
+//! The admin UI over HTTP on the real stack: login and sessions, CSRF, bad input, the list and
+//! its filters, the stuck view's reasons, the detail page, single and bulk actions, the audit view.
+//! The same flows in a real browser are in `admin_browser.rs`.
+
+mod admin_common;
+
+use std::time::Duration;
+
+use admin_common::{PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
+use orderflow_activities::{
+    contracts::*,
+    recording::{self, Fault},
+};
+use orderflow_core::History;
+use orderflow_testkit::{eventually, settled, start_order};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn problem(r: &Resp, status: StatusCode, field: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.content_type(), "application/problem+json", "{}", r.text);
+    assert_eq!(r.json()["field"], field, "{}", r.text);
+}
+
+async fn wait_for_page(ui: &Ui, path: &str, needle: &str) -> anyhow::Result<String> {
+    eventually(WITHIN, &format!("{path} to show `{needle}`"), || async {
+        let page = ui.get(path).await?;
+        Ok(page.text.contains(needle).then_some(page.text))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_page_or_action_without_a_login() -> anyhow::Result<()> {
+    let ui = Ui::start(Setup {
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    for path in [
+        "/admin/workflows".to_owned(),
+        "/admin/stuck?kind=retrying".to_owned(),
+        "/admin/audit".to_owned(),
+        format!("/admin/workflows/{id}"),
+        format!("/admin/workflows/{id}/history.json"),
+    ] {
+        let r = ui.get(&path).await?;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
+        let to = r.location().unwrap_or_default();
+        assert!(to.starts_with("/admin/login?next="), "{path} -> {to}");
+    }
+    let r = ui
+        .post_with(
+            &format!("/admin/workflows/{id}/cancel"),
+            &[("reason", "x")],
+            &[],
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.location(),
+        Some("/admin/login?next=/admin/workflows"),
+        "an action without a session goes to login, not back to the action"
+    );
+    assert_eq!(ui.history_kinds(id).await?, ["workflow_started"]);
+    // A session cookie that was never issued opens nothing.
+    let mut forged = ui;
+    forged.session = Some("00".repeat(32));
+    assert_eq!(
+        forged.get("/admin/workflows").await?.status,
+        StatusCode::SEE_OTHER
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn login_opens_a_strict_httponly_session_and_logout_ends_it() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    let page = ui.get("/admin/login?next=/admin/stuck").await?;
+    assert_eq!(page.status, StatusCode::OK);
+    let login_csrf = page.cookie("orderflow_admin_login").expect("login cookie");
+    assert_eq!(
+        hidden(&page.text, "csrf").as_deref(),
+        Some(login_csrf.as_str())
+    );
+    assert!(
+        page.headers["content-security-policy"]
+            .to_str()?
+            .contains("frame-ancestors 'none'")
+    );
+
+    let wrong = ui
+        .post_with(
+            "/admin/login",
+            &[
+                ("csrf", &login_csrf),
+                ("username", USER),
+                ("password", "guess"),
+            ],
+            &[("orderflow_admin_login", &login_csrf)],
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.text.contains("Wrong user name or password"));
+    assert!(wrong.cookie("orderflow_admin").is_none());
+
+    let no_token = ui
+        .post_with(
+            "/admin/login",
+            &[("username", USER), ("password", PASSWORD)],
+            &[("orderflow_admin_login", &login_csrf)],
+        )
+        .await?;
+    problem(&no_token, StatusCode::FORBIDDEN, "csrf");
+
+    let missing = ui
+        .post_with(
+            "/admin/login",
+            &[("csrf", &login_csrf), ("username", USER)],
+            &[("orderflow_admin_login", &login_csrf)],
+        )
+        .await?;
+    problem(&missing, StatusCode::BAD_REQUEST, "password");
+
+    let ok = ui
+        .post_with(
+            "/admin/login",
+            &[
+                ("csrf", &login_csrf),
+                ("username", USER),
+                ("password", PASSWORD),
+                ("next", "/admin/stuck"),
+            ],
+            &[("orderflow_admin_login", &login_csrf)],
+        )
+        .await?;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER);
+    assert_eq!(ok.location(), Some("/admin/stuck"));
+    let set = ok
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("orderflow_admin="))
+        .expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age="] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    let token = ok.cookie("orderflow_admin").expect("session token");
+    let (stored,): (i64,) =
+        sqlx::query_as("select count(*) from admin_sessions where actor = 'admin:ops'")
+            .fetch_one(&ui.env.pool)
+            .await?;
+    assert_eq!(stored, 1);
+    let (raw,): (i64,) =
+        sqlx::query_as("select count(*) from admin_sessions where encode(token_hash, 'hex') = $1")
+            .bind(&token)
+            .fetch_one(&ui.env.pool)
+            .await?;
+    assert_eq!(raw, 0, "the table keeps a hash of the token, not the token");
+
+    ui.session = Some(token);
+    let list = ui.get("/admin/workflows").await?;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.text.contains("admin:ops"));
+    ui.csrf = hidden(&list.text, "csrf");
+
+    let out = ui.post("/admin/logout", &[]).await?;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ui.get("/admin/workflows").await?.status,
+        StatusCode::SEE_OTHER,
+        "the session is gone from the server, not just the browser"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_action_without_the_csrf_token_is_refused_and_records_nothing() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    let path = format!("/admin/workflows/{id}/terminate");
+    let none = ui.post_with(&path, &[("reason", "test")], &[]).await?;
+    problem(&none, StatusCode::FORBIDDEN, "csrf");
+    let wrong = ui
+        .post_with(&path, &[("reason", "test"), ("csrf", "forged")], &[])
+        .await?;
+    problem(&wrong, StatusCode::FORBIDDEN, "csrf");
+    let bulk = ui
+        .post_with(
+            "/admin/bulk",
+            &[
+                ("action", "cancel"),
+                ("reason", "x"),
+                ("ids", &id.to_string()),
+            ],
+            &[],
+        )
+        .await?;
+    problem(&bulk, StatusCode::FORBIDDEN, "csrf");
+    assert_eq!(ui.history_kinds(id).await?, ["workflow_started"]);
+
+    let done = ui.post(&path, &[("reason", "test")]).await?;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(ui.env.status(id).await?, "terminated");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_json_naming_the_field() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    problem(
+        &ui.get("/admin/workflows?status=stuckish").await?,
+        StatusCode::BAD_REQUEST,
+        "status",
+    );
+    problem(
+        &ui.get("/admin/workflows?created_after=yesterday").await?,
+        StatusCode::BAD_REQUEST,
+        "created_after",
+    );
+    problem(
+        &ui.get("/admin/workflows?id=42").await?,
+        StatusCode::BAD_REQUEST,
+        "id",
+    );
+    problem(
+        &ui.get("/admin/workflows?colour=red").await?,
+        StatusCode::BAD_REQUEST,
+        "colour",
+    );
+    problem(
+        &ui.get("/admin/stuck?kind=sleepy").await?,
+        StatusCode::BAD_REQUEST,
+        "kind",
+    );
+    problem(
+        &ui.get("/admin/workflows/not-a-uuid").await?,
+        StatusCode::BAD_REQUEST,
+        "id",
+    );
+    problem(
+        &ui.post(
+            &format!("/admin/workflows/{id}/cancel"),
+            &[("reason", "  ")],
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "reason",
+    );
+    problem(
+        &ui.post(
+            &format!("/admin/workflows/{id}/retry-from"),
+            &[("reason", "x")],
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "step",
+    );
+    problem(
+        &ui.post(
+            &format!("/admin/workflows/{id}/signal"),
+            &[("reason", "x"), ("name", "go"), ("payload", "{not json")],
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "payload",
+    );
+    problem(
+        &ui.post(
+            "/admin/bulk/preview",
+            &[
+                ("action", "cancel"),
+                ("reason", "x"),
+                ("target", "selected"),
+            ],
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "ids",
+    );
+    problem(
+        &ui.post(
+            "/admin/bulk/preview",
+            &[("action", "explode"), ("reason", "x")],
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "action",
+    );
+    let missing = ui
+        .get(&format!("/admin/workflows/{}", Uuid::now_v7()))
+        .await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(ui.history_kinds(id).await?, ["workflow_started"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_list_filters_counts_and_pages() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(start_order(&ui.env, &ui.applier).await?);
+    }
+    let order_id = Uuid::new_v4();
+    let keyed = ui
+        .applier
+        .start(
+            &ui.env.pool,
+            orderflow_engine::apply::StartRequest {
+                workflow_type: "order".into(),
+                input: orderflow_testkit::order_input(),
+                business_keys: serde_json::json!({ "order_id": order_id }),
+                idempotency_key: None,
+                request_hash: None,
+            },
+        )
+        .await?
+        .id
+        .0;
+    let first = ids[0];
+    ui.post(
+        &format!("/admin/workflows/{first}/terminate"),
+        &[("reason", "test")],
+    )
+    .await?;
+
+    let all = ui.get("/admin/workflows").await?;
+    assert!(
+        all.text
+            .contains(r#"data-status="running"><span class="n">3</span>"#),
+        "{}",
+        all.text
+    );
+    assert!(
+        all.text
+            .contains(r#"data-status="terminated"><span class="n">1</span>"#)
+    );
+    assert_eq!(all.text.matches("<tr data-id=").count(), 4);
+    assert!(all.text.contains("charge") || all.text.contains("reserve"));
+
+    let running = ui.get("/admin/workflows?status=running").await?;
+    assert_eq!(running.text.matches("<tr data-id=").count(), 3);
+    assert!(!running.text.contains(&format!("data-id=\"{first}\"")));
+
+    let by_key = ui
+        .get(&format!("/admin/workflows?business_key={order_id}"))
+        .await?;
+    assert_eq!(by_key.text.matches("<tr data-id=").count(), 1);
+    assert!(by_key.text.contains(&format!("data-id=\"{keyed}\"")));
+
+    let by_id = ui.get(&format!("/admin/workflows?id={}", ids[1])).await?;
+    assert_eq!(by_id.text.matches("<tr data-id=").count(), 1);
+
+    let future = ui
+        .get("/admin/workflows?created_after=2999-01-01T00:00")
+        .await?;
+    assert_eq!(future.text.matches("<tr data-id=").count(), 0);
+    let past = ui
+        .get("/admin/workflows?created_after=2000-01-01T00:00:00Z&created_before=2999-01-01T00:00")
+        .await?;
+    assert_eq!(past.text.matches("<tr data-id=").count(), 4);
+
+    // Pages of one row: newest first, each row once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = ui
+            .get(&format!("/admin/workflows?type=order{cursor}"))
+            .await?;
+        let rows: Vec<&str> = page.text.split("<tr data-id=\"").skip(1).collect();
+        seen.extend(rows.iter().map(|r| r[..36].to_owned()));
+        match page.text.split("cursor=").nth(1) {
+            Some(rest) => cursor = format!("&cursor={}", &rest[..36]),
+            None => break,
+        }
+        if seen.len() > 10 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 4, "PAGE_SIZE is 50, so one page: {seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_activity_is_stuck_with_its_error_until_retried() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup::default()).await?;
+    ui.login().await?;
+    recording::inject(
+        &ui.env.pool,
+        &Fault::transient(PAYMENT_CHARGE, "stripe_unavailable"),
+    )
+    .await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    // Until the workers consume, the saga may show as waiting on a queue without a worker.
+    let page = wait_for_page(&ui, "/admin/stuck", "Retrying `payment.charge`").await?;
+    let row = page
+        .split(&format!("<tr data-id=\"{id}\""))
+        .nth(1)
+        .expect("the saga's row");
+    let row = &row[..row.find("</tr>").unwrap_or(row.len())];
+    assert!(row.contains(r#"data-kind="retrying""#), "{row}");
+    assert!(
+        row.contains("Retrying `payment.charge`: attempt 1 failed with stripe_unavailable: injected fail_transient fault"),
+        "{row}"
+    );
+    let only = ui
+        .get("/admin/stuck?kind=retrying&activity=payment.charge")
+        .await?;
+    assert!(only.text.contains(&id.to_string()), "{}", only.text);
+    let other = ui.get("/admin/stuck?activity=inventory.reserve").await?;
+    assert!(!other.text.contains(&id.to_string()));
+
+    let detail = ui.get(&format!("/admin/workflows/{id}")).await?;
+    assert!(
+        detail
+            .text
+            .contains(r#"data-step="charge" data-status="retrying""#)
+    );
+    assert!(
+        detail
+            .text
+            .contains(r#"data-step="reserve" data-status="completed""#)
+    );
+    assert!(detail.text.contains("stripe_unavailable"));
+
+    recording::clear_faults(&ui.env.pool).await?;
+    let r = ui
+        .post(
+            &format!("/admin/workflows/{id}/retry"),
+            &[("reason", "stripe is back")],
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.location(),
+        Some(format!("/admin/workflows/{id}").as_str())
+    );
+    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    let kinds = ui.history_kinds(id).await?;
+    assert!(kinds.contains(&"retry_requested".to_owned()), "{kinds:?}");
+    let (actor, reason): (String, String) = sqlx::query_as(
+        "select event->>'actor', event->>'reason' from history
+         where workflow_id = $1 and event->>'type' = 'retry_requested'",
+    )
+    .bind(id)
+    .fetch_one(&ui.env.pool)
+    .await?;
+    assert_eq!(
+        (actor.as_str(), reason.as_str()),
+        ("admin:ops", "stripe is back")
+    );
+
+    // The flash says what happened, once.
+    let flash = r.cookie("orderflow_admin_flash").expect("a flash");
+    let shown = ui
+        .get_with_cookie(
+            &format!("/admin/workflows/{id}"),
+            "orderflow_admin_flash",
+            &flash,
+        )
+        .await?;
+    assert!(
+        shown.text.contains("Retry now recorded as event"),
+        "{}",
+        shown.text
+    );
+
+    let audit = ui.get("/admin/audit").await?;
+    assert!(audit.text.contains(&format!("data-id=\"{id}\"")));
+    assert!(audit.text.contains("stripe is back"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_from_a_step_and_refusals_are_shown_on_the_detail_page() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup::default()).await?;
+    ui.login().await?;
+    recording::inject(&ui.env.pool, &Fault::transient(PAYMENT_CHARGE, "flaky")).await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    wait_for_page(&ui, "/admin/stuck", "Retrying `payment.charge`").await?;
+    recording::clear_faults(&ui.env.pool).await?;
+    let r = ui
+        .post(
+            &format!("/admin/workflows/{id}/retry-from"),
+            &[("step", "reserve"), ("reason", "re-run the reservation")],
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    let kinds = ui.history_kinds(id).await?;
+    assert!(kinds.contains(&"retry_from_step".to_owned()), "{kinds:?}");
+    let reserves: (i64,) = sqlx::query_as(
+        "select count(*) from activity_effects where workflow_id = $1 and activity = $2",
+    )
+    .bind(id)
+    .bind(INVENTORY_RESERVE)
+    .fetch_one(&ui.env.pool)
+    .await?;
+    assert_eq!(
+        reserves.0, 1,
+        "the re-run reservation kept its key: one effect"
+    );
+
+    // A finished saga refuses; the refusal comes back as a message, and nothing is recorded.
+    let before = ui.history_kinds(id).await?.len();
+    let refused = ui
+        .post(
+            &format!("/admin/workflows/{id}/cancel"),
+            &[("reason", "late")],
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER);
+    let flash = refused.cookie("orderflow_admin_flash").expect("a flash");
+    assert!(
+        admin_decode(&flash)
+            .starts_with("err:Cancel refused: cannot cancel: the saga is already completed"),
+        "{flash}"
+    );
+    assert_eq!(ui.history_kinds(id).await?.len(), before);
+    Ok(())
+}
+
+fn admin_decode(s: &str) -> String {
+    orderflow_engine::admin::error::url_decode(s)
+}
+
+#[tokio::test]
+async fn a_task_on_a_queue_without_a_worker_says_so() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    let page = wait_for_page(&ui, "/admin/stuck?kind=no_worker", &id.to_string()).await?;
+    assert!(
+        page.contains("No worker: `inventory.reserve` attempt 1 waits on a queue that no worker consumes (1 tasks waiting)"),
+        "{page}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_timer_that_does_not_fire_is_overdue() -> anyhow::Result<()> {
+    let mut setup = Setup {
+        engine: false,
+        workers: vec![],
+        def: stubborn_order(Duration::from_secs(30), Duration::from_millis(300)),
+        ..Setup::default()
+    };
+    setup.config.timer_grace = Duration::ZERO;
+    let mut ui = Ui::start(setup).await?;
+    ui.login().await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    let page = wait_for_page(&ui, "/admin/stuck?kind=overdue", &id.to_string()).await?;
+    assert!(
+        page.contains(
+            "Timer overdue: the start-to-close timeout of `inventory.reserve` attempt 1 came due"
+        ),
+        "{page}"
+    );
+    assert!(page.contains("is an engine running?"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_detail_page_shows_steps_attempts_history_and_downloads_it() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup::default()).await?;
+    ui.login().await?;
+    recording::inject(
+        &ui.env.pool,
+        &Fault::transient(INVENTORY_RESERVE, "db_busy").times(1),
+    )
+    .await?;
+    let id = start_order(&ui.env, &ui.applier).await?;
+    // The reservation fails once and waits its 50 ms backoff; the charge runs after.
+    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    let page = ui.get(&format!("/admin/workflows/{id}")).await?;
+    assert_eq!(page.status, StatusCode::OK);
+    let t = &page.text;
+    for step in ["reserve", "charge", "create_order", "notify"] {
+        assert!(
+            t.contains(&format!(r#"data-step="{step}" data-status="completed""#)),
+            "{step}"
+        );
+    }
+    assert!(t.contains("<svg"), "a diagram");
+    assert!(
+        t.contains(r#"<tr data-outcome="failed">"#),
+        "the failed attempt"
+    );
+    assert!(t.contains("db_busy: injected fail_transient fault"));
+    assert_eq!(t.matches(r#"<tr data-outcome="completed">"#).count(), 4);
+    assert!(t.contains(&format!(r#"id="trace-id">{}<"#, id.simple())));
+    assert!(t.contains(r#"data-event="workflow_started""#));
+    assert!(t.contains("&quot;order_id&quot;"), "the input JSON");
+    assert!(
+        t.contains("no action can move it again"),
+        "a completed saga offers no action"
+    );
+
+    let dl = ui
+        .get(&format!("/admin/workflows/{id}/history.json"))
+        .await?;
+    assert_eq!(dl.status, StatusCode::OK);
+    assert!(
+        dl.headers["content-disposition"]
+            .to_str()?
+            .starts_with("attachment")
+    );
+    let history: History = serde_json::from_str(&dl.text)?;
+    assert_eq!(history.workflow_id.0, id);
+    assert_eq!(history.events.len(), ui.history_kinds(id).await?.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup::default()).await?;
+    ui.login().await?;
+    let mut stuck = Vec::new();
+    for _ in 0..3 {
+        let id = start_order(&ui.env, &ui.applier).await?;
+        recording::inject(
+            &ui.env.pool,
+            &Fault::transient(PAYMENT_CHARGE, "gateway_down").for_workflow(id),
+        )
+        .await?;
+        stuck.push(id);
+    }
+    let fine = start_order(&ui.env, &ui.applier).await?;
+    assert_eq!(settled(&ui.env, fine, WITHIN).await?, "completed");
+    eventually(WITHIN, "three sagas retrying the charge", || async {
+        let page = ui.get("/admin/stuck?activity=payment.charge").await?;
+        // Rows, not the count links, which carry the kind too.
+        let n = page.text.matches(r#"data-kind="retrying"><td>"#).count();
+        Ok((n == 3).then_some(()))
+    })
+    .await?;
+
+    let preview = ui
+        .post(
+            "/admin/bulk/preview",
+            &[
+                ("action", "cancel"),
+                ("reason", "gateway outage: undo"),
+                ("view", "stuck"),
+                ("query", "activity=payment.charge"),
+                ("target", "filter"),
+            ],
+        )
+        .await?;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.text);
+    assert!(
+        preview
+            .text
+            .contains(r#"<strong class="n">3</strong> workflows"#),
+        "{}",
+        preview.text
+    );
+    let upto = hidden(&preview.text, "upto").expect("the preview pins its newest id");
+    // Nothing happened yet.
+    for id in &stuck {
+        assert_eq!(ui.env.status(*id).await?, "running");
+    }
+    let done = ui
+        .post(
+            "/admin/bulk",
+            &[
+                ("action", "cancel"),
+                ("reason", "gateway outage: undo"),
+                ("view", "stuck"),
+                ("query", "activity=payment.charge"),
+                ("target", "filter"),
+                ("upto", &upto),
+            ],
+        )
+        .await?;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert!(
+        done.text
+            .contains(r#"<span class="applied">3</span> applied"#),
+        "{}",
+        done.text
+    );
+    for id in &stuck {
+        assert_eq!(settled(&ui.env, *id, WITHIN).await?, "cancelled");
+        let (released,): (i64,) = sqlx::query_as(
+            "select count(*) from activity_effects where workflow_id = $1 and activity = $2",
+        )
+        .bind(id)
+        .bind(INVENTORY_RELEASE)
+        .fetch_one(&ui.env.pool)
+        .await?;
+        assert_eq!(released, 1, "the reservation was compensated");
+    }
+    assert_eq!(ui.env.status(fine).await?, "completed");
+    let audit = ui.get("/admin/audit").await?;
+    assert_eq!(audit.text.matches("gateway outage: undo").count(), 3);
+    Ok(())
+}
+
+impl Ui {
+    async fn get_with_cookie(&self, path: &str, name: &str, value: &str) -> anyhow::Result<Resp> {
+        // The flash cookie rides along with the session, as a browser would send both.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let res = client
+            .get(self.url(path))
+            .header(
+                "cookie",
+                format!(
+                    "orderflow_admin={}; {name}={value}",
+                    self.session.clone().unwrap_or_default()
+                ),
+            )
+            .send()
+            .await?;
+        let status = res.status();
+        let headers = res.headers().clone();
+        Ok(Resp {
+            status,
+            headers,
+            text: res.text().await?,
+        })
+    }
+}
