@@ -2,6 +2,7 @@
 
 mod cli;
 mod roles;
+mod workflows_cli;
 
 use std::process::ExitCode;
 

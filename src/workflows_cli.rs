@@ -1,0 +1,353 @@
+//! `orderflow workflows list|show|retry|cancel|terminate`: the admin UI's everyday operations from
+//! a shell, through the engine's REST API (so the same checks apply and every action lands in the
+//! saga's history with the operator as its actor).
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+
+/// Where the API is and what to do.
+#[derive(Debug, Args)]
+pub struct WorkflowsArgs {
+    /// The engine's REST API.
+    #[arg(
+        long,
+        env = "ORDERFLOW_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: WorkflowsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowsCommand {
+    /// Workflows newest first, filtered.
+    List {
+        /// running, compensating, completed, compensated, needs_attention, cancelled, terminated.
+        #[arg(long)]
+        status: Option<String>,
+        /// Workflow type, e.g. `order`.
+        #[arg(long = "type")]
+        workflow_type: Option<String>,
+        /// A business key value (order id, user id).
+        #[arg(long)]
+        business_key: Option<String>,
+        /// Created at or after (RFC 3339).
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Created before (RFC 3339).
+        #[arg(long)]
+        created_before: Option<String>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One workflow: status, reason and each step's state.
+    Show { id: String },
+    /// Run the waiting or stuck step now.
+    Retry(Action),
+    /// Undo the saga: compensate every completed step.
+    Cancel(Action),
+    /// Stop the saga where it stands, compensating nothing.
+    Terminate(Action),
+}
+
+/// An operator action on one workflow.
+#[derive(Debug, Args)]
+pub struct Action {
+    pub id: String,
+    /// Why; recorded in the saga's history.
+    #[arg(long)]
+    pub reason: String,
+    /// Who; recorded in the saga's history (default `cli:$USER`).
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
+pub async fn run(args: WorkflowsArgs) -> anyhow::Result<()> {
+    let out = execute(&Client::new(), &args).await?;
+    print!("{out}");
+    Ok(())
+}
+
+/// Runs the command and returns what it prints.
+pub async fn execute(client: &Client, args: &WorkflowsArgs) -> anyhow::Result<String> {
+    let base = format!("{}/api/v1", args.api.trim_end_matches('/'));
+    match &args.command {
+        WorkflowsCommand::List {
+            status,
+            workflow_type,
+            business_key,
+            created_after,
+            created_before,
+            cursor,
+            limit,
+        } => {
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            let optional = [
+                ("status", status),
+                ("type", workflow_type),
+                ("business_key", business_key),
+                ("created_after", created_after),
+                ("created_before", created_before),
+                ("cursor", cursor),
+            ];
+            query.extend(
+                optional
+                    .into_iter()
+                    .filter_map(|(k, v)| v.clone().map(|v| (k, v))),
+            );
+            let res = client
+                .get(format!("{base}/workflows"))
+                .query(&query)
+                .send()
+                .await
+                .with_context(|| format!("reaching the engine at {}", args.api))?;
+            let body = ok_json(res).await?;
+            if args.json {
+                return Ok(format!("{:#}\n", body));
+            }
+            Ok(list_table(&body))
+        }
+        WorkflowsCommand::Show { id } => {
+            let res = client
+                .get(format!("{base}/workflows/{id}"))
+                .send()
+                .await
+                .with_context(|| format!("reaching the engine at {}", args.api))?;
+            let body = ok_json(res).await?;
+            if args.json {
+                return Ok(format!("{:#}\n", body));
+            }
+            Ok(detail(&body))
+        }
+        WorkflowsCommand::Retry(a) => act(client, &base, args, "retry", a).await,
+        WorkflowsCommand::Cancel(a) => act(client, &base, args, "cancel", a).await,
+        WorkflowsCommand::Terminate(a) => act(client, &base, args, "terminate", a).await,
+    }
+}
+
+async fn act(
+    client: &Client,
+    base: &str,
+    args: &WorkflowsArgs,
+    action: &str,
+    a: &Action,
+) -> anyhow::Result<String> {
+    let actor = a.actor.clone().unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        )
+    });
+    let res = client
+        .post(format!("{base}/workflows/{}/{action}", a.id))
+        .json(&json!({ "reason": a.reason, "actor": actor }))
+        .send()
+        .await
+        .with_context(|| format!("reaching the engine at {}", args.api))?;
+    let body = ok_json(res).await?;
+    if args.json {
+        return Ok(format!("{:#}\n", body));
+    }
+    Ok(format!(
+        "{action}: recorded as event #{} of {}; the saga is {}\n",
+        body["seq"],
+        a.id,
+        body["status"].as_str().unwrap_or("?")
+    ))
+}
+
+/// The body of a 2xx answer; otherwise the problem's detail (and field) as the error.
+async fn ok_json(res: Response) -> anyhow::Result<Value> {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let detail = body["detail"].as_str().unwrap_or("no detail");
+    match body["field"].as_str() {
+        Some(field) => bail!("{status}: {field}: {detail}"),
+        None => bail!("{status}: {detail}"),
+    }
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+fn list_table(body: &Value) -> String {
+    let mut out = format!(
+        "{:<36}  {:<8}  {:<15}  {:<24}  REASON\n",
+        "ID", "TYPE", "STATUS", "CREATED"
+    );
+    for w in body["items"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<8}  {:<15}  {:<24}  {}",
+            text(w, "id"),
+            text(w, "type"),
+            text(w, "status"),
+            text(w, "created_at")
+                .get(..23)
+                .unwrap_or(text(w, "created_at")),
+            text(w, "reason"),
+        );
+    }
+    if let Some(next) = body["next_cursor"].as_str() {
+        let _ = writeln!(out, "more: --cursor {next}");
+    }
+    out
+}
+
+fn detail(w: &Value) -> String {
+    let mut out = format!(
+        "{} {} v{}: {}\n",
+        text(w, "type"),
+        text(w, "id"),
+        w["version"],
+        text(w, "status")
+    );
+    if let Some(r) = w["reason"].as_str() {
+        let _ = writeln!(out, "reason: {r}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<14}  {:<20}  {:<13}  {:<12}  {:>8}  LAST ERROR",
+        "STEP", "ACTIVITY", "KIND", "STATE", "ATTEMPTS"
+    );
+    for s in w["steps"].as_array().into_iter().flatten() {
+        let err = match &s["last_error"] {
+            Value::Object(e) => format!(
+                "{}: {}",
+                e.get("code").and_then(Value::as_str).unwrap_or(""),
+                e.get("message").and_then(Value::as_str).unwrap_or("")
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<14}  {:<20}  {:<13}  {:<12}  {:>8}  {err}",
+            text(s, "name"),
+            text(s, "activity"),
+            text(s, "kind"),
+            text(s, "status"),
+            s["attempts"],
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use orderflow_core::Registry;
+    use orderflow_engine::api::{self, AppState};
+    use orderflow_testkit::{TestEnv, amqp_url, sagas, start_order};
+
+    use super::*;
+
+    fn args(api: &str, command: WorkflowsCommand) -> WorkflowsArgs {
+        WorkflowsArgs {
+            api: api.to_owned(),
+            json: false,
+            command,
+        }
+    }
+
+    /// The CLI against the engine's real REST API on port 0 (no engine loops: the saga stays
+    /// where it started, which is all these commands need).
+    #[tokio::test]
+    async fn lists_shows_and_acts_through_the_rest_api() -> anyhow::Result<()> {
+        let env = TestEnv::new().await?;
+        let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
+        let app = api::router(AppState {
+            pool: env.pool.clone(),
+            applier: applier.clone(),
+            amqp_url: amqp_url(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let id = start_order(&env, &applier).await?;
+        let other = start_order(&env, &applier).await?;
+        let client = Client::new();
+
+        let list = execute(
+            &client,
+            &args(
+                &url,
+                WorkflowsCommand::List {
+                    status: Some("running".into()),
+                    workflow_type: None,
+                    business_key: None,
+                    created_after: None,
+                    created_before: None,
+                    cursor: None,
+                    limit: 1,
+                },
+            ),
+        )
+        .await?;
+        assert!(list.contains(&other.to_string()), "newest first: {list}");
+        assert!(list.contains("more: --cursor"), "{list}");
+
+        let show = execute(
+            &client,
+            &args(&url, WorkflowsCommand::Show { id: id.to_string() }),
+        )
+        .await?;
+        assert!(show.contains("running"), "{show}");
+        assert!(show.contains("inventory.reserve"), "{show}");
+
+        let done = execute(
+            &client,
+            &args(
+                &url,
+                WorkflowsCommand::Terminate(Action {
+                    id: id.to_string(),
+                    reason: "duplicate order".into(),
+                    actor: Some("cli:ops".into()),
+                }),
+            ),
+        )
+        .await?;
+        assert!(done.contains("the saga is terminated"), "{done}");
+        assert_eq!(env.status(id).await?, "terminated");
+
+        let refused = execute(
+            &client,
+            &args(
+                &url,
+                WorkflowsCommand::Retry(Action {
+                    id: id.to_string(),
+                    reason: "again".into(),
+                    actor: None,
+                }),
+            ),
+        )
+        .await
+        .expect_err("a terminated saga cannot be retried");
+        assert!(refused.to_string().starts_with("409"), "{refused}");
+
+        let bad = execute(
+            &client,
+            &args(&url, WorkflowsCommand::Show { id: "x".into() }),
+        )
+        .await
+        .expect_err("not an id");
+        assert!(bad.to_string().contains("400 Bad Request: id:"), "{bad}");
+        Ok(())
+    }
+}
