@@ -52,11 +52,32 @@ pub enum Command {
     Up {
         #[command(flatten)]
         conn: Connections,
-        #[command(flatten)]
-        admin: AdminArgs,
         /// Address of the engine's REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
+        /// Concurrent tasks per activity queue.
+        #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
+        concurrency: usize,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// One service (order, inventory, payment, notification, user): its REST API, its activity
+    /// workers and its event consumers, with its own database `orderflow_<name>`.
+    Service {
+        /// Which service.
+        name: ServiceName,
+        #[command(flatten)]
+        conn: Connections,
+        #[command(flatten)]
+        services: ServiceArgs,
+        /// Address of the service's REST API (default: 0.0.0.0 and the service's port, 8081
+        /// order, 8082 inventory, 8083 payment, 8084 notification, 8085 user).
+        #[arg(long, env = "ORDERFLOW_SERVICE_BIND")]
+        bind: Option<SocketAddr>,
+        /// The service's own database (default: `orderflow_<name>` on the server of
+        /// `--database-url`).
+        #[arg(long, env = "ORDERFLOW_SERVICE_DATABASE_URL")]
+        service_database_url: Option<String>,
         /// Concurrent tasks per activity queue.
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
@@ -65,8 +86,6 @@ pub enum Command {
     Engine {
         #[command(flatten)]
         conn: Connections,
-        #[command(flatten)]
-        admin: AdminArgs,
         /// Address of the REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -82,8 +101,6 @@ pub enum Command {
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
     },
-    /// Workflows through the engine's REST API: list, show, retry, cancel, terminate.
-    Workflows(crate::workflows_cli::WorkflowsArgs),
     /// Creates the database if needed and applies the migrations.
     Migrate {
         #[command(flatten)]
@@ -102,6 +119,73 @@ pub enum Command {
     },
 }
 
+/// The services `orderflow service` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    Order,
+    Inventory,
+    Payment,
+    Notification,
+    User,
+}
+
+/// What the services share beyond the connections: the token secret, where the other services
+/// are, the first admin and Stripe.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// HS256 secret of access tokens, the same for every service (at least 32 bytes). `up`
+    /// generates one when it is unset; `service` requires it.
+    #[arg(long, env = "ORDERFLOW_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// The engine's REST API, where the order service starts and cancels sagas.
+    #[arg(
+        long,
+        env = "ORDERFLOW_ENGINE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub engine_url: String,
+    /// The inventory service, which prices orders.
+    #[arg(
+        long,
+        env = "ORDERFLOW_INVENTORY_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub inventory_url: String,
+    /// The user service, which knows each customer's email.
+    #[arg(
+        long,
+        env = "ORDERFLOW_USER_URL",
+        default_value = "http://127.0.0.1:8085"
+    )]
+    pub user_url: String,
+    /// Email of the admin account created (or promoted) when the user service starts.
+    #[arg(long, env = "ORDERFLOW_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Password of that admin account (used only when the account is created).
+    #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Stripe's API base. Unset: the payment service uses the built-in Stripe sandbox, which
+    /// `up` and `service payment` start in-process.
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+    /// Stripe secret key (`sk_...`); required with `--stripe-api-base`.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Stripe webhook signing secret (`whsec_...`).
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// SMTP server of the notification service (`smtp://host:port`); unset, emails are kept in
+    /// the service's outbox table instead of being sent.
+    #[arg(long, env = "ORDERFLOW_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of the notification emails.
+    #[arg(long, env = "ORDERFLOW_EMAIL_FROM")]
+    pub email_from: Option<String>,
+    /// Adds the demo catalogue (sku-1 ... sku-5) to an empty inventory at start.
+    #[arg(long, env = "ORDERFLOW_SEED_DEMO_PRODUCTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seed_demo_products: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum HistoryCommand {
     /// Prints a workflow's history as JSON (the replay format).
@@ -115,19 +199,4 @@ pub enum HistoryCommand {
         )]
         database_url: String,
     },
-}
-
-/// The admin UI's operator account (the UI is served at `/admin` by `up` and `engine`).
-#[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
-    /// User name of the admin UI's operator account.
-    #[arg(long, env = "ORDERFLOW_ADMIN_USER", default_value = "admin")]
-    pub admin_user: String,
-    /// Its password. `up` falls back to a development password and prints it at start;
-    /// `engine` serves no password login without one.
-    #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_ui_password: Option<String>,
-    /// Marks the admin UI's cookies `Secure`: set it wherever the UI is reached over HTTPS.
-    #[arg(long, env = "ORDERFLOW_ADMIN_SECURE_COOKIES")]
-    pub admin_secure_cookies: bool,
 }

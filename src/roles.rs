@@ -5,16 +5,16 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use anyhow::{Context, bail};
 use orderflow_activities::{broker::Topology, recording, worker::Worker};
 use orderflow_core::{History, Registry, WorkflowId, replay};
-use orderflow_engine::admin::{AdminConfig, DEV_PASSWORD};
 use orderflow_engine::{
     Engine, EngineConfig,
     api::{self, AppState},
     store,
 };
+use orderflow_service_kit::{ServiceConfig, config::ports};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AdminArgs, Cli, Command, Connections, HistoryCommand};
+use crate::cli::{Cli, Command, Connections, HistoryCommand, ServiceArgs, ServiceName};
 
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -33,25 +33,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             conn,
             bind,
             concurrency,
-            admin,
+            services,
         } => {
             let pool = migrated_pool(&conn.database_url).await?;
             let stop = shutdown_token();
-            let engine = tokio::spawn(serve_engine(
-                pool.clone(),
-                conn.clone(),
-                bind,
-                admin_ui(&admin, true),
-                stop.clone(),
-            ));
-            let workers = tokio::spawn(run_workers(pool, conn, Vec::new(), concurrency, stop));
-            engine.await??;
-            workers.await??;
-            Ok(())
+            let secret = jwt_secret(services.jwt_secret.clone(), true)?;
+            let mut tasks = tokio::task::JoinSet::new();
+            tasks.spawn(serve_engine(pool.clone(), conn.clone(), bind, stop.clone()));
+            // Recording activities stand in only for the steps no wired service does.
+            let covered: Vec<&str> = WIRED_SERVICES
+                .iter()
+                .flat_map(|s| s.activities().iter().copied())
+                .collect();
+            let queues: Vec<String> = recording::order_saga_handlers(pool.clone())
+                .iter()
+                .map(|h| h.activity().to_owned())
+                .filter(|a| !covered.contains(&a.as_str()))
+                .collect();
+            if !queues.is_empty() {
+                tasks.spawn(run_workers(
+                    pool,
+                    conn.clone(),
+                    queues,
+                    concurrency,
+                    stop.clone(),
+                ));
+            }
+            for name in WIRED_SERVICES {
+                let config =
+                    service_config(*name, &conn, &services, &secret, None, None, concurrency)?;
+                let (services, stop) = (services.clone(), stop.clone());
+                tasks.spawn(async move {
+                    run_service(*name, config, &services, stop)
+                        .await
+                        .with_context(|| format!("the {} service", name.as_str()))
+                });
+            }
+            // One part failing stops the whole process: `up` is all or nothing.
+            let mut result = Ok(());
+            while let Some(done) = tasks.join_next().await {
+                stop.cancel();
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if result.is_ok() => result = Err(e),
+                    Err(e) if result.is_ok() => result = Err(e.into()),
+                    _ => {}
+                }
+            }
+            result
         }
-        Command::Engine { conn, bind, admin } => {
+        Command::Service {
+            name,
+            conn,
+            services,
+            bind,
+            service_database_url,
+            concurrency,
+        } => {
+            let name = wired(name);
+            let secret = jwt_secret(services.jwt_secret.clone(), false)?;
+            let config = service_config(
+                name,
+                &conn,
+                &services,
+                &secret,
+                bind,
+                service_database_url,
+                concurrency,
+            )?;
+            run_service(name, config, &services, shutdown_token()).await
+        }
+        Command::Engine { conn, bind } => {
             let pool = migrated_pool(&conn.database_url).await?;
-            serve_engine(pool, conn, bind, admin_ui(&admin, false), shutdown_token()).await
+            serve_engine(pool, conn, bind, shutdown_token()).await
         }
         Command::Worker {
             conn,
@@ -91,7 +145,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { files } => replay_files(&orderflow_workflows::registry(), &files),
-        Command::Workflows(args) => crate::workflows_cli::run(args).await,
     }
 }
 
@@ -163,7 +216,6 @@ async fn serve_engine(
     pool: PgPool,
     conn: Connections,
     bind: SocketAddr,
-    admin: Option<AdminConfig>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(orderflow_workflows::registry());
@@ -172,14 +224,11 @@ async fn serve_engine(
         Topology::new(conn.queue_prefix.clone()),
     );
     let engine = Engine::new(pool.clone(), registry, config);
-    let app = api::router_with_admin(
-        AppState {
-            pool,
-            applier: engine.applier.clone(),
-            amqp_url: conn.amqp_url,
-        },
-        admin,
-    );
+    let app = api::router(AppState {
+        pool,
+        applier: engine.applier.clone(),
+        amqp_url: conn.amqp_url,
+    });
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
@@ -233,26 +282,207 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The admin UI's setup from the flags. `up` is for a developer's machine, so without a password
-/// it uses the documented development one and says so at start; `engine` runs in production and
-/// serves no password login without one.
-fn admin_ui(args: &AdminArgs, dev_default: bool) -> Option<AdminConfig> {
-    let password = match (&args.admin_ui_password, dev_default) {
-        (Some(p), _) => p.clone(),
-        (None, true) => {
-            println!(
-                "admin UI: /admin, user `{}`, password `{DEV_PASSWORD}` (the development default; \
-                 set ORDERFLOW_ADMIN_PASSWORD)",
-                args.admin_user
+/// The services this build runs; in `up`, the steps of any service not listed here would be
+/// done by recording activities.
+const WIRED_SERVICES: &[Service] = &[
+    Service::User,
+    Service::Inventory,
+    Service::Order,
+    Service::Payment,
+    Service::Notification,
+];
+
+/// A service this build can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    User,
+    Inventory,
+    Order,
+    Payment,
+    Notification,
+}
+
+impl Service {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::User => orderflow_user::SERVICE,
+            Self::Inventory => orderflow_inventory::SERVICE,
+            Self::Order => orderflow_order::SERVICE,
+            Self::Payment => "payment",
+            Self::Notification => "notification",
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Self::User => ports::USER,
+            Self::Inventory => ports::INVENTORY,
+            Self::Order => ports::ORDER,
+            Self::Payment => ports::PAYMENT,
+            Self::Notification => ports::NOTIFICATION,
+        }
+    }
+
+    /// The activities its workers do.
+    fn activities(self) -> &'static [&'static str] {
+        use orderflow_activities::contracts::*;
+        match self {
+            Self::User => &[],
+            Self::Inventory => &[INVENTORY_RESERVE, INVENTORY_RELEASE],
+            Self::Order => &[ORDER_CREATE, ORDER_CANCEL],
+            Self::Payment => &[PAYMENT_CHARGE, PAYMENT_REFUND],
+            Self::Notification => &[NOTIFICATION_SEND],
+        }
+    }
+}
+
+fn wired(name: ServiceName) -> Service {
+    match name {
+        ServiceName::User => Service::User,
+        ServiceName::Inventory => Service::Inventory,
+        ServiceName::Order => Service::Order,
+        ServiceName::Payment => Service::Payment,
+        ServiceName::Notification => Service::Notification,
+    }
+}
+
+/// The token secret. `up` is one process, so it may invent one; separate `service` processes
+/// must share theirs, so there it is required.
+fn jwt_secret(configured: Option<String>, may_generate: bool) -> anyhow::Result<String> {
+    use rand::RngCore as _;
+    match configured.filter(|s| !s.is_empty()) {
+        Some(s) if s.len() >= orderflow_service_kit::auth::MIN_SECRET_LEN => Ok(s),
+        Some(_) => bail!(
+            "ORDERFLOW_JWT_SECRET must be at least {} bytes",
+            orderflow_service_kit::auth::MIN_SECRET_LEN
+        ),
+        None if may_generate => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            tracing::warn!(
+                "ORDERFLOW_JWT_SECRET is not set: generated a random one, so tokens stop working \
+                 when this process restarts; set it for anything but a try-out"
             );
-            DEV_PASSWORD.to_owned()
+            Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
         }
-        (None, false) => {
-            tracing::warn!("admin UI disabled: set ORDERFLOW_ADMIN_PASSWORD to enable /admin");
-            return None;
+        None => {
+            bail!("ORDERFLOW_JWT_SECRET is required: every service must verify the same tokens")
         }
+    }
+}
+
+/// The kit's settings of one service.
+fn service_config(
+    name: Service,
+    conn: &Connections,
+    args: &ServiceArgs,
+    secret: &str,
+    bind: Option<SocketAddr>,
+    database_url: Option<String>,
+    concurrency: usize,
+) -> anyhow::Result<ServiceConfig> {
+    let database_url = match database_url {
+        Some(url) => url,
+        None => orderflow_service_kit::db::with_database(
+            &conn.database_url,
+            &format!("orderflow_{}", name.as_str()),
+        )?,
     };
-    let mut config = AdminConfig::with_password(&args.admin_user, password);
-    config.secure_cookies = args.admin_secure_cookies;
-    Some(config)
+    Ok(ServiceConfig {
+        bind: bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], name.port()))),
+        database_url,
+        amqp_url: conn.amqp_url.clone(),
+        redis_url: conn.redis_url.clone(),
+        queue_prefix: conn.queue_prefix.clone(),
+        jwt_secret: secret.to_owned(),
+        engine_url: args.engine_url.clone(),
+        worker_concurrency: concurrency,
+    })
+}
+
+/// Runs one service until `stop`, through its crate's `run`.
+async fn run_service(
+    name: Service,
+    service: ServiceConfig,
+    args: &ServiceArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    match name {
+        Service::User => {
+            let mut config = orderflow_user::UserConfig::local(service.jwt_secret.clone());
+            config.service = service;
+            config.admin = match (&args.admin_email, &args.admin_password) {
+                (Some(email), Some(password)) => Some(orderflow_user::config::AdminSeed {
+                    email: email.clone(),
+                    password: password.clone(),
+                }),
+                (None, None) => None,
+                _ => bail!("ORDERFLOW_ADMIN_EMAIL and ORDERFLOW_ADMIN_PASSWORD go together"),
+            };
+            orderflow_user::run(config, stop).await
+        }
+        Service::Inventory => {
+            let mut config = orderflow_inventory::InventoryConfig::new(service);
+            config.seed_demo_products = args.seed_demo_products;
+            orderflow_inventory::run(config, stop).await
+        }
+        Service::Notification => {
+            let mut config = orderflow_notification::NotificationConfig::new(service);
+            // Without SMTP the notification service keeps messages in its outbox table.
+            config.smtp_url = args.smtp_url.clone();
+            if let Some(from) = &args.email_from {
+                config.email_from = from.clone();
+            }
+            orderflow_notification::run(config, stop).await
+        }
+        Service::Order => {
+            let mut config = orderflow_order::OrderConfig::new(service);
+            config.inventory_url = args.inventory_url.clone();
+            config.user_url = args.user_url.clone();
+            orderflow_order::run(config, stop).await
+        }
+        Service::Payment => {
+            use orderflow_payment::config::{PaymentConfig, StripeConfig};
+            // Kept alive until the service stops.
+            let mut sandbox = None;
+            let stripe = match &args.stripe_api_base {
+                Some(base) => StripeConfig {
+                    api_base: base.clone(),
+                    secret_key: args
+                        .stripe_secret_key
+                        .clone()
+                        .context("STRIPE_SECRET_KEY is required with STRIPE_API_BASE")?,
+                    webhook_secret: args.stripe_webhook_secret.clone().unwrap_or_default(),
+                    ..StripeConfig::sandbox(base.clone())
+                },
+                None => {
+                    let webhook_url = format!(
+                        "http://127.0.0.1:{}/api/v1/webhooks/stripe",
+                        service.bind.port()
+                    );
+                    let running = orderflow_stripe_sandbox::RunningSandbox::start(
+                        orderflow_stripe_sandbox::SandboxConfig {
+                            secret_key: StripeConfig::SANDBOX_SECRET_KEY.to_owned(),
+                            webhook: Some(orderflow_stripe_sandbox::WebhookTarget {
+                                url: webhook_url,
+                                secret: StripeConfig::SANDBOX_WEBHOOK_SECRET.to_owned(),
+                            }),
+                        },
+                    )
+                    .await
+                    .context("starting the built-in Stripe sandbox")?;
+                    tracing::warn!(
+                        url = %running.url(),
+                        "STRIPE_API_BASE is not set: payments go to the built-in Stripe sandbox"
+                    );
+                    let config = StripeConfig::sandbox(running.url());
+                    sandbox = Some(running);
+                    config
+                }
+            };
+            let result = orderflow_payment::run(PaymentConfig::new(service, stripe), stop).await;
+            drop(sandbox);
+            result
+        }
+    }
 }

@@ -1,0 +1,149 @@
+//! The order service: orders and their status, which follows the order saga.
+//!
+//! `POST /orders` checks the request, prices it through the inventory's public API, stores the
+//! order `pending` together with the intent to start its saga (one transaction, so an order is
+//! never stored without eventually getting its saga), then starts the saga on the engine. If the
+//! engine is unreachable the background starter keeps trying; the Idempotency-Key
+//! `order:<id>` makes every repeat return the same saga. The saga's pivot `order.create`
+//! confirms the order; when the saga ends, its `WorkflowFinished` event sets the final status and
+//! the reason of a cancellation.
+//!
+//! - [`config`]: [`OrderConfig`] and its defaults.
+//! - [`model`]: checked order input, order statuses and cancellation codes.
+//! - [`store`]: the `orders` and `saga_starts` tables.
+//! - [`clients`]: the inventory, user and engine REST APIs.
+//! - [`starter`]: turns stored intents into started sagas, inline and in the background.
+//! - [`activities`]: `order.create` and `order.cancel` for the worker runtime.
+//! - [`follow`]: applies `WorkflowFinished` events to orders.
+//! - [`api`]: the REST API.
+
+pub mod activities;
+pub mod api;
+pub mod clients;
+pub mod config;
+pub mod follow;
+pub mod model;
+pub mod starter;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use orderflow_activities::worker::Worker;
+use orderflow_service_kit::{
+    auth::JwtKeys,
+    db,
+    events::{self, Subscription},
+    http::{self, Readiness},
+};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use activities::handlers;
+pub use api::{AppState, router};
+pub use config::OrderConfig;
+
+/// The service's name in metrics, queue names and logs.
+pub const SERVICE: &str = "order";
+
+/// The order database's migrations (`migrations/order/`).
+pub fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("../../migrations/order");
+    m.set_ignore_missing(true);
+    m
+}
+
+/// The order service follows the end of every order saga.
+pub fn subscription(config: &OrderConfig) -> Subscription {
+    Subscription {
+        amqp_url: config.service.amqp_url.clone(),
+        topology: config.service.topology(),
+        service: SERVICE.to_owned(),
+        routing_key: orderflow_core::protocol::finished_routing_key("order"),
+    }
+}
+
+/// The handler state for `config`, over `pool`.
+pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
+    let clients = clients::Clients::new(
+        &config.inventory_url,
+        &config.user_url,
+        &config.service.engine_url,
+        config.call_timeout,
+    )
+    .context("building the HTTP client")?;
+    Ok(AppState {
+        pool,
+        keys: JwtKeys::new(&config.service.jwt_secret),
+        clients,
+        wake: Arc::new(Notify::new()),
+        start_backoff_cap: config.start_backoff_cap,
+    })
+}
+
+/// Migrates, then serves the API, runs the `order.create` / `order.cancel` workers, follows
+/// finished sagas and starts pending sagas, until `stop`. If one part fails the rest stop too.
+pub async fn run(config: OrderConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
+    let stop = stop.child_token();
+    let state = state(&config, pool.clone())?;
+    let ready = Readiness::new()
+        .postgres(pool.clone())
+        .amqp(config.service.amqp_url.clone());
+    let app = http::app(SERVICE, router(state.clone()), ready);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
+        .handlers(handlers(pool.clone()), config.service.worker_concurrency)
+        .build();
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            worker
+                .run(stop.cancelled_owned())
+                .await
+                .context("order worker")
+        }
+    });
+    tasks.spawn({
+        let (pool, stop, sub) = (pool.clone(), stop.clone(), subscription(&config));
+        async move {
+            events::follow(
+                sub,
+                |event| {
+                    let pool = pool.clone();
+                    async move { follow::on_workflow_finished(&pool, &event).await }
+                },
+                stop,
+            )
+            .await;
+            Ok(())
+        }
+    });
+    let starter = starter::run(
+        pool.clone(),
+        state.clients.clone(),
+        state.wake.clone(),
+        config.start_interval,
+        config.start_backoff_cap,
+        stop.clone(),
+    );
+    tasks.spawn(async move {
+        starter.await;
+        Ok(())
+    });
+    tasks.spawn(http::serve(config.service.bind, app, stop.clone()));
+    // The first part to end (normally all end together at `stop`) ends the service.
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        stop.cancel();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Err(e) if result.is_ok() => result = Err(e.into()),
+            _ => {}
+        }
+    }
+    result
+}
