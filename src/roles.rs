@@ -417,7 +417,10 @@ async fn run_service(
                     password: password.clone(),
                 }),
                 (None, None) => None,
-                _ => bail!("ORDERFLOW_ADMIN_EMAIL and ORDERFLOW_ADMIN_PASSWORD go together"),
+                // ORDERFLOW_ADMIN_PASSWORD alone also guards the engine's admin UI; seeding an
+                // account needs the email too.
+                (None, Some(_)) => None,
+                (Some(_), None) => bail!("ORDERFLOW_ADMIN_EMAIL needs ORDERFLOW_ADMIN_PASSWORD"),
             };
             orderflow_user::run(config, stop).await
         }
