@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 # Local stand-ins for external systems the tests talk to with real clients (an SMTP server).
 scripts/test-servers.sh
+# Headless Chromium and playwright-core for the admin UI's browser test.
+scripts/browser-setup.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -299,7 +299,7 @@ async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
         Ok(row.map(|r| r.0))
     })
     .await?;
-    assert!(ignored.contains("no attempt is waiting"), "{ignored}");
+    assert!(ignored.contains("the step is settled"), "{ignored}");
     assert_eq!(stack.env.status(id).await?, "completed");
     assert_eq!(
         stack.step(id, "reserve").await?["output"]["again"],
