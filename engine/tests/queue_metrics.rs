@@ -1,0 +1,203 @@
+//! The backlog gauges on the real RabbitMQ and Postgres: tasks published to a test's own queues
+//! move `orderflow_queue_depth`, a consumer moves `orderflow_queue_consumers`, and outbox rows
+//! and sagas needing attention move their gauges. Waits poll the gauges with a deadline.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use futures::StreamExt;
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use orderflow_activities::broker::{self, Outgoing};
+use orderflow_engine::queue_metrics::{
+    OUTBOX_LAG, OUTBOX_ROWS, QUEUE_CONSUMERS, QUEUE_DEPTH, QueueMetrics, QueueSample,
+    WORKFLOWS_STUCK,
+};
+use orderflow_testkit::{TestEnv, amqp_url, eventually};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+const CHARGE: &str = "payment.charge";
+/// No worker and no relay ever declares this queue in the test, so it does not exist.
+const MISSING: &str = "inventory.reserve";
+
+/// Publishes `n` persistent tasks to `queue` and waits for the broker's confirms.
+async fn publish(channel: &lapin::Channel, queue: &str, n: usize) -> anyhow::Result<()> {
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+        .collect();
+    let msgs: Vec<Outgoing<'_>> = bodies
+        .iter()
+        .map(|b| Outgoing {
+            exchange: "",
+            queue,
+            body: b,
+            message_id: Uuid::new_v4().to_string(),
+            traceparent: None,
+        })
+        .collect();
+    broker::publish_confirmed(channel, &msgs).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let conn = broker::connect(&amqp_url(), Duration::from_secs(10)).await?;
+    let channel = broker::confirm_channel(&conn).await?;
+    let charge_queue = env.topology.task_queue(CHARGE);
+    let missing_queue = env.topology.task_queue(MISSING);
+    env.topology.declare_queue(&channel, &charge_queue).await?;
+    publish(&channel, &charge_queue, 5).await?;
+
+    // One sample by hand: the missing queue comes first, so this also shows that its 404 (which
+    // closes the channel) does not stop the queues after it from being sampled.
+    let mut sampler = QueueMetrics::new(
+        env.pool.clone(),
+        amqp_url(),
+        env.topology.clone(),
+        vec![MISSING.to_owned(), CHARGE.to_owned()],
+    );
+    let seen = sampler.sample_queues().await?;
+    assert_eq!(
+        seen,
+        vec![
+            (
+                missing_queue.clone(),
+                QueueSample {
+                    depth: 0,
+                    consumers: 0
+                }
+            ),
+            (
+                charge_queue.clone(),
+                QueueSample {
+                    depth: 5,
+                    consumers: 0
+                }
+            ),
+        ]
+    );
+    assert_eq!(QUEUE_DEPTH.with_label_values(&[&charge_queue]).get(), 5);
+    let text = orderflow_engine::metrics::render();
+    ensure!(
+        text.contains(&format!(
+            "orderflow_queue_depth{{queue=\"{charge_queue}\"}} 5"
+        )),
+        "/metrics does not show the depth:\n{text}"
+    );
+
+    // The loop keeps the gauges current: more tasks raise the depth...
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        QueueMetrics::new(
+            env.pool.clone(),
+            amqp_url(),
+            env.topology.clone(),
+            vec![MISSING.to_owned(), CHARGE.to_owned()],
+        )
+        .interval(Duration::from_millis(50))
+        .run(stop.clone()),
+    );
+    publish(&channel, &charge_queue, 3).await?;
+    eventually(WAIT, "a depth of 8", || async {
+        Ok((QUEUE_DEPTH.with_label_values(&[&charge_queue]).get() == 8).then_some(()))
+    })
+    .await?;
+
+    // ...and a worker taking them shows as a consumer while the depth falls to zero.
+    let worker = conn.create_channel().await?;
+    worker.basic_qos(2, BasicQosOptions::default()).await?;
+    let mut consumer = worker
+        .basic_consume(
+            &charge_queue,
+            "test-worker",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let acker = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+    });
+    eventually(WAIT, "one consumer and an empty queue", || async {
+        let consumers = QUEUE_CONSUMERS.with_label_values(&[&charge_queue]).get();
+        let depth = QUEUE_DEPTH.with_label_values(&[&charge_queue]).get();
+        Ok((consumers == 1 && depth == 0).then_some(()))
+    })
+    .await?;
+    worker.close(200, "done").await?;
+    acker.abort();
+    eventually(WAIT, "no consumer once the worker left", || async {
+        Ok((QUEUE_CONSUMERS.with_label_values(&[&charge_queue]).get() == 0).then_some(()))
+    })
+    .await?;
+
+    // An outbox row committed 42 s ago and not yet published is a lag of at least 42 s; a saga
+    // in needs_attention is counted as stuck.
+    sqlx::query(
+        "insert into outbox (workflow_id, task_id, queue, body, created_at)
+         values ($1, $2, $3, '{}', now() - interval '42 seconds')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(Uuid::new_v4())
+    .bind(&charge_queue)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "insert into workflows (id, workflow_type, version, status, reason, state, last_seq,
+                                created_at, updated_at)
+         values ($1, 'order', 1, 'needs_attention', 'refund keeps failing', '{}', 0, now(), now())",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&env.pool)
+    .await?;
+    eventually(WAIT, "the outbox and stuck gauges", || async {
+        let rows = OUTBOX_ROWS.get();
+        let lag = OUTBOX_LAG.get();
+        let attention = WORKFLOWS_STUCK.with_label_values(&["attention"]).get();
+        Ok((rows == 1 && lag >= 42.0 && attention == 1).then_some(()))
+    })
+    .await?;
+
+    // Emptying the outbox brings the lag back to zero.
+    sqlx::query("delete from outbox").execute(&env.pool).await?;
+    eventually(WAIT, "an empty outbox", || async {
+        Ok((OUTBOX_ROWS.get() == 0 && OUTBOX_LAG.get() == 0.0).then_some(()))
+    })
+    .await?;
+
+    stop.cancel();
+    for q in [&charge_queue, &env.topology.dead_letter_queue()] {
+        channel
+            .queue_delete(q, QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broker_that_cannot_be_reached_is_an_error_not_a_zero() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    // Port 1 on loopback refuses connections at once.
+    let mut sampler = QueueMetrics::new(
+        env.pool.clone(),
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        env.topology.clone(),
+        vec![CHARGE.to_owned()],
+    )
+    .interval(Duration::from_millis(200));
+    let queue = env.topology.task_queue(CHARGE);
+    QUEUE_DEPTH.with_label_values(&[&queue]).set(7);
+    let err = sampler.sample_queues().await;
+    ensure!(err.is_err(), "sampling an unreachable broker succeeded");
+    // The last known value stays: an outage must not look like an emptied queue on the dashboards.
+    assert_eq!(QUEUE_DEPTH.with_label_values(&[&queue]).get(), 7);
+    // The database half works on its own.
+    sampler.sample_database().await?;
+    Ok(())
+}
