@@ -9,6 +9,8 @@ scripts/services.sh
 scripts/test-servers.sh
 # Headless Chromium and playwright-core for the admin UI's browser test.
 scripts/browser-setup.sh
+# Kubernetes manifests, Kong config, alert rules and dashboard, checked offline against schemas.
+scripts/validate-deploy.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
