@@ -1,5 +1,6 @@
 //! `orderflow`: one binary, a subcommand per role. `up` runs every role in one process.
 
+mod bench;
 mod cli;
 mod roles;
 mod workflows_cli;

@@ -145,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { files } => replay_files(&orderflow_workflows::registry(), &files),
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 

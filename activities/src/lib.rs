@@ -9,8 +9,10 @@
 //!   only after the result is confirmed.
 //! - [`recording`]: activities that record their effect per idempotency key in a Postgres table;
 //!   they stand in for the services until those exist and are what the tests count.
+//! - [`bench`]: the saga benchmark's activities, one single-row write per step (`orderflow bench`).
 
 pub mod activity;
+pub mod bench;
 pub mod broker;
 pub mod contracts;
 pub mod recording;
