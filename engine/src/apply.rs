@@ -16,12 +16,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    channels, metrics,
+    metrics,
     store::{
-        history::{self, HistoryRow},
-        outbox::{self, NewTask},
-        timers::{self, NewTimer},
-        workflows::{self, NewWorkflow, Update},
+        change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
+        workflows,
     },
 };
 
@@ -102,12 +100,6 @@ impl Applier {
             .registry
             .latest(&req.workflow_type)
             .ok_or_else(|| StartError::UnknownType(req.workflow_type.clone()))?;
-        if let Some(key) = &req.idempotency_key {
-            let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
-            if let Some(found) = existing(&mut conn, key, &req.request_hash).await? {
-                return Ok(found);
-            }
-        }
         def.validate_input(&req.input)
             .map_err(StartError::Invalid)?;
         let id = WorkflowId::new_v7();
@@ -133,7 +125,7 @@ impl Applier {
             &decision,
             state.as_ref(),
         )?;
-        w.new_workflows.push(NewWorkflow {
+        let wf = NewWorkflow {
             id: id.0,
             workflow_type: meta.workflow_type.clone(),
             version: def.version() as i32,
@@ -141,27 +133,28 @@ impl Applier {
             reason: None,
             state: snapshot(state.as_ref())?,
             last_seq: 1,
-            business_keys: req.business_keys.clone(),
+            business_keys: req.business_keys.to_string(),
             idempotency_key: req.idempotency_key.clone(),
             request_hash: req.request_hash.clone(),
             at,
-        });
-        let mut tx = pool.begin().await.map_err(ApplyError::from)?;
-        let inserted = workflows::insert_many(&mut tx, &w.new_workflows)
+        };
+        // One statement, so its own transaction: no begin, no commit, one round trip. A taken
+        // idempotency key writes nothing; only then is the first workflow looked up, so the
+        // common case (a new key, or none) costs no lookup.
+        let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
+        w.change.wake_timers = w.soon_timer();
+        let created = w
+            .change
+            .create(&mut conn, &wf)
             .await
             .map_err(ApplyError::from)?;
-        if inserted.is_empty() {
-            // Another request with the same key won the race; answer as a repeat.
-            tx.rollback().await.map_err(ApplyError::from)?;
+        if !created {
             let key = req.idempotency_key.as_deref().unwrap_or_default();
-            let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
             return existing(&mut conn, key, &req.request_hash)
                 .await?
                 .ok_or(StartError::KeyReused);
         }
-        w.new_workflows.clear();
-        w.write(&mut tx).await?;
-        tx.commit().await.map_err(ApplyError::from)?;
+        w.count_finished();
         metrics::WORKFLOWS_STARTED
             .with_label_values(&[&meta.workflow_type])
             .inc();
@@ -183,7 +176,7 @@ impl Applier {
         let locked = workflows::lock(tx, &ids, skip_locked).await?;
         let mut loaded: HashMap<Uuid, Loaded> = HashMap::with_capacity(locked.len());
         for row in locked {
-            let state: Box<dyn WorkflowState> = serde_json::from_value(row.state)
+            let state: Box<dyn WorkflowState> = serde_json::from_str(&row.state)
                 .map_err(|e| ApplyError::CorruptState(row.id, e))?;
             loaded.insert(
                 row.id,
@@ -239,7 +232,7 @@ impl Applier {
         }
         for wf in loaded.values().filter(|wf| wf.dirty) {
             let view = wf.state.view();
-            w.updates.push(Update {
+            w.change.updates.push(Update {
                 id: wf.meta.id,
                 status: view.status.as_str().to_owned(),
                 reason: view.reason,
@@ -248,7 +241,9 @@ impl Applier {
                 at,
             });
         }
-        w.write(tx).await?;
+        w.change.wake_timers = w.soon_timer();
+        w.change.write(tx).await?;
+        w.count_finished();
         Ok(outcomes)
     }
 }
@@ -278,9 +273,9 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn snapshot(state: &dyn WorkflowState) -> Result<Value, ApplyError> {
+fn snapshot(state: &dyn WorkflowState) -> Result<String, ApplyError> {
     // Serializing our own types cannot fail short of a bug; surface it as corrupt state.
-    serde_json::to_value(state).map_err(|e| ApplyError::CorruptState(Uuid::nil(), e))
+    serde_json::to_string(state).map_err(|e| ApplyError::CorruptState(Uuid::nil(), e))
 }
 
 #[derive(Debug)]
@@ -299,15 +294,10 @@ struct Loaded {
     dirty: bool,
 }
 
-/// Everything one transaction writes.
+/// Everything one transaction writes, and what it reports once written.
 #[derive(Debug, Default)]
 struct Writes {
-    new_workflows: Vec<NewWorkflow>,
-    updates: Vec<Update>,
-    history: Vec<HistoryRow>,
-    outbox: Vec<NewTask>,
-    timers: Vec<NewTimer>,
-    cancelled_timers: Vec<Uuid>,
+    change: Change,
     finished: Vec<(String, WorkflowStatus)>,
     soonest_timer: Option<DateTime<Utc>>,
 }
@@ -326,13 +316,14 @@ impl Writes {
         decision: &Decision,
         state: &dyn WorkflowState,
     ) -> Result<(), ApplyError> {
-        let json = |v: serde_json::Result<Value>| v.map_err(|e| ApplyError::CorruptState(wf.id, e));
-        self.history.push(HistoryRow {
+        let json =
+            |v: serde_json::Result<String>| v.map_err(|e| ApplyError::CorruptState(wf.id, e));
+        self.change.history.push(HistoryRow {
             workflow_id: wf.id,
             seq,
             at,
-            event: json(serde_json::to_value(event))?,
-            commands: json(serde_json::to_value(&decision.commands))?,
+            event: json(serde_json::to_string(event))?,
+            commands: json(serde_json::to_string(&decision.commands))?,
             ignored: decision.ignored.clone(),
         });
         for command in &decision.commands {
@@ -351,12 +342,12 @@ impl Writes {
                         payload: spec.payload.clone(),
                         traceparent: None,
                     };
-                    self.outbox.push(NewTask {
+                    self.change.outbox.push(NewTask {
                         workflow_id: wf.id,
                         task_id: spec.task_id.0,
                         exchange: String::new(),
                         queue: topology.task_queue(&spec.activity),
-                        body: json(serde_json::to_value(&task))?,
+                        body: json(serde_json::to_string(&task))?,
                     });
                 }
                 Command::StartTimer {
@@ -366,14 +357,14 @@ impl Writes {
                 } => {
                     self.soonest_timer =
                         Some(self.soonest_timer.map_or(*fire_at, |s| s.min(*fire_at)));
-                    self.timers.push(NewTimer {
+                    self.change.start_timer(NewTimer {
                         id: timer_id.0,
                         workflow_id: wf.id,
                         fire_at: *fire_at,
-                        purpose: json(serde_json::to_value(purpose))?,
+                        purpose: json(serde_json::to_string(purpose))?,
                     });
                 }
-                Command::CancelTimer { timer_id } => self.cancelled_timers.push(timer_id.0),
+                Command::CancelTimer { timer_id } => self.change.cancel_timer(timer_id.0),
                 Command::Finish { status, reason } => {
                     self.finished.push((wf.workflow_type.clone(), *status));
                     // Services follow their sagas through this event, published after commit.
@@ -392,12 +383,12 @@ impl Writes {
                         business_keys: wf.business_keys.clone(),
                         at,
                     };
-                    self.outbox.push(NewTask {
+                    self.change.outbox.push(NewTask {
                         workflow_id: wf.id,
                         task_id: WorkflowId(wf.id).derive("finished"),
                         exchange: topology.events_exchange(),
                         queue: finished_routing_key(&wf.workflow_type),
-                        body: json(serde_json::to_value(&finished))?,
+                        body: json(serde_json::to_string(&finished))?,
                     });
                 }
                 Command::RequireAttention { reason } => {
@@ -410,37 +401,19 @@ impl Writes {
         Ok(())
     }
 
-    /// Writes every row with one statement per table and queues the wake-ups, which Postgres
-    /// delivers only if the transaction commits.
-    async fn write(self, tx: &mut PgConnection) -> Result<(), ApplyError> {
-        workflows::insert_many(tx, &self.new_workflows).await?;
-        workflows::update_many(tx, &self.updates).await?;
-        history::insert_many(tx, &self.history).await?;
-        outbox::insert_many(tx, &self.outbox).await?;
-        // Insert before delete: a timer started and cancelled within one batch must end deleted.
-        timers::insert_many(tx, &self.timers).await?;
-        timers::delete_many(tx, &self.cancelled_timers).await?;
-        if !self.outbox.is_empty() {
-            sqlx::query("select pg_notify($1, '')")
-                .bind(channels::OUTBOX)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Timers far in the future are found by the poller's fallback; only soon ones wake it.
-        if self
-            .soonest_timer
+    /// Whether a timer of this change is due soon enough to wake the poller; far ones are found
+    /// by its fallback poll.
+    fn soon_timer(&self) -> bool {
+        self.soonest_timer
             .is_some_and(|t| t < now() + chrono::Duration::seconds(1))
-        {
-            sqlx::query("select pg_notify($1, '')")
-                .bind(channels::TIMERS)
-                .execute(&mut *tx)
-                .await?;
-        }
+    }
+
+    /// Counts the workflows this change finished; called once it is written.
+    fn count_finished(&self) {
         for (workflow_type, status) in &self.finished {
             metrics::WORKFLOWS_FINISHED
                 .with_label_values(&[workflow_type, status.as_str()])
                 .inc();
         }
-        Ok(())
     }
 }

@@ -2,10 +2,10 @@
 //! deletes their rows only after the broker confirmed them. A crash between the two publishes
 //! again; workers are idempotent on the step's key, so that costs a duplicate, never a loss.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use lapin::Channel;
-use orderflow_activities::broker::{self, Outgoing};
+use orderflow_activities::broker::{self, Outgoing, Topology};
 use sqlx::PgPool;
 
 use crate::{metrics, store::outbox};
@@ -15,30 +15,56 @@ use crate::{metrics, store::outbox};
 pub enum RelayError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
     #[error(transparent)]
     Publish(#[from] broker::PublishError),
 }
 
-/// Publishes up to `limit` rows; returns how many went out.
-pub async fn relay_once(pool: &PgPool, channel: &Channel, limit: i64) -> Result<usize, RelayError> {
+/// Publishes up to `limit` rows; returns how many went out. `declared` remembers the queues and
+/// exchanges this channel's connection has declared.
+///
+/// The rows are deleted in the same transaction that took them, and that transaction commits
+/// only once every publish of the batch is confirmed: if anything fails before, the rollback
+/// leaves them in the outbox for the next round (DESIGN.md §3.2).
+pub async fn relay_once(
+    pool: &PgPool,
+    channel: &Channel,
+    topology: &Topology,
+    declared: &mut HashSet<String>,
+    limit: i64,
+) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
-    let rows = outbox::claim(&mut tx, limit).await?;
+    let rows = outbox::take(&mut tx, limit).await?;
     if rows.is_empty() {
         return Ok(0);
     }
-    let bodies: Vec<Vec<u8>> = rows
-        .iter()
-        .map(|r| r.body.to_string().into_bytes())
-        .collect();
+    // Publishing to a queue that does not exist would drop the message, so every target is
+    // declared before its first use on this connection.
+    for r in &rows {
+        let target = if r.exchange.is_empty() {
+            &r.queue
+        } else {
+            &r.exchange
+        };
+        if declared.contains(target) {
+            continue;
+        }
+        if *target == topology.events_exchange() {
+            topology.declare_events(channel).await?;
+        } else {
+            topology.declare_queue(channel, target).await?;
+        }
+        declared.insert(target.clone());
+    }
     let msgs: Vec<Outgoing<'_>> = rows
         .iter()
-        .zip(&bodies)
-        .map(|(r, body)| Outgoing {
+        .map(|r| Outgoing {
             exchange: &r.exchange,
             queue: &r.queue,
-            body,
+            body: r.body.as_bytes(),
             message_id: r.task_id.to_string(),
-            traceparent: r.body.get("traceparent").and_then(|v| v.as_str()),
+            traceparent: r.traceparent.as_deref(),
         })
         .collect();
     // Bounded: a broker that stops confirming must not hold the rows' locks forever.
@@ -48,8 +74,6 @@ pub async fn relay_once(pool: &PgPool, channel: &Channel, limit: i64) -> Result<
     )
     .await
     .map_err(|_| broker::PublishError::Nacked("confirm timed out".into()))??;
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    outbox::delete(&mut tx, &ids).await?;
     tx.commit().await?;
     metrics::TASKS_PUBLISHED.inc_by(rows.len() as u64);
     metrics::BATCH_SIZE

@@ -7,7 +7,6 @@
 
 use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
 
-use lapin::Channel;
 use orderflow_activities::broker;
 use orderflow_core::Registry;
 use sqlx::{PgPool, postgres::PgListener};
@@ -57,8 +56,14 @@ impl Engine {
             let mut listener = PgListener::connect_with(&self.pool).await?;
             listener.listen(channels::OUTBOX).await?;
             loop {
-                self.declare_pending_queues(&channel, &mut declared).await?;
-                let n = relay::relay_once(&self.pool, &channel, self.config.relay_batch).await?;
+                let n = relay::relay_once(
+                    &self.pool,
+                    &channel,
+                    &self.config.topology,
+                    &mut declared,
+                    self.config.relay_batch,
+                )
+                .await?;
                 if n as i64 >= self.config.relay_batch {
                     continue;
                 }
@@ -70,32 +75,6 @@ impl Engine {
             }
         })
         .await
-    }
-
-    /// Publishing to a queue that does not exist would drop the message, so the relay declares
-    /// every queue it is about to use first.
-    async fn declare_pending_queues(
-        &self,
-        channel: &Channel,
-        declared: &mut HashSet<String>,
-    ) -> anyhow::Result<()> {
-        let targets: Vec<(String, String)> =
-            sqlx::query_as("select distinct exchange, queue from outbox")
-                .fetch_all(&self.pool)
-                .await?;
-        for (exchange, queue) in targets {
-            let target = if exchange.is_empty() { queue } else { exchange };
-            if declared.contains(&target) {
-                continue;
-            }
-            if target == self.config.topology.events_exchange() {
-                self.config.topology.declare_events(channel).await?;
-            } else {
-                self.config.topology.declare_queue(channel, &target).await?;
-            }
-            declared.insert(target);
-        }
-        Ok(())
     }
 
     async fn timer_loop(&self, stop: &CancellationToken) {

@@ -1,51 +1,9 @@
-//! `timers`: durable wake-ups. Rows are only written or deleted under their workflow's row lock.
+//! `timers`: durable wake-ups. Rows are only written or deleted under their workflow's row lock,
+//! created and cancelled by [`super::change`].
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// A timer to create.
-#[derive(Debug, Clone)]
-pub struct NewTimer {
-    pub id: Uuid,
-    pub workflow_id: Uuid,
-    pub fire_at: DateTime<Utc>,
-    pub purpose: Value,
-}
-
-pub async fn insert_many(conn: &mut PgConnection, rows: &[NewTimer]) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let id: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let wf: Vec<Uuid> = rows.iter().map(|r| r.workflow_id).collect();
-    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.fire_at).collect();
-    let purpose: Vec<&Value> = rows.iter().map(|r| &r.purpose).collect();
-    sqlx::query(
-        "insert into timers (id, workflow_id, fire_at, purpose)
-         select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::jsonb[])
-         on conflict (id) do nothing",
-    )
-    .bind(id)
-    .bind(wf)
-    .bind(at)
-    .bind(purpose)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn delete_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("delete from timers where id = any($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
 
 /// Workflows with a due timer, soonest first (no lock: the caller locks the workflows next).
 pub async fn due_workflows(
