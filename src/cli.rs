@@ -52,6 +52,8 @@ pub enum Command {
     Up {
         #[command(flatten)]
         conn: Connections,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Address of the engine's REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -86,6 +88,8 @@ pub enum Command {
     Engine {
         #[command(flatten)]
         conn: Connections,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Address of the REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -101,6 +105,8 @@ pub enum Command {
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
     },
+    /// Workflows through the engine's REST API: list, show, retry, cancel, terminate.
+    Workflows(crate::workflows_cli::WorkflowsArgs),
     /// Creates the database if needed and applies the migrations.
     Migrate {
         #[command(flatten)]
@@ -202,4 +208,19 @@ pub enum HistoryCommand {
         )]
         database_url: String,
     },
+}
+
+/// The admin UI's operator account (the UI is served at `/admin` by `up` and `engine`).
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// User name of the admin UI's operator account.
+    #[arg(long, env = "ORDERFLOW_ADMIN_USER", default_value = "admin")]
+    pub admin_user: String,
+    /// Its password. `up` falls back to a development password and prints it at start;
+    /// `engine` serves no password login without one.
+    #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_ui_password: Option<String>,
+    /// Marks the admin UI's cookies `Secure`: set it wherever the UI is reached over HTTPS.
+    #[arg(long, env = "ORDERFLOW_ADMIN_SECURE_COOKIES")]
+    pub admin_secure_cookies: bool,
 }

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use anyhow::{Context, bail};
 use orderflow_activities::{broker::Topology, recording, worker::Worker};
 use orderflow_core::{History, Registry, WorkflowId, replay};
+use orderflow_engine::admin::{AdminConfig, DEV_PASSWORD};
 use orderflow_engine::{
     Engine, EngineConfig,
     api::{self, AppState},
@@ -14,7 +15,7 @@ use orderflow_service_kit::{ServiceConfig, config::ports};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, Connections, HistoryCommand, ServiceArgs, ServiceName};
+use crate::cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceArgs, ServiceName};
 
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -33,13 +34,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             conn,
             bind,
             concurrency,
+            admin,
             services,
         } => {
             let pool = migrated_pool(&conn.database_url).await?;
             let stop = shutdown_token();
             let secret = jwt_secret(services.jwt_secret.clone(), true)?;
             let mut tasks = tokio::task::JoinSet::new();
-            tasks.spawn(serve_engine(pool.clone(), conn.clone(), bind, stop.clone()));
+            tasks.spawn(serve_engine(
+                pool.clone(),
+                conn.clone(),
+                bind,
+                admin_ui(&admin, true),
+                stop.clone(),
+            ));
             // Recording activities stand in only for the steps no wired service does.
             let covered: Vec<&str> = WIRED_SERVICES
                 .iter()
@@ -103,9 +111,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             run_service(name, config, &services, shutdown_token()).await
         }
-        Command::Engine { conn, bind } => {
+        Command::Engine { conn, bind, admin } => {
             let pool = migrated_pool(&conn.database_url).await?;
-            serve_engine(pool, conn, bind, shutdown_token()).await
+            serve_engine(pool, conn, bind, admin_ui(&admin, false), shutdown_token()).await
         }
         Command::Worker {
             conn,
@@ -145,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { files } => replay_files(&orderflow_workflows::registry(), &files),
+        Command::Workflows(args) => crate::workflows_cli::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }
@@ -217,6 +226,7 @@ async fn serve_engine(
     pool: PgPool,
     conn: Connections,
     bind: SocketAddr,
+    admin: Option<AdminConfig>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(orderflow_workflows::registry());
@@ -225,11 +235,14 @@ async fn serve_engine(
         Topology::new(conn.queue_prefix.clone()),
     );
     let engine = Engine::new(pool.clone(), registry, config);
-    let app = api::router(AppState {
-        pool,
-        applier: engine.applier.clone(),
-        amqp_url: conn.amqp_url,
-    });
+    let app = api::router_with_admin(
+        AppState {
+            pool,
+            applier: engine.applier.clone(),
+            amqp_url: conn.amqp_url,
+        },
+        admin,
+    );
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
@@ -489,4 +502,28 @@ async fn run_service(
             result
         }
     }
+}
+
+/// The admin UI's setup from the flags. `up` is for a developer's machine, so without a password
+/// it uses the documented development one and says so at start; `engine` runs in production and
+/// serves no password login without one.
+fn admin_ui(args: &AdminArgs, dev_default: bool) -> Option<AdminConfig> {
+    let password = match (&args.admin_ui_password, dev_default) {
+        (Some(p), _) => p.clone(),
+        (None, true) => {
+            println!(
+                "admin UI: /admin, user `{}`, password `{DEV_PASSWORD}` (the development default; \
+                 set ORDERFLOW_ADMIN_PASSWORD)",
+                args.admin_user
+            );
+            DEV_PASSWORD.to_owned()
+        }
+        (None, false) => {
+            tracing::warn!("admin UI disabled: set ORDERFLOW_ADMIN_PASSWORD to enable /admin");
+            return None;
+        }
+    };
+    let mut config = AdminConfig::with_password(&args.admin_user, password);
+    config.secure_cookies = args.admin_secure_cookies;
+    Some(config)
 }

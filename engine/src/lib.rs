@@ -18,6 +18,7 @@ pub mod apply;
 pub mod config;
 pub mod intake;
 pub mod metrics;
+pub mod queue_metrics;
 pub mod relay;
 pub mod runtime;
 pub mod store;
