@@ -8,8 +8,9 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::{DateTime, SubsecRound, Utc};
 use orderflow_activities::broker::Topology;
 use orderflow_core::{
-    Command, DecideError, Decision, Event, Registry, StepStatus, TaskMessage, WorkflowFinished,
-    WorkflowId, WorkflowState, WorkflowStatus, protocol::finished_routing_key,
+    Command, DecideError, Decision, Event, History, Registry, StepStatus, TaskMessage,
+    WorkflowFinished, WorkflowId, WorkflowState, WorkflowStatus, protocol::finished_routing_key,
+    replay,
 };
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -19,7 +20,7 @@ use crate::{
     metrics,
     store::{
         change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
-        workflows,
+        history, workflows,
     },
 };
 
@@ -136,6 +137,7 @@ impl Applier {
             business_keys: req.business_keys.to_string(),
             idempotency_key: req.idempotency_key.clone(),
             request_hash: req.request_hash.clone(),
+            fingerprint: def.fingerprint(),
             at,
         };
         // One statement, so its own transaction: no begin, no commit, one round trip. A taken
@@ -175,9 +177,27 @@ impl Applier {
         ids.dedup();
         let locked = workflows::lock(tx, &ids, skip_locked).await?;
         let mut loaded: HashMap<Uuid, Loaded> = HashMap::with_capacity(locked.len());
+        let mut detected = Vec::new();
         for row in locked {
-            let state: Box<dyn WorkflowState> = serde_json::from_str(&row.state)
+            let mut state: Box<dyn WorkflowState> = serde_json::from_str(&row.state)
                 .map_err(|e| ApplyError::CorruptState(row.id, e))?;
+            if let Some(def) = self.registry.get(&row.workflow_type, row.version as u32) {
+                let current = def.fingerprint();
+                if row.definition_fingerprint.as_deref() != Some(current.as_str()) {
+                    let history = History {
+                        workflow_id: WorkflowId(row.id),
+                        workflow_type: row.workflow_type.clone(),
+                        version: row.version as u32,
+                        events: history::load(tx, row.id).await?,
+                    };
+                    match self.recheck(&history) {
+                        Ok(replayed) => state = replayed,
+                        Err(detail) => detected
+                            .push((WorkflowId(row.id), Event::NondeterminismDetected { detail })),
+                    }
+                    workflows::set_fingerprint(tx, row.id, &current).await?;
+                }
+            }
             loaded.insert(
                 row.id,
                 Loaded {
@@ -196,7 +216,12 @@ impl Applier {
         let at = now();
         let mut w = Writes::default();
         let mut outcomes = Vec::with_capacity(events.len());
-        for (id, event) in events {
+        // Nondeterminism events go first so the policy applies before anything else; the
+        // caller's outcomes are only those of its own events.
+        let first = detected.len();
+        let all: Vec<(WorkflowId, Event)> =
+            detected.into_iter().chain(events.iter().cloned()).collect();
+        for (id, event) in &all {
             let Some(wf) = loaded.get_mut(&id.0) else {
                 outcomes.push(Outcome::NotFound);
                 continue;
@@ -244,7 +269,18 @@ impl Applier {
         w.change.wake_timers = w.soon_timer();
         w.change.write(tx).await?;
         w.count_finished();
+        outcomes.drain(..first);
         Ok(outcomes)
+    }
+
+    /// A workflow last ran on another build of its definition (a version changed in place, or a
+    /// row from before fingerprints): replay its history on this one. If it still replays the
+    /// change is adopted and the state re-derived from the history; if not, the mismatch.
+    fn recheck(&self, history: &History) -> Result<Box<dyn WorkflowState>, String> {
+        replay(&self.registry, history).map_err(|e| {
+            tracing::error!(workflow_id = %history.workflow_id, error = %e, "history no longer replays");
+            e.to_string()
+        })
     }
 }
 

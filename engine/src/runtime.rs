@@ -45,6 +45,19 @@ impl Engine {
         let e = self.clone();
         let s = stop.clone();
         set.spawn(async move { e.intake_loop(&s).await });
+        // Queue depth, consumers, outbox lag and stuck sagas: the KEDA and alerting signals.
+        let e = self.clone();
+        let s = stop.clone();
+        set.spawn(async move {
+            use orderflow_activities::contracts::{FRAUD_CHECK, ORDER_SAGA_ACTIVITIES};
+            let activities = ORDER_SAGA_ACTIVITIES
+                .iter()
+                .chain([&FRAUD_CHECK])
+                .map(|a| (*a).to_owned())
+                .collect();
+            crate::queue_metrics::run(e.pool, e.config.amqp_url, e.config.topology, activities, s)
+                .await
+        });
         while set.join_next().await.is_some() {}
     }
 

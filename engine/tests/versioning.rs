@@ -133,3 +133,85 @@ fn the_production_registry_keeps_new_orders_on_v1_until_unpinned() {
         "v2 is deployed beside v1"
     );
 }
+
+/// A v1 saga waits at its charge (no charge worker) under `original`; then the engine restarts
+/// with `edited` deployed as the same v1.
+async fn restart_with_v1_changed_in_place(
+    original: orderflow_core::SagaDefinition,
+    edited: orderflow_core::SagaDefinition,
+) -> anyhow::Result<(TestEnv, uuid::Uuid, CancellationToken, CancellationToken)> {
+    let env = TestEnv::new().await?;
+    let before = Arc::new(Registry::new().with(original));
+    let engine = env.spawn_engine(before.clone());
+    let partial = workers(&env, &[PAYMENT_CHARGE]);
+    let id = start_order(&env, &env.applier(before)).await?;
+    eventually(SETTLE, "the saga to reach its charge", || async {
+        Ok(scheduled(&env.pool, id)
+            .await?
+            .contains(&PAYMENT_CHARGE.to_owned())
+            .then_some(()))
+    })
+    .await?;
+    engine.cancel();
+    let engine = env.spawn_engine(Arc::new(Registry::new().with(edited)));
+    Ok((env, id, engine, partial))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_changed_in_place_that_breaks_replay_waits_for_an_operator() -> anyhow::Result<()>
+{
+    use orderflow_testkit::sagas;
+    // The edit changes the start-to-close timeout, so the recorded timers no longer match.
+    let (env, id, engine, workers) = restart_with_v1_changed_in_place(
+        sagas::order(Duration::from_millis(700), Duration::from_millis(50)),
+        sagas::order(Duration::from_secs(3), Duration::from_millis(50)),
+    )
+    .await?;
+    // The charge's attempt timer fires on the new engine, which replays before applying it.
+    assert_eq!(settled(&env, id, SETTLE).await?, "needs_attention");
+    let (reason,): (Option<String>,) = sqlx::query_as("select reason from workflows where id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await?;
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.contains("no longer replays") && reason.contains("not deterministic"),
+        "{reason}"
+    );
+    let (detected,): (i64,) = sqlx::query_as(
+        "select count(*) from history where workflow_id = $1 and event->>'type' = 'nondeterminism_detected'",
+    )
+    .bind(id)
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(detected, 1, "detected once, not on every event");
+    engine.cancel();
+    workers.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_changed_in_place_that_still_replays_is_adopted() -> anyhow::Result<()> {
+    use orderflow_testkit::sagas;
+    // Only the charge's backoff changes, and this saga never retried its charge.
+    let (env, id, engine, partial) = restart_with_v1_changed_in_place(
+        sagas::order(Duration::from_secs(5), Duration::from_millis(50)),
+        sagas::order(Duration::from_secs(5), Duration::from_millis(80)),
+    )
+    .await?;
+    let rest = workers(
+        &env,
+        &[
+            INVENTORY_RESERVE,
+            INVENTORY_RELEASE,
+            ORDER_CREATE,
+            NOTIFICATION_SEND,
+            FRAUD_CHECK,
+        ],
+    );
+    assert_eq!(settled(&env, id, SETTLE).await?, "completed");
+    engine.cancel();
+    partial.cancel();
+    rest.cancel();
+    Ok(())
+}

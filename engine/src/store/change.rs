@@ -35,6 +35,8 @@ pub struct NewWorkflow {
     pub business_keys: String,
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
+    /// The fingerprint of the definition it starts on (see `migrations/engine/0004_*`).
+    pub fingerprint: String,
     pub at: DateTime<Utc>,
 }
 
@@ -145,6 +147,7 @@ impl Change {
         let q = self.bind_outbox(q);
         let q = self.bind_timers(q);
         let q = q.bind(!self.outbox.is_empty()).bind(self.wake_timers);
+        let q = q.bind(&wf.fingerprint);
         Ok(q.fetch_optional(conn).await?.is_some())
     }
 
@@ -215,9 +218,10 @@ static CREATE_SQL: LazyLock<String> = LazyLock::new(|| {
         "with ins as (
              insert into workflows (id, workflow_type, version, status, reason, state,
                                     last_seq, business_keys, business_key_values,
-                                    idempotency_key, request_hash, created_at, updated_at)
+                                    idempotency_key, request_hash, created_at, updated_at,
+                                    definition_fingerprint)
              values ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb,
-                     array(select value from jsonb_each_text($8::jsonb)), $9, $10, $11, $11)
+                     array(select value from jsonb_each_text($8::jsonb)), $9, $10, $11, $11, $29)
              on conflict (idempotency_key) do nothing
              returning id),
          {}, {}, {}

@@ -15,6 +15,7 @@ pub struct Locked {
     pub state: String,
     pub last_seq: i64,
     pub business_keys: Value,
+    pub definition_fingerprint: Option<String>,
 }
 
 /// A workflow as the API reads it.
@@ -40,10 +41,12 @@ pub async fn lock(
     skip_locked: bool,
 ) -> sqlx::Result<Vec<Locked>> {
     let sql = if skip_locked {
-        "select id, workflow_type, version, state::text as state, last_seq, business_keys
+        "select id, workflow_type, version, state::text as state, last_seq, business_keys,
+                definition_fingerprint
          from workflows where id = any($1) order by id for update skip locked"
     } else {
-        "select id, workflow_type, version, state::text as state, last_seq, business_keys
+        "select id, workflow_type, version, state::text as state, last_seq, business_keys,
+                definition_fingerprint
          from workflows where id = any($1) order by id for update"
     };
     sqlx::query_as(sql).bind(ids).fetch_all(conn).await
@@ -115,4 +118,18 @@ pub async fn count_by_status(conn: &mut PgConnection) -> sqlx::Result<Vec<(Strin
     sqlx::query_as("select status, count(*) from workflows group by status order by status")
         .fetch_all(conn)
         .await
+}
+
+/// Records the definition fingerprint a locked workflow now runs with.
+pub async fn set_fingerprint(
+    conn: &mut PgConnection,
+    id: Uuid,
+    fingerprint: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("update workflows set definition_fingerprint = $2 where id = $1")
+        .bind(id)
+        .bind(fingerprint)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
