@@ -121,10 +121,14 @@ pub async fn engine(db: &BenchDb, sagas: usize, fail_every: usize) -> anyhow::Re
 /// Effect rows of no saga in `workflows`.
 async fn stray(conn: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
     let (n,): (i64,) = sqlx::query_as(
-        "select (select count(*) from reservations where workflow_id not in (select id from workflows))
-              + (select count(*) from payments where workflow_id not in (select id from workflows))
-              + (select count(*) from orders where workflow_id not in (select id from workflows))
-              + (select count(*) from notifications where workflow_id not in (select id from workflows))",
+        "select (select count(*) from reservations t
+                 where not exists (select 1 from workflows w where w.id = t.workflow_id))
+              + (select count(*) from payments t
+                 where not exists (select 1 from workflows w where w.id = t.workflow_id))
+              + (select count(*) from orders t
+                 where not exists (select 1 from workflows w where w.id = t.workflow_id))
+              + (select count(*) from notifications t
+                 where not exists (select 1 from workflows w where w.id = t.workflow_id))",
     )
     .fetch_one(conn)
     .await?;

@@ -156,9 +156,10 @@ impl Driver {
                 tokio::spawn(self.start(number, fail, deadline, started_tx.clone()));
                 launched += 1;
                 in_flight += 1;
-                if crash_at == Some(launched) {
-                    monitor = Some((in_flight, self.crash(stack).await?));
-                }
+            }
+            // Started sagas not finished yet: what the engine holds in flight.
+            if monitor.is_none() && crash_at.is_some_and(|at| waiting.len() >= at) {
+                monitor = Some(self.crash(stack).await?);
             }
             tokio::select! {
                 Some(started) = started_rx.recv() => {
@@ -278,13 +279,18 @@ impl Driver {
     async fn crash(
         &self,
         stack: &mut Stack,
-    ) -> anyhow::Result<JoinHandle<anyhow::Result<Duration>>> {
+    ) -> anyhow::Result<(usize, JoinHandle<anyhow::Result<Duration>>)> {
         stack.crash_engine().await?;
         let restarted = Instant::now();
-        let (since,): (DateTime<Utc>,) =
-            sqlx::query_as("select now()").fetch_one(&self.pool).await?;
+        // Nothing moves a saga while no engine runs, so what is unfinished now was in flight
+        // at the kill.
+        let (since, in_flight): (DateTime<Utc>, i64) = sqlx::query_as(
+            "select now(), count(*) from workflows where status in ('running', 'compensating')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         let pool = self.pool.clone();
-        Ok(tokio::spawn(async move {
+        let watch = tokio::spawn(async move {
             loop {
                 let (stalled,): (i64,) = sqlx::query_as(
                     "select count(*) from workflows
@@ -298,7 +304,8 @@ impl Driver {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }))
+        });
+        Ok((in_flight as usize, watch))
     }
 
     pub async fn close(self) {

@@ -57,8 +57,8 @@ pub struct BenchArgs {
     /// Skip the raw floor that follows every engine run.
     #[arg(long)]
     pub no_floor: bool,
-    /// SIGKILL the engine once this many measured sagas have started, restart it, and report
-    /// how long until every saga in flight has moved again (child-process mode only).
+    /// SIGKILL the engine once this many measured sagas are started and unfinished, restart it,
+    /// and report how long until every saga in flight has moved again (child-process mode only).
     #[arg(long)]
     pub crash_at: Option<usize>,
     /// The `orderflow` binary that runs the engine (default: this one), to compare two engine
@@ -91,9 +91,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return stack::run_worker_process(&args).await;
     }
     if args.services {
-        // The five services are not in this workspace yet (services/ is empty); saying so beats
-        // silently benchmarking something else under their name.
-        bail!("--services: this build has no service crates yet; run without it");
+        // The services were still being built when this benchmark was; running the bench
+        // activities under their name would report figures that are not theirs.
+        bail!(
+            "--services: driving the five services is not wired into the benchmark yet \
+             (see docs/benchmarks.md); run without it"
+        );
     }
     if args.concurrency == 0 || args.sagas == 0 {
         bail!("--sagas and --concurrency must be at least 1");
