@@ -346,10 +346,11 @@ pub async fn cancel(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let id = workflow_id(&id)?;
-    let (actor, reason) = ActionBody::checked(&body)?;
-    act(&st, id, Event::CancelRequested { actor, reason }).await
+    operator_action(&st, &id, body, |actor, reason| Event::CancelRequested {
+        actor,
+        reason,
+    })
+    .await
 }
 
 /// `POST /workflows/{id}/terminate`: stop without compensating.
@@ -358,10 +359,11 @@ pub async fn terminate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let id = workflow_id(&id)?;
-    let (actor, reason) = ActionBody::checked(&body)?;
-    act(&st, id, Event::TerminateRequested { actor, reason }).await
+    operator_action(&st, &id, body, |actor, reason| Event::TerminateRequested {
+        actor,
+        reason,
+    })
+    .await
 }
 
 /// `POST /workflows/{id}/retry`: run the waiting or stuck step now.
@@ -370,10 +372,24 @@ pub async fn retry(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    operator_action(&st, &id, body, |actor, reason| Event::RetryRequested {
+        actor,
+        reason,
+    })
+    .await
+}
+
+/// An operator action with `{reason, actor?}`: checks the id and the body, then applies the event.
+async fn operator_action(
+    st: &AppState,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+    event: fn(String, String) -> Event,
+) -> Result<Response, ApiError> {
     let body = body?;
-    let id = workflow_id(&id)?;
+    let id = workflow_id(id)?;
     let (actor, reason) = ActionBody::checked(&body)?;
-    act(&st, id, Event::RetryRequested { actor, reason }).await
+    act(st, id, event(actor, reason)).await
 }
 
 #[derive(Debug, Deserialize)]
