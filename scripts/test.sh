@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 # Local stand-ins for external systems the tests talk to with real clients (an SMTP server).
 scripts/test-servers.sh
+# The private servers and libfaketime of the fault-injection suite (tests/faults.rs).
+scripts/faults-setup.sh
 # Headless Chromium and playwright-core for the admin UI's browser test.
 scripts/browser-setup.sh
 # Kubernetes manifests, Kong config, alert rules and dashboard, checked offline against schemas.
