@@ -36,6 +36,7 @@ use orderflow_service_kit::{
     db,
     events::{self, Subscription},
     http::{self, Readiness},
+    parts::Parts,
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +89,6 @@ pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Re
             tracing::info!(products = n, "seeded the demo catalogue");
         }
     }
-    let stop = stop.child_token();
     let state = AppState {
         pool: pool.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
@@ -104,55 +104,23 @@ pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Re
             config.service.worker_concurrency,
         )
         .build();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .context("inventory worker")
-        }
-    });
-    tasks.spawn({
-        let (pool, stop, sub) = (pool.clone(), stop.clone(), subscription(&config));
-        async move {
-            events::follow(
-                sub,
-                |event| {
-                    let pool = pool.clone();
-                    async move { settle::on_workflow_finished(&pool, &event).await }
-                },
-                stop,
-            )
-            .await;
-            Ok(())
-        }
-    });
-    tasks.spawn({
-        let (pool, stop, every) = (pool.clone(), stop.clone(), config.sweep_interval);
-        async move {
-            sweeper::run(pool, every, stop).await;
-            Ok(())
-        }
-    });
-    tasks.spawn(http::serve(config.service.bind, app, stop.clone()));
-
-    let mut outcome = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let result = done.context("an inventory task panicked").and_then(|r| r);
-        if let Err(e) = result {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "inventory service part failed; stopping"
-            );
-            if outcome.is_ok() {
-                outcome = Err(e);
+    let mut parts = Parts::new(SERVICE, &stop);
+    parts.spawn_worker(worker);
+    let (sub, every) = (subscription(&config), config.sweep_interval);
+    parts.spawn_infallible(events::follow(
+        sub,
+        {
+            let pool = pool.clone();
+            move |event| {
+                let pool = pool.clone();
+                async move { settle::on_workflow_finished(&pool, &event).await }
             }
-        }
-        // Whatever ended first (stop, or a failure), the rest follow.
-        stop.cancel();
-    }
+        },
+        parts.stop(),
+    ));
+    parts.spawn_infallible(sweeper::run(pool.clone(), every, parts.stop()));
+    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
+    let outcome = parts.join().await;
     pool.close().await;
     outcome
 }

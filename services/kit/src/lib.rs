@@ -13,6 +13,7 @@
 //! - [`events`]: follows the engine's `WorkflowFinished` events on a service's own queue, acking
 //!   each only after the service's handler committed.
 //! - [`kv`]: a Redis connection that reconnects by itself.
+//! - [`parts`]: a service process's parts (server, workers, followers) run and stopped as one.
 
 pub mod auth;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod kv;
+pub mod parts;
 pub mod problem;
 
 pub use config::ServiceConfig;

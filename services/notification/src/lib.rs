@@ -29,6 +29,7 @@ use orderflow_service_kit::{
     auth::JwtKeys,
     db,
     http::{self, Readiness},
+    parts::Parts,
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -101,7 +102,6 @@ pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow:
         push = providers.push.name(),
         "notification providers"
     );
-    let stop = stop.child_token();
     let state = AppState {
         pool: pool.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
@@ -115,36 +115,14 @@ pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow:
             config.service.worker_concurrency,
         )
         .build();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .context("notification worker")
-        }
-    });
-    tasks.spawn(http::serve(
+    let mut parts = Parts::new(SERVICE, &stop);
+    parts.spawn_worker(worker);
+    parts.spawn(http::serve(
         config.service.bind,
         router(state, ready),
-        stop.clone(),
+        parts.stop(),
     ));
-    let mut outcome = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let result = done.context("a notification task panicked").and_then(|r| r);
-        if let Err(e) = result {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "notification service part failed; stopping"
-            );
-            if outcome.is_ok() {
-                outcome = Err(e);
-            }
-        }
-        // Whatever ended first (stop, or a failure), the rest follow.
-        stop.cancel();
-    }
+    let outcome = parts.join().await;
     pool.close().await;
     outcome
 }

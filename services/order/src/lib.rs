@@ -35,6 +35,7 @@ use orderflow_service_kit::{
     db,
     events::{self, Subscription},
     http::{self, Readiness},
+    parts::Parts,
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::sync::Notify;
@@ -86,64 +87,36 @@ pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
 /// finished sagas and starts pending sagas, until `stop`. If one part fails the rest stop too.
 pub async fn run(config: OrderConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
-    let stop = stop.child_token();
     let state = state(&config, pool.clone())?;
     let ready = Readiness::new()
         .postgres(pool.clone())
         .amqp(config.service.amqp_url.clone());
     let app = http::app(SERVICE, router(state.clone()), ready);
 
-    let mut tasks = tokio::task::JoinSet::new();
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
         .handlers(handlers(pool.clone()), config.service.worker_concurrency)
         .build();
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .context("order worker")
-        }
-    });
-    tasks.spawn({
-        let (pool, stop, sub) = (pool.clone(), stop.clone(), subscription(&config));
-        async move {
-            events::follow(
-                sub,
-                |event| {
-                    let pool = pool.clone();
-                    async move { follow::on_workflow_finished(&pool, &event).await }
-                },
-                stop,
-            )
-            .await;
-            Ok(())
-        }
-    });
-    let starter = starter::run(
+    let mut parts = Parts::new(SERVICE, &stop);
+    parts.spawn_worker(worker);
+    parts.spawn_infallible(events::follow(
+        subscription(&config),
+        {
+            let pool = pool.clone();
+            move |event| {
+                let pool = pool.clone();
+                async move { follow::on_workflow_finished(&pool, &event).await }
+            }
+        },
+        parts.stop(),
+    ));
+    parts.spawn_infallible(starter::run(
         pool.clone(),
         state.clients.clone(),
         state.wake.clone(),
         config.start_interval,
         config.start_backoff_cap,
-        stop.clone(),
-    );
-    tasks.spawn(async move {
-        starter.await;
-        Ok(())
-    });
-    tasks.spawn(http::serve(config.service.bind, app, stop.clone()));
-    // The first part to end (normally all end together at `stop`) ends the service.
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        stop.cancel();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if result.is_ok() => result = Err(e),
-            Err(e) if result.is_ok() => result = Err(e.into()),
-            _ => {}
-        }
-    }
-    result
+        parts.stop(),
+    ));
+    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
+    parts.join().await
 }

@@ -37,6 +37,7 @@ use orderflow_service_kit::{
     db,
     http::{self, Readiness},
     kv,
+    parts::Parts,
 };
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +85,6 @@ pub async fn connect(config: &PaymentConfig) -> anyhow::Result<Arc<Payments>> {
 pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let payments = connect(&config).await?;
     let pool = payments.pool.clone();
-    let stop = stop.child_token();
     let state = AppState {
         pool: pool.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
@@ -102,33 +102,10 @@ pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Resu
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
         .handlers(handlers(payments), config.service.worker_concurrency)
         .build();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .context("payment worker")
-        }
-    });
-    tasks.spawn(http::serve(config.service.bind, app, stop.clone()));
-
-    let mut outcome = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let result = done.context("a payment task panicked").and_then(|r| r);
-        if let Err(e) = result {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "payment service part failed; stopping"
-            );
-            if outcome.is_ok() {
-                outcome = Err(e);
-            }
-        }
-        // Whatever ended first (stop, or a failure), the rest follow.
-        stop.cancel();
-    }
+    let mut parts = Parts::new(SERVICE, &stop);
+    parts.spawn_worker(worker);
+    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
+    let outcome = parts.join().await;
     pool.close().await;
     outcome
 }
