@@ -531,7 +531,7 @@ async fn process(
 }
 
 /// Runs the handler for `task` and turns everything that can happen into an outcome.
-async fn execute(handler: &dyn Handler, task: &TaskMessage) -> TaskOutcome {
+pub(crate) async fn execute(handler: &dyn Handler, task: &TaskMessage) -> TaskOutcome {
     let failed = |error| TaskOutcome::Failed { error };
     if task.activity != handler.activity() {
         return failed(ActivityError::permanent(

@@ -13,14 +13,13 @@ use orderflow_core::{
     replay,
 };
 use serde_json::Value;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
     metrics,
     store::{
+        backend::{Store, StoreTx},
         change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
-        history, workflows,
     },
 };
 
@@ -94,7 +93,7 @@ impl Applier {
     /// request hash returns the first workflow; with another hash it is refused.
     pub async fn start(
         &self,
-        pool: &sqlx::PgPool,
+        store: &impl Store,
         req: StartRequest,
     ) -> Result<Started, StartError> {
         let def = self
@@ -140,19 +139,17 @@ impl Applier {
             fingerprint: def.fingerprint(),
             at,
         };
-        // One statement, so its own transaction: no begin, no commit, one round trip. A taken
-        // idempotency key writes nothing; only then is the first workflow looked up, so the
-        // common case (a new key, or none) costs no lookup.
-        let mut conn = pool.acquire().await.map_err(ApplyError::from)?;
+        // One statement on Postgres, so its own transaction: no begin, no commit, one round
+        // trip. A taken idempotency key writes nothing; only then is the first workflow looked
+        // up, so the common case (a new key, or none) costs no lookup.
         w.change.wake_timers = w.soon_timer();
-        let created = w
-            .change
-            .create(&mut conn, &wf)
+        let created = store
+            .create(&w.change, &wf)
             .await
             .map_err(ApplyError::from)?;
         if !created {
             let key = req.idempotency_key.as_deref().unwrap_or_default();
-            return existing(&mut conn, key, &req.request_hash)
+            return existing(store, key, &req.request_hash)
                 .await?
                 .ok_or(StartError::KeyReused);
         }
@@ -168,14 +165,14 @@ impl Applier {
     /// answered `NotFound` and left for later.
     pub async fn apply(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut impl StoreTx,
         events: &[(WorkflowId, Event)],
         skip_locked: bool,
     ) -> Result<Vec<Outcome>, ApplyError> {
         let mut ids: Vec<Uuid> = events.iter().map(|(id, _)| id.0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let locked = workflows::lock(tx, &ids, skip_locked).await?;
+        let locked = tx.lock(&ids, skip_locked).await?;
         let mut loaded: HashMap<Uuid, Loaded> = HashMap::with_capacity(locked.len());
         let mut detected = Vec::new();
         for row in locked {
@@ -188,14 +185,14 @@ impl Applier {
                         workflow_id: WorkflowId(row.id),
                         workflow_type: row.workflow_type.clone(),
                         version: row.version as u32,
-                        events: history::load(tx, row.id).await?,
+                        events: tx.history(row.id).await?,
                     };
                     match self.recheck(&history) {
                         Ok(replayed) => state = replayed,
                         Err(detail) => detected
                             .push((WorkflowId(row.id), Event::NondeterminismDetected { detail })),
                     }
-                    workflows::set_fingerprint(tx, row.id, &current).await?;
+                    tx.set_fingerprint(row.id, &current).await?;
                 }
             }
             loaded.insert(
@@ -267,7 +264,7 @@ impl Applier {
             });
         }
         w.change.wake_timers = w.soon_timer();
-        w.change.write(tx).await?;
+        tx.write(&w.change).await?;
         w.count_finished();
         outcomes.drain(..first);
         Ok(outcomes)
@@ -285,11 +282,12 @@ impl Applier {
 }
 
 async fn existing(
-    conn: &mut PgConnection,
+    store: &impl Store,
     key: &str,
     hash: &Option<String>,
 ) -> Result<Option<Started>, StartError> {
-    match workflows::by_idempotency_key(conn, key)
+    match store
+        .by_idempotency_key(key)
         .await
         .map_err(ApplyError::from)?
     {

@@ -107,6 +107,16 @@ impl Change {
         self.cancelled.insert(id);
     }
 
+    /// The timers this change creates.
+    pub fn timers(&self) -> &[NewTimer] {
+        &self.timers
+    }
+
+    /// The timers this change deletes.
+    pub fn cancelled(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.cancelled.iter().copied()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.updates.is_empty()
             && self.history.is_empty()
