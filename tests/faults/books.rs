@@ -39,6 +39,8 @@ pub struct Figures {
     pub charged_minor: i64,
     pub refunded_minor: i64,
     pub emails: usize,
+    /// Emails the SMTP server received again under a Message-ID it already had.
+    pub resent: usize,
     pub lost: usize,
     pub duplicated: usize,
     pub problems: Vec<String>,
@@ -60,11 +62,12 @@ impl fmt::Display for Figures {
         )?;
         writeln!(
             f,
-            "stripe: charged {} refunded {} (net {}); emails {}",
+            "stripe: charged {} refunded {} (net {}); emails {} ({} resent with their Message-ID)",
             self.charged_minor,
             self.refunded_minor,
             self.charged_minor - self.refunded_minor,
-            self.emails
+            self.emails,
+            self.resent
         )?;
         write!(f, "lost {}, duplicated {}", self.lost, self.duplicated)?;
         for p in &self.problems {
@@ -372,12 +375,21 @@ pub async fn check(sys: &System, placed: &[Placed], figures: &mut Figures) -> an
         problems.push(format!("{n} reservations left behind"));
     }
 
-    // Email: one confirmation per confirmed order, none for a cancelled one.
+    // Email: one confirmation per confirmed order, none for a cancelled one. A confirmation is
+    // one Message-ID: after a crash between the SMTP server taking a message and the service
+    // storing that it did, the retry sends it again under the same Message-ID, for the
+    // receiving side to drop (no SMTP server can dedupe for the sender); those are counted.
     let mail = sys.smtp.messages()?;
     figures.emails = mail.len();
     for (id, o) in &orders {
-        let n = mail.iter().filter(|m| m.contains(&id.to_string())).count();
-        match (o.status.as_str(), n) {
+        let copies: Vec<&str> = mail
+            .iter()
+            .filter(|m| m.contains(&id.to_string()))
+            .map(|m| message_id(m))
+            .collect();
+        let distinct: HashSet<&str> = copies.iter().copied().collect();
+        figures.resent += copies.len() - distinct.len();
+        match (o.status.as_str(), distinct.len()) {
             ("confirmed", 1) | ("cancelled", 0) => {}
             ("confirmed", 0) => {
                 lost += 1;
@@ -385,11 +397,25 @@ pub async fn check(sys: &System, placed: &[Placed], figures: &mut Figures) -> an
             }
             (status, n) => {
                 duplicated += n.saturating_sub(1).max(1);
-                problems.push(format!("{n} confirmations for {status} order {id}"));
+                problems.push(format!(
+                    "{n} confirmations (Message-IDs {distinct:?}) for {status} order {id}"
+                ));
             }
         }
     }
     figures.lost = lost;
     figures.duplicated = duplicated;
     Ok(())
+}
+
+/// The `Message-ID` header of a stored message.
+fn message_id(message: &str) -> &str {
+    message
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("message-id")
+                .then(|| value.trim())
+        })
+        .unwrap_or_default()
 }
