@@ -8,6 +8,8 @@
 //! - [`timers`]: fires due durable timers as events.
 //! - [`intake`]: consumes worker results and applies them in batches, acking after commit.
 //! - [`runtime`]: runs relay, timers and intake together, woken by `LISTEN/NOTIFY`.
+//! - [`portable`]: the same loops over the [`store::backend::Store`] and task queue
+//!   interfaces, which `orderflow dev` runs on SQLite and the in-process queue.
 //! - [`api`]: the REST API (axum) to start, inspect and operate workflows.
 //! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`].
 //! - [`metrics`]: Prometheus metrics.
@@ -18,6 +20,7 @@ pub mod apply;
 pub mod config;
 pub mod intake;
 pub mod metrics;
+pub mod portable;
 pub mod queue_metrics;
 pub mod relay;
 pub mod runtime;

@@ -196,37 +196,61 @@ impl Consumer for EmbeddedConsumer {
     type Delivery = EmbeddedDelivery;
 
     async fn next(&mut self) -> Result<EmbeddedDelivery, QueueError> {
-        let permit = self
+        let mut batch = self.next_batch(1).await?;
+        Ok(batch.pop().expect("a batch has at least one delivery"))
+    }
+
+    /// Leases up to `max` messages (and no more than the prefetch allows) in one statement.
+    /// Dropped while the statement runs (only when its caller stops), the rows may stay leased
+    /// by this process: they are redelivered after the next start.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<EmbeddedDelivery>, QueueError> {
+        let first = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        let mut permits = vec![first];
+        while permits.len() < max {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
         loop {
             // Seen before looking, so a publish between the look and the wait still wakes us.
             self.woken.borrow_and_update();
             // A row leased by another epoch belongs to a process that is gone: a redelivery.
-            let row = sqlx::query(
+            let rows = sqlx::query(
                 "update messages set lease = ?1, redelivered = redelivered or lease is not null
-                 where id = (select id from messages
-                             where queue = ?2 and (lease is null or lease != ?1)
-                             order by id limit 1)
+                 where id in (select id from messages
+                              where queue = ?2 and (lease is null or lease != ?1)
+                              order by id limit ?3)
                  returning id, body, traceparent, redelivered",
             )
             .bind(self.inner.epoch)
             .bind(&self.queue)
-            .fetch_optional(&self.inner.pool)
+            .bind(permits.len() as i64)
+            .fetch_all(&self.inner.pool)
             .await?;
-            if let Some(r) = row {
-                return Ok(EmbeddedDelivery {
-                    id: r.try_get("id")?,
-                    body: r.try_get("body")?,
-                    traceparent: r.try_get("traceparent")?,
-                    redelivered: r.try_get("redelivered")?,
-                    queue: self.queue.clone(),
-                    inner: Some(self.inner.clone()),
-                    _permit: permit,
-                });
+            if !rows.is_empty() {
+                let mut batch = rows
+                    .iter()
+                    .zip(permits)
+                    .map(|(r, permit)| {
+                        Ok(EmbeddedDelivery {
+                            id: r.try_get("id")?,
+                            body: r.try_get("body")?,
+                            traceparent: r.try_get("traceparent")?,
+                            redelivered: r.try_get("redelivered")?,
+                            queue: self.queue.clone(),
+                            inner: Some(self.inner.clone()),
+                            _permit: permit,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                batch.sort_unstable_by_key(|d| d.id);
+                return Ok(batch);
             }
             tokio::select! {
                 changed = self.woken.changed() => {

@@ -68,6 +68,12 @@ pub trait Consumer: Send + 'static {
 
     /// Waits for the next delivery.
     fn next(&mut self) -> impl Future<Output = Result<Self::Delivery, QueueError>> + Send;
+
+    /// Waits for one delivery, then takes whatever else is ready, up to `max` in all.
+    fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Self::Delivery>, QueueError>> + Send;
 }
 
 /// One message handed to a consumer. Dropping it unsettled returns it to the queue.

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
@@ -142,6 +142,20 @@ impl Consumer for RabbitConsumer {
             Some(delivery) => Ok(RabbitDelivery(Some(delivery?))),
             None => Err(QueueError::Ended(self.queue.clone())),
         }
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RabbitDelivery>, QueueError> {
+        let mut batch = vec![self.next().await?];
+        // Polling a lapin stream without waiting loses nothing: a delivery not taken now stays
+        // buffered for the next poll.
+        while batch.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(RabbitDelivery(Some(d?))),
+                Some(None) => return Err(QueueError::Ended(self.queue.clone())),
+                None => break,
+            }
+        }
+        Ok(batch)
     }
 }
 

@@ -126,8 +126,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 /// The Postgres transaction methods are the store modules' functions; implemented for the
 /// connection and the transaction types callers hold, so `apply(&mut tx, ..)` keeps working.
 macro_rules! pg_tx {
-    ($($t:ty),*) => {$(
-        impl StoreTx for $t {
+    ($(<$($l:lifetime),*> $t:ty),*) => {$(
+        impl<$($l),*> StoreTx for $t {
             async fn lock(&mut self, ids: &[Uuid], skip_locked: bool) -> sqlx::Result<Vec<Locked>> {
                 workflows::lock(self, ids, skip_locked).await
             }
@@ -161,7 +161,7 @@ macro_rules! pg_tx {
     )*};
 }
 
-pg_tx!(PgConnection, Transaction<'static, Postgres>);
+pg_tx!(<> PgConnection, <'c> Transaction<'c, Postgres>);
 
 /// Postgres delivers wake-ups with `NOTIFY` on commit (see [`super::change`]).
 impl Store for PgPool {
