@@ -12,7 +12,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    roles::init_logging(&cli.log_format);
+    let _telemetry = match roles::init_logging(&cli.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match roles::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,15 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceArgs, ServiceName};
 
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Log lines (`text`, or `json` lines that carry `trace_id` and `workflow_id`) filtered by
+/// `RUST_LOG`, and the sagas' traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep
+/// the returned guard until exit: dropping it sends the last spans.
+pub fn init_logging(format: &str) -> anyhow::Result<orderflow_activities::telemetry::Telemetry> {
+    use orderflow_activities::telemetry::{self, TelemetryConfig};
+    telemetry::init(&TelemetryConfig::from_env(format == "json"))
+        .context("setting up logs and traces")
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -151,6 +151,31 @@ pub async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error>
     Ok(ch)
 }
 
+/// Header with the instant a message was published, in milliseconds since the epoch: workers
+/// measure a task's schedule-to-start latency from it. (AMQP's own `timestamp` property has
+/// whole seconds only.)
+pub const PUBLISHED_AT: &str = "x-published-at";
+
+/// The `traceparent` header of a delivery: the context of the hop that published it.
+pub fn traceparent(delivery: &lapin::message::Delivery) -> Option<String> {
+    match header(delivery, crate::telemetry::TRACEPARENT)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// When a delivery was published ([`PUBLISHED_AT`]).
+pub fn published_at(delivery: &lapin::message::Delivery) -> Option<chrono::DateTime<chrono::Utc>> {
+    match header(delivery, PUBLISHED_AT)? {
+        AMQPValue::LongLongInt(ms) => chrono::DateTime::from_timestamp_millis(*ms),
+        _ => None,
+    }
+}
+
+fn header<'d>(delivery: &'d lapin::message::Delivery, name: &str) -> Option<&'d AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
 /// One message to publish persistently.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
@@ -183,10 +208,14 @@ pub async fn publish_confirmed(
         let mut headers = FieldTable::default();
         if let Some(tp) = m.traceparent {
             headers.insert(
-                ShortString::from("traceparent"),
+                ShortString::from(crate::telemetry::TRACEPARENT),
                 AMQPValue::LongString(tp.into()),
             );
         }
+        headers.insert(
+            ShortString::from(PUBLISHED_AT),
+            AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+        );
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())

@@ -407,6 +407,20 @@ def check_kong(services: list[dict[str, Any]]) -> None:
     for needed in ["jwt", "rate-limiting", "cors"]:
         if needed not in plugins:
             problem(f"{rel(path)}: no {needed} plugin")
+    # Kong's jwt plugin finds the verifying key by the token's `iss`, which the user service sets
+    # and every service requires (services/kit/src/auth.rs ISSUER).
+    m = re.search(r'pub const ISSUER: &str = "([^"]+)";', read("services/kit/src/auth.rs"))
+    issuer = m.group(1) if m else None
+    if not issuer:
+        problem("services/kit/src/auth.rs: ISSUER not found")
+    keys = {k.get("key") for c in conf.get("consumers", []) for k in c.get("jwt_secrets", [])}
+    if issuer and keys != {issuer}:
+        problem(f"{rel(path)}: jwt_secrets keys {sorted(map(str, keys))} are not the tokens' iss `{issuer}`")
+    for s in conf.get("services", []):
+        for r in s.get("routes", []):
+            for p in r.get("plugins", []):
+                if p["name"] == "jwt" and p.get("config", {}).get("key_claim_name", "iss") != "iss":
+                    problem(f"{rel(path)}: route {r['name']}: the jwt plugin must find keys by `iss`")
 
 
 # --- 6 and 7. PromQL ---------------------------------------------------------------------------

@@ -374,7 +374,8 @@ impl Writes {
                         idempotency_key: spec.idempotency_key.clone(),
                         deadline: spec.deadline,
                         payload: spec.payload.clone(),
-                        traceparent: None,
+                        // The saga root's context; the relay's publish span becomes its child.
+                        traceparent: Some(orderflow_activities::telemetry::root_traceparent(wf.id)),
                     };
                     self.change.outbox.push(NewTask {
                         workflow_id: wf.id,

@@ -76,11 +76,13 @@ pub async fn run(
             chunk = chunks.next() => chunk.ok_or(IntakeError::Ended)?,
         };
         let mut events = Vec::with_capacity(chunk.len());
+        let mut spans = Vec::with_capacity(chunk.len());
         let mut last = None;
         for delivery in chunk {
             let delivery = delivery?;
             match serde_json::from_slice::<ResultMessage>(&delivery.data) {
                 Ok(result) => {
+                    spans.push(apply_span(&result, &delivery));
                     events.push(to_event(result));
                     last = Some(delivery);
                 }
@@ -106,6 +108,25 @@ pub async fn run(
             .with_label_values(&["intake"])
             .observe(events.len() as f64);
     }
+}
+
+/// The span of applying one result: a child of the worker's activity span, whose context the
+/// result carries in its `traceparent` header. It ends once the result's batch is committed.
+fn apply_span(result: &ResultMessage, delivery: &lapin::message::Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "result.apply",
+        otel.kind = "consumer",
+        workflow_id = %result.workflow_id,
+        task_id = %result.task_id,
+        attempt = result.attempt,
+    );
+    let traceparent = orderflow_activities::broker::traceparent(delivery);
+    orderflow_activities::telemetry::set_parent(
+        &span,
+        traceparent.as_deref(),
+        result.workflow_id.0,
+    );
+    span
 }
 
 /// Keeps trying while the database is away: the results stay unacked meanwhile, so nothing is

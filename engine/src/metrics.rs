@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramVec, IntCounter, IntCounterVec, TextEncoder, register_histogram_vec,
-    register_int_counter, register_int_counter_vec,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, TextEncoder, register_histogram,
+    register_histogram_vec, register_int_counter, register_int_counter_vec,
 };
 
 pub static WORKFLOWS_STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -41,6 +41,17 @@ pub static TASKS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static TIMERS_FIRED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("orderflow_timers_fired_total", "Durable timers fired")
         .expect("metric registers once")
+});
+
+pub static TIMER_LATENESS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "orderflow_timer_lateness_seconds",
+        "How late the oldest due durable timer was when a poller fired a round of timers",
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+        ]
+    )
+    .expect("metric registers once")
 });
 
 pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {

@@ -5,10 +5,17 @@
 use std::{collections::HashSet, time::Duration};
 
 use lapin::Channel;
-use orderflow_activities::broker::{self, Outgoing, Topology};
+use orderflow_activities::{
+    broker::{self, Outgoing, Topology},
+    telemetry,
+};
 use sqlx::PgPool;
+use tracing::Span;
 
-use crate::{metrics, store::outbox};
+use crate::{
+    metrics,
+    store::outbox::{self, OutboxRow},
+};
 
 /// Why one relay round failed; the runtime reconnects and tries again.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +64,26 @@ pub async fn relay_once(
         }
         declared.insert(target.clone());
     }
+    // One span per task, from taking its row to the broker's confirm; the message carries its
+    // context, so the worker's span is its child.
+    let spans: Vec<Option<Span>> = rows.iter().map(publish_span).collect();
+    let traceparents: Vec<Option<String>> = rows
+        .iter()
+        .zip(&spans)
+        .map(|(r, span)| match span {
+            Some(span) => telemetry::traceparent_of(span, r.traceparent.as_deref()),
+            None => r.traceparent.clone(),
+        })
+        .collect();
     let msgs: Vec<Outgoing<'_>> = rows
         .iter()
-        .map(|r| Outgoing {
+        .zip(&traceparents)
+        .map(|(r, traceparent)| Outgoing {
             exchange: &r.exchange,
             queue: &r.queue,
             body: r.body.as_bytes(),
             message_id: r.task_id.to_string(),
-            traceparent: r.traceparent.as_deref(),
+            traceparent: traceparent.as_deref(),
         })
         .collect();
     // Bounded: a broker that stops confirming must not hold the rows' locks forever.
@@ -75,9 +94,26 @@ pub async fn relay_once(
     .await
     .map_err(|_| broker::PublishError::Nacked("confirm timed out".into()))??;
     tx.commit().await?;
+    drop(spans);
     metrics::TASKS_PUBLISHED.inc_by(rows.len() as u64);
     metrics::BATCH_SIZE
         .with_label_values(&["relay"])
         .observe(rows.len() as f64);
     Ok(rows.len())
+}
+
+/// The publish span of a task row, a child of its saga's root; `None` for rows outside any saga
+/// (workflow lifecycle events).
+fn publish_span(row: &OutboxRow) -> Option<Span> {
+    let root = telemetry::parse_traceparent(row.traceparent.as_deref()?)?;
+    let workflow_id = telemetry::workflow_of(&root);
+    let span = tracing::info_span!(
+        "task.publish",
+        otel.kind = "producer",
+        workflow_id = %workflow_id,
+        task_id = %row.task_id,
+        queue = %row.queue,
+    );
+    telemetry::set_parent(&span, row.traceparent.as_deref(), workflow_id);
+    Some(span)
 }

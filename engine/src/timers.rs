@@ -2,7 +2,12 @@
 //! (skipping any another transaction holds), then takes their due timers and applies a
 //! `TimerFired` event for each, all in one transaction. Locking the workflow before the timer
 //! rows is the same order every other writer uses, so pollers and result batches cannot deadlock.
+//!
+//! `orderflow_timers_fired_total` counts the timers fired and `orderflow_timer_lateness_seconds`
+//! how late the oldest due timer was at each firing round: a poller that falls behind shows there
+//! before sagas show as overdue (`orderflow_workflows_stuck{reason="overdue"}`).
 
+use orderflow_activities::telemetry;
 use orderflow_core::{Event, TimerId, WorkflowId};
 use sqlx::PgPool;
 
@@ -22,7 +27,19 @@ pub async fn fire_due(pool: &PgPool, applier: &Applier, limit: i64) -> Result<us
     }
     let locked = workflows::lock(&mut tx, &candidates, true).await?;
     let ids: Vec<_> = locked.iter().map(|w| w.id).collect();
+    // The oldest due timer says how far behind the pollers are.
+    let oldest = timers::next_due(&mut tx).await?;
     let due = timers::take_due(&mut tx, &ids, at).await?;
+    // One span per timer, ending when its firing is committed: retries after a backoff and
+    // attempts that timed out show in the saga's trace.
+    let spans: Vec<_> = due
+        .iter()
+        .map(|(wf, timer)| {
+            let span = tracing::info_span!("timer.fire", workflow_id = %wf, timer_id = %timer);
+            telemetry::set_parent(&span, None, *wf);
+            span
+        })
+        .collect();
     let events: Vec<(WorkflowId, Event)> = due
         .iter()
         .map(|(wf, timer)| {
@@ -36,6 +53,11 @@ pub async fn fire_due(pool: &PgPool, applier: &Applier, limit: i64) -> Result<us
         .collect();
     applier.apply(&mut tx, &events, false).await?;
     tx.commit().await?;
+    drop(spans);
+    if let Some(oldest) = oldest {
+        let late = (at - oldest).to_std().unwrap_or_default();
+        metrics::TIMER_LATENESS.observe(late.as_secs_f64());
+    }
     metrics::TIMERS_FIRED.inc_by(events.len() as u64);
     metrics::BATCH_SIZE
         .with_label_values(&["timers"])

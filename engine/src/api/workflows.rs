@@ -76,6 +76,7 @@ pub async fn start(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let received = std::time::SystemTime::now();
     let body = body?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -97,7 +98,7 @@ pub async fn start(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad("body", e.to_string()))?;
     let hash = hex(&Sha256::digest(canonical.to_string().as_bytes()));
     let req = StartRequest {
-        workflow_type: parsed.workflow_type,
+        workflow_type: parsed.workflow_type.clone(),
         input: parsed.input,
         business_keys: json!(parsed.business_keys),
         idempotency_key: key,
@@ -113,6 +114,9 @@ pub async fn start(
         ),
         StartError::Apply(e) => ApiError::Internal(e.into()),
     })?;
+    if started.created {
+        trace_root(started.id, &parsed.workflow_type, received, &headers);
+    }
     let row = load(&st, started.id).await?;
     let status = if started.created {
         StatusCode::CREATED
@@ -126,6 +130,34 @@ pub async fn start(
         Json(detail(&st, &row)?),
     )
         .into_response())
+}
+
+/// Records the saga's root span: this request, from its arrival until the saga was committed.
+/// The trace is the saga's own (its id is the workflow id); a caller's `traceparent` becomes a
+/// link to it.
+fn trace_root(
+    id: WorkflowId,
+    workflow_type: &str,
+    received: std::time::SystemTime,
+    headers: &HeaderMap,
+) {
+    use orderflow_activities::telemetry::KeyValue;
+    let caller = headers
+        .get(orderflow_activities::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    orderflow_activities::telemetry::record_root(
+        id.0,
+        "POST /api/v1/workflows",
+        received,
+        vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", "/api/v1/workflows"),
+            KeyValue::new("http.response.status_code", 201),
+            KeyValue::new("workflow.id", id.to_string()),
+            KeyValue::new("workflow.type", workflow_type.to_owned()),
+        ],
+        caller,
+    );
 }
 
 async fn load(st: &AppState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {

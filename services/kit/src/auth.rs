@@ -22,11 +22,17 @@ pub const ALGORITHM: Algorithm = Algorithm::HS256;
 /// Access tokens live this long; the refresh token (a Redis session) lives much longer.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// The `iss` of every access token: the user service issues them, every API and Kong's JWT
+/// plugin (which finds the verifying key by this claim, `deploy/kong/kong.yaml`) require it.
+pub const ISSUER: &str = "orderflow-user";
+
 /// Shortest secret accepted: HS256 with fewer than 256 bits of key is brute-forceable.
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// What a caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Role {
@@ -48,6 +54,8 @@ impl Role {
 /// The claims of an access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// The issuer, always [`ISSUER`].
+    pub iss: String,
     /// The user id.
     pub sub: Uuid,
     pub role: Role,
@@ -90,7 +98,8 @@ impl JwtKeys {
         let mut validation = Validation::new(ALGORITHM);
         // Only HS256, whatever the token's header claims.
         validation.algorithms = vec![ALGORITHM];
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        validation.set_issuer(&[ISSUER]);
         // Clocks of one deployment agree to within seconds; a minute of grace would stretch a
         // 15-minute token by 7%.
         validation.leeway = 5;
@@ -105,6 +114,7 @@ impl JwtKeys {
     pub fn issue(&self, user: Uuid, role: Role, ttl: Duration) -> Result<String, TokenError> {
         let iat = Utc::now().timestamp();
         let claims = Claims {
+            iss: ISSUER.to_owned(),
             sub: user,
             role,
             iat,
@@ -119,7 +129,7 @@ impl JwtKeys {
             .map_err(TokenError::Sign)
     }
 
-    /// Verifies signature, algorithm and expiry, and returns the claims.
+    /// Verifies signature, algorithm, issuer and expiry, and returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)

@@ -14,7 +14,7 @@ use axum::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use orderflow_service_kit::{
     ApiError,
-    auth::{AdminUser, AuthUser, Claims, JwtKeys, Role, TokenError},
+    auth::{AdminUser, AuthUser, Claims, ISSUER, JwtKeys, Role, TokenError},
     db,
     http::{self, Readiness},
     kv,
@@ -33,6 +33,7 @@ fn b64(v: &serde_json::Value) -> String {
 fn claims(role: Role) -> Claims {
     let now = chrono::Utc::now().timestamp();
     Claims {
+        iss: ISSUER.to_owned(),
         sub: Uuid::now_v7(),
         role,
         iat: now,
@@ -114,6 +115,37 @@ fn a_token_signed_with_another_key_is_rejected() {
         JwtKeys::new(SECRET).verify(&token),
         Err(TokenError::Invalid(_))
     ));
+}
+
+#[test]
+fn issued_tokens_name_the_user_service_as_issuer() {
+    let keys = JwtKeys::new(SECRET);
+    let token = keys
+        .issue(Uuid::now_v7(), Role::Customer, Duration::from_secs(60))
+        .unwrap();
+    // Kong's jwt plugin looks the verifying key up by this claim (deploy/kong/kong.yaml).
+    let payload = token.split('.').nth(1).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(c["iss"], "orderflow-user");
+    assert_eq!(keys.verify(&token).unwrap().iss, ISSUER);
+}
+
+#[test]
+fn a_token_without_the_issuer_or_with_another_is_rejected() {
+    let keys = JwtKeys::new(SECRET);
+    let secret = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let mut without = serde_json::to_value(claims(Role::Customer)).unwrap();
+    without.as_object_mut().unwrap().remove("iss");
+    let without = jsonwebtoken::encode(&header, &without, &secret).unwrap();
+    assert!(matches!(keys.verify(&without), Err(TokenError::Invalid(_))));
+    let other = Claims {
+        iss: "someone-else".into(),
+        ..claims(Role::Customer)
+    };
+    let other = keys.sign(&other).unwrap();
+    assert!(matches!(keys.verify(&other), Err(TokenError::Invalid(_))));
 }
 
 #[test]
@@ -228,6 +260,43 @@ struct Order {
 struct Item {
     product_id: String,
     quantity: u32,
+}
+
+#[tokio::test]
+async fn request_durations_are_counted_by_matched_route_method_and_status() {
+    let app = http::app(
+        "kit-metrics",
+        Router::new().route("/things/{id}", get(|| async { "a thing" })),
+        Readiness::new(),
+    );
+    for id in ["1", "2", "3"] {
+        let (status, _, _) = call(&app, &format!("/api/v1/things/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = call(&app, "/api/v1/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, text) = call(&app, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_owned()
+    };
+    // The route the request matched, not its path: one series for every id.
+    assert_eq!(
+        value(
+            r#"http_request_duration_seconds_count{method="GET",route="/api/v1/things/{id}",service="kit-metrics",status="200"}"#
+        ),
+        "3"
+    );
+    assert_eq!(
+        value(
+            r#"http_request_duration_seconds_count{method="GET",route="unmatched",service="kit-metrics",status="404"}"#
+        ),
+        "1"
+    );
+    assert!(!text.contains("/api/v1/things/1"));
 }
 
 fn field_of(json: &str) -> String {

@@ -213,6 +213,9 @@ async fn place(
     )
     .await?;
     tx.commit().await?;
+    if inserted.is_some() {
+        crate::metrics::order_created();
+    }
     if inserted.is_none() {
         // A concurrent request with the same key won the insert.
         let existing = store::by_key(&s.pool, user, &key)

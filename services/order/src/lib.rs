@@ -22,6 +22,7 @@ pub mod api;
 pub mod clients;
 pub mod config;
 pub mod follow;
+mod metrics;
 pub mod model;
 pub mod starter;
 pub mod store;
@@ -67,6 +68,7 @@ pub fn subscription(config: &OrderConfig) -> Subscription {
 
 /// The handler state for `config`, over `pool`.
 pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
+    metrics::register();
     let clients = clients::Clients::new(
         &config.inventory_url,
         &config.user_url,

@@ -209,6 +209,7 @@ async fn forged_expired_and_foreign_tokens_are_rejected() -> anyhow::Result<()> 
     let id: Uuid = created.body["id"].as_str().unwrap().parse()?;
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
+        iss: orderflow_service_kit::auth::ISSUER.to_owned(),
         sub: id,
         role: Role::Admin,
         iat: now,
@@ -236,10 +237,24 @@ async fn forged_expired_and_foreign_tokens_are_rejected() -> anyhow::Result<()> 
         Role::Admin,
         Duration::from_secs(600),
     )?;
+    // Kong finds the key by `iss`; the services require it too.
+    let other_issuer = JwtKeys::new(SECRET).sign(&Claims {
+        iss: "someone-else".into(),
+        ..claims.clone()
+    })?;
+    let mut no_iss = serde_json::to_value(&claims)?;
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let no_issuer = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &no_iss,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?;
     for (what, token) in [
         ("alg none", none),
         ("HS512", hs512),
         ("expired", expired),
+        ("another issuer", other_issuer),
+        ("no issuer", no_issuer),
         ("wrong key", foreign),
         ("garbage", "abc.def.ghi".to_owned()),
     ] {
