@@ -86,17 +86,20 @@ struct Order {
     cancel_code: Option<String>,
 }
 
+/// id, status, saga status, total, items, workflow id, cancel code.
+type OrderRow = (
+    Uuid,
+    String,
+    Option<String>,
+    i64,
+    Value,
+    Option<Uuid>,
+    Option<String>,
+);
+
 async fn orders(sys: &System) -> anyhow::Result<HashMap<Uuid, Order>> {
     let db = sys.service_db(Service::Order)?;
-    let rows: Vec<(
-        Uuid,
-        String,
-        Option<String>,
-        i64,
-        Value,
-        Option<Uuid>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let rows: Vec<OrderRow> = sqlx::query_as(
         "select id, status, saga_status, total_minor, items, workflow_id, cancel_code
              from orders",
     )

@@ -270,7 +270,7 @@ pub async fn poison(amqp_url: &str) -> anyhow::Result<usize> {
             bodies.iter().map(move |b| Outgoing {
                 exchange: "",
                 queue: q,
-                body: *b,
+                body: b,
                 message_id: uuid::Uuid::new_v4().to_string(),
                 traceparent: None,
             })

@@ -143,22 +143,27 @@ impl Send {
             Channel::Email => &out.rendered.text,
             Channel::Sms | Channel::Push => &out.rendered.short,
         };
+        let new = NewNotification {
+            idempotency_key: &ctx.idempotency_key,
+            workflow_id: Some(ctx.workflow_id.0),
+            channel: out.channel,
+            template: out.rendered.template,
+            recipient: &out.recipient,
+            subject: &out.rendered.subject,
+            body,
+            body_html: (out.channel == Channel::Email).then_some(out.rendered.html.as_str()),
+            provider,
+        };
+        // The message's row (and so its id, the Message-ID) is committed before the provider is
+        // called: a crash after the provider took the message but before the outcome is stored
+        // must leave the retry the same id to send with, not roll the row back and let the
+        // retry mint another (the fault suite's Postgres crash found two confirmations with two
+        // Message-IDs).
         let mut tx = self.pool.begin().await?;
-        let row = store::claim(
-            &mut tx,
-            &NewNotification {
-                idempotency_key: &ctx.idempotency_key,
-                workflow_id: Some(ctx.workflow_id.0),
-                channel: out.channel,
-                template: out.rendered.template,
-                recipient: &out.recipient,
-                subject: &out.rendered.subject,
-                body,
-                body_html: (out.channel == Channel::Email).then_some(out.rendered.html.as_str()),
-                provider,
-            },
-        )
-        .await?;
+        store::claim(&mut tx, &new).await?;
+        tx.commit().await?;
+        let mut tx = self.pool.begin().await?;
+        let row = store::claim(&mut tx, &new).await?;
         match row.status() {
             NotificationStatus::Sent => {
                 tx.commit().await?;
