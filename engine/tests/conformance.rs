@@ -1,0 +1,470 @@
+//! One conformance suite for both implementations of each interface: every contract below is a
+//! generic function, run once on Postgres + RabbitMQ (a fresh database and queue prefix per
+//! test) and once on SQLite + the in-process queue (fresh files per test).
+//!
+//! - `store_contract`: starts with idempotency keys, history, outbox taken only on commit,
+//!   timers, wake-ups.
+//! - `queue_contract`: order, prefetch, nack and requeue, dead-lettering, events routing, and
+//!   redelivery of what a dead consumer held.
+//! - `saga_contract`: the order saga through the portable engine and a queue worker, including
+//!   an engine stopped mid-saga and a new one (on the same data) finishing it.
+
+use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+
+use orderflow_activities::{
+    TaskContext,
+    broker::Topology,
+    contracts::ORDER_SAGA_ACTIVITIES,
+    queue::{
+        Consumer, Delivery, Outgoing, TaskQueue, embedded::EmbeddedQueue, rabbit::RabbitQueue,
+        worker::QueueWorker,
+    },
+    worker::Handler,
+};
+use orderflow_core::{ActivityError, Event, Registry, TaskMessage, WorkflowId};
+use orderflow_engine::{
+    EngineConfig,
+    apply::{Applier, Outcome, StartError, StartRequest, now},
+    portable::PortableEngine,
+    store::{
+        backend::{Listener, Store, StoreTx, Wakeup},
+        sqlite::SqliteStore,
+    },
+};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn registry() -> Arc<Registry> {
+    Arc::new(Registry::new().with(sagas::fast_order()))
+}
+
+fn request(key: Option<&str>, hash: &str) -> StartRequest {
+    StartRequest {
+        workflow_type: "order".into(),
+        input: order_input(),
+        business_keys: json!({ "order_id": "o-1" }),
+        idempotency_key: key.map(str::to_owned),
+        request_hash: Some(hash.to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------- the backends
+
+/// Fresh SQLite files for one test.
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("orderflow-conformance-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn sqlite_store(dir: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(Some(&dir.join("engine.db")))
+        .await
+        .expect("sqlite store")
+}
+
+async fn embedded_queue(dir: &std::path::Path, topology: &Topology) -> EmbeddedQueue {
+    EmbeddedQueue::open(Some(&dir.join("queue.db")), topology.clone())
+        .await
+        .expect("embedded queue")
+}
+
+async fn rabbit(topology: &Topology) -> RabbitQueue {
+    RabbitQueue::connect(&amqp_url(), topology.clone(), Duration::from_secs(10))
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672")
+}
+
+#[tokio::test]
+async fn store_contract_postgres() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    store_contract(env.pool.clone(), env.topology.clone()).await
+}
+
+#[tokio::test]
+async fn store_contract_sqlite() -> anyhow::Result<()> {
+    let dir = scratch_dir();
+    store_contract(sqlite_store(&dir).await, Topology::new("t.")).await
+}
+
+#[tokio::test]
+async fn store_contract_sqlite_in_memory() -> anyhow::Result<()> {
+    store_contract(SqliteStore::open(None).await?, Topology::new("t.")).await
+}
+
+#[tokio::test]
+async fn queue_contract_rabbitmq() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let topology = env.topology.clone();
+    let q = rabbit(&topology).await;
+    queue_contract(
+        q,
+        topology.clone(),
+        || async move { rabbit(&topology).await },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn queue_contract_embedded() -> anyhow::Result<()> {
+    let dir = scratch_dir();
+    let topology = Topology::new("t.");
+    let q = embedded_queue(&dir, &topology).await;
+    // A restart is a new process on the same file: a new epoch.
+    queue_contract(q, topology.clone(), || async move {
+        embedded_queue(&dir, &topology).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn saga_contract_postgres_rabbitmq() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let topology = env.topology.clone();
+    let pool = env.pool.clone();
+    saga_contract(topology.clone(), || {
+        let (pool, topology) = (pool.clone(), topology.clone());
+        async move { (pool, rabbit(&topology).await) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn saga_contract_sqlite_embedded() -> anyhow::Result<()> {
+    let dir = scratch_dir();
+    let topology = Topology::new("t.");
+    saga_contract(topology.clone(), || {
+        let (dir, topology) = (dir.clone(), topology.clone());
+        // Every open is a restart on the same files.
+        async move {
+            (
+                sqlite_store(&dir).await,
+                embedded_queue(&dir, &topology).await,
+            )
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- the store contract
+
+async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Result<()> {
+    let applier = Applier::new(registry(), topology.clone());
+    let mut woken = store.listen(Wakeup::Outbox).await?;
+
+    // A start writes the workflow, its first event, its first task and its timeout timer.
+    let first = applier.start(&store, request(Some("k-1"), "h-1")).await?;
+    assert!(first.created);
+    tokio::time::timeout(WITHIN, woken.recv())
+        .await
+        .expect("a start with a task wakes the relay")?;
+    let row = store
+        .get(first.id.0)
+        .await?
+        .expect("the workflow is stored");
+    assert_eq!(row.status, "running");
+    assert_eq!(row.last_seq, 1);
+    assert_eq!(row.business_keys, json!({ "order_id": "o-1" }));
+    let history = store.history(first.id.0).await?;
+    assert_eq!(history.len(), 1);
+    assert!(matches!(history[0].event, Event::WorkflowStarted { .. }));
+    assert!(store.next_due().await?.is_some(), "the attempt timeout");
+
+    // The idempotency key: the same request finds the first workflow, another is refused.
+    let again = applier.start(&store, request(Some("k-1"), "h-1")).await?;
+    assert_eq!((again.id, again.created), (first.id, false));
+    let reused = applier.start(&store, request(Some("k-1"), "h-2")).await;
+    assert!(matches!(reused, Err(StartError::KeyReused)), "{reused:?}");
+    assert_eq!(store.count_by_status().await?, vec![("running".into(), 1)]);
+
+    // Outbox rows leave only with a commit: a rolled back take puts them back.
+    let mut tx = store.begin().await?;
+    let rows = tx.take_outbox(100).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].queue, topology.task_queue("inventory.reserve"));
+    drop(tx);
+    let mut tx = store.begin().await?;
+    let rows = tx.take_outbox(100).await?;
+    assert_eq!(rows.len(), 1, "a rollback returns the row");
+    store.commit(tx).await?;
+    let mut tx = store.begin().await?;
+    assert!(tx.take_outbox(100).await?.is_empty(), "a commit removes it");
+    drop(tx);
+
+    // A result is applied once; the same result again is recorded as ignored.
+    let task: TaskMessage = serde_json::from_str(&rows[0].body)?;
+    let done = Event::ActivityCompleted {
+        task_id: task.task_id,
+        output: json!({ "reservation_id": "r-1" }),
+    };
+    let mut tx = store.begin().await?;
+    let outcomes = applier
+        .apply(
+            &mut tx,
+            &[(first.id, done.clone()), (first.id, done)],
+            false,
+        )
+        .await?;
+    store.commit(tx).await?;
+    assert!(matches!(
+        outcomes[0],
+        Outcome::Applied {
+            seq: 2,
+            ignored: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        outcomes[1],
+        Outcome::Applied {
+            seq: 3,
+            ignored: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(store.history(first.id.0).await?.len(), 3);
+    let mut tx = store.begin().await?;
+    let rows = tx.take_outbox(100).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].queue, topology.task_queue("payment.charge"));
+    drop(tx);
+
+    // Unknown workflows are answered, not failed.
+    let mut tx = store.begin().await?;
+    let outcomes = applier
+        .apply(
+            &mut tx,
+            &[(
+                WorkflowId(Uuid::now_v7()),
+                Event::TimerFired {
+                    timer_id: orderflow_core::TimerId(Uuid::nil()),
+                },
+            )],
+            false,
+        )
+        .await?;
+    assert_eq!(outcomes, vec![Outcome::NotFound]);
+    drop(tx);
+
+    // Timers: due ones are found by workflow, taken once, and gone after the commit. The
+    // charge's attempt timeout is the only live timer (the reserve's was cancelled).
+    let later = now() + chrono::Duration::days(1);
+    let mut tx = store.begin().await?;
+    assert_eq!(tx.due_workflows(now(), 10).await?, Vec::<Uuid>::new());
+    assert_eq!(tx.due_workflows(later, 10).await?, vec![first.id.0]);
+    let locked = tx.lock(&[first.id.0], true).await?;
+    assert_eq!(locked.len(), 1);
+    let taken = tx.take_due_timers(&[first.id.0], later).await?;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    store.commit(tx).await?;
+    assert_eq!(store.next_due().await?, None);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the queue contract
+
+async fn queue_contract<Q, F, Fut>(q: Q, topology: Topology, restart: F) -> anyhow::Result<()>
+where
+    Q: TaskQueue,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Q>,
+{
+    let queue = topology.task_queue("conformance.a");
+    q.declare(&queue).await?;
+    let msgs: Vec<Vec<u8>> = (0..3).map(|i| format!("m{i}").into_bytes()).collect();
+    let out: Vec<Outgoing<'_>> = msgs
+        .iter()
+        .map(|body| Outgoing {
+            exchange: "",
+            queue: &queue,
+            body,
+            message_id: Uuid::new_v4().to_string(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        })
+        .collect();
+    q.publish(&out).await?;
+
+    // In order, and no more unsettled than the prefetch.
+    let mut c = q.consume(&queue, 2).await?;
+    let d0 = c.next().await?;
+    let d1 = c.next().await?;
+    assert_eq!((d0.body(), d1.body()), (&b"m0"[..], &b"m1"[..]));
+    assert!(!d0.redelivered());
+    assert_eq!(
+        d0.traceparent().as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    let held = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
+    assert!(held.is_err(), "a third delivery past prefetch 2");
+
+    // Ack forgets; a requeue comes back marked redelivered.
+    d0.ack().await?;
+    let d2 = c.next().await?;
+    assert_eq!(d2.body(), b"m2");
+    d1.nack(true).await?;
+    let again = c.next().await?;
+    assert_eq!(again.body(), b"m1");
+    assert!(again.redelivered());
+
+    // A reject goes to the dead-letter queue.
+    again.nack(false).await?;
+    let mut dead = q.consume(&topology.dead_letter_queue(), 10).await?;
+    let d = tokio::time::timeout(WITHIN, dead.next()).await??;
+    assert_eq!(d.body(), b"m1");
+    d.ack().await?;
+
+    // Dropped unsettled, a delivery goes back to the queue.
+    drop(d2);
+    let d2 = tokio::time::timeout(WITHIN, c.next()).await??;
+    assert_eq!(d2.body(), b"m2");
+    assert!(d2.redelivered());
+
+    // A consumer that dies holding it (no ack, no nack): the next process gets it again.
+    std::mem::forget(d2);
+    drop(c);
+    let q2 = restart().await;
+    let mut c2 = q2.consume(&queue, 10).await?;
+    let d2 = tokio::time::timeout(WITHIN, c2.next()).await??;
+    assert_eq!(d2.body(), b"m2");
+    assert!(d2.redelivered());
+    d2.ack().await?;
+    let empty = tokio::time::timeout(Duration::from_millis(300), c2.next()).await;
+    assert!(empty.is_err(), "everything was acked");
+
+    // Events: routed to the queues bound to their routing key, in a batch.
+    let events = topology.task_queue("conformance.events");
+    q2.bind_events(&events, "workflow.finished.order").await?;
+    let exchange = topology.events_exchange();
+    let routed = |key: &'static str, body: &'static [u8]| Outgoing {
+        exchange: &exchange,
+        queue: key,
+        body,
+        message_id: Uuid::new_v4().to_string(),
+        traceparent: None,
+    };
+    q2.publish(&[
+        routed("workflow.finished.other", b"no"),
+        routed("workflow.finished.order", b"e1"),
+        routed("workflow.finished.order", b"e2"),
+    ])
+    .await?;
+    let mut ce = q2.consume(&events, 10).await?;
+    let first = tokio::time::timeout(WITHIN, ce.next()).await??;
+    let mut bodies = vec![first.body().to_vec()];
+    first.ack().await?;
+    let rest = tokio::time::timeout(WITHIN, ce.next_batch(10)).await??;
+    for d in rest {
+        bodies.push(d.body().to_vec());
+        d.ack().await?;
+    }
+    assert_eq!(bodies, vec![b"e1".to_vec(), b"e2".to_vec()]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the saga contract
+
+/// Completes every activity; the compensations are never needed on the happy path.
+struct Succeed(&'static str);
+
+/// (The trait is declared with `async_trait`; this is its expansion, to need no macro here.)
+impl Handler for Succeed {
+    fn activity(&self) -> &str {
+        self.0
+    }
+
+    fn handle<'a, 'b, 'r>(
+        &'a self,
+        ctx: &'b TaskContext,
+        _input: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, ActivityError>> + Send + 'r>>
+    where
+        'a: 'r,
+        'b: 'r,
+        Self: 'r,
+    {
+        Box::pin(async move { Ok(json!({ "done_by": self.0, "key": ctx.idempotency_key })) })
+    }
+}
+
+fn workers<Q: TaskQueue>(q: Q, topology: &Topology) -> QueueWorker<Q> {
+    ORDER_SAGA_ACTIVITIES
+        .iter()
+        .fold(QueueWorker::new(q, topology.clone()), |w, a| {
+            w.handler(Arc::new(Succeed(a)), 4)
+        })
+}
+
+fn config(topology: &Topology) -> EngineConfig {
+    let mut config = EngineConfig::new(amqp_url(), topology.clone());
+    config.poll_fallback = Duration::from_millis(200);
+    config
+}
+
+/// `open` opens the store and queue; called again, it is a restart on the same data.
+async fn saga_contract<S, Q, F, Fut>(topology: Topology, open: F) -> anyhow::Result<()>
+where
+    S: Store,
+    Q: TaskQueue,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (S, Q)>,
+{
+    // First life: an engine but no workers; the saga gets as far as its first task.
+    let (store, queue) = open().await;
+    let engine = PortableEngine::new(store.clone(), queue.clone(), registry(), config(&topology));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(engine.clone().run(stop.clone()));
+    let id = engine.applier.start(&store, request(None, "h")).await?.id;
+    eventually(WITHIN, "the reserve task to be published", || {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await?;
+            Ok(tx.take_outbox(10).await?.is_empty().then_some(()))
+        }
+    })
+    .await?;
+    stop.cancel();
+    running.await?;
+    drop((engine, store, queue));
+
+    // Second life on the same data: the engine and workers resume and finish the saga.
+    let (store, queue) = open().await;
+    let engine = PortableEngine::new(store.clone(), queue.clone(), registry(), config(&topology));
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    tokio::spawn(engine.run(stop.clone()));
+    tokio::spawn(workers(queue.clone(), &topology).run(stop.clone()));
+    let status = eventually(WITHIN, "the saga to complete", || {
+        let store = store.clone();
+        async move {
+            let row = store.get(id.0).await?.expect("stored");
+            Ok((row.status != "running").then_some(row.status))
+        }
+    })
+    .await?;
+    assert_eq!(status, "completed");
+    let done: Vec<String> = store
+        .history(id.0)
+        .await?
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::ActivityCompleted { output, .. } => {
+                output["done_by"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done,
+        [
+            "inventory.reserve",
+            "payment.charge",
+            "order.create",
+            "notification.send"
+        ]
+    );
+    Ok(())
+}
