@@ -93,9 +93,12 @@ impl Shop {
     /// Registers customer `i` and logs them in; returns their access token.
     async fn customer(&self, i: usize) -> anyhow::Result<String> {
         let creds = json!({"email": format!("customer{i}@faults.test"), "password": "correct horse battery"});
+        // Password hashing (argon2) in a debug build on two busy cores takes seconds.
+        let slow = Duration::from_secs(120);
         let r = self
             .http
             .post(format!("{}/api/v1/users", self.user_url))
+            .timeout(slow)
             .json(&creds)
             .send()
             .await?;
@@ -107,6 +110,7 @@ impl Shop {
         let login: Value = self
             .http
             .post(format!("{}/api/v1/auth/login", self.user_url))
+            .timeout(slow)
             .json(&creds)
             .send()
             .await?
