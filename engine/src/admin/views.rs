@@ -51,6 +51,18 @@ fn blank(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// A free-text filter; PostgreSQL text cannot hold NUL, so one is refused instead of failing
+/// the query with a 500.
+fn text_param(field: &str, v: &Option<String>) -> Result<Option<String>, AdminError> {
+    match blank(v) {
+        Some(s) if s.contains('\0') => Err(AdminError::bad(
+            field,
+            "text may not contain the NUL character",
+        )),
+        s => Ok(s.map(str::to_owned)),
+    }
+}
+
 /// An instant typed as RFC 3339 or as a `datetime-local` field sends it (taken as UTC).
 pub fn time_param(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, AdminError> {
     let Some(s) = blank(raw) else {
@@ -89,8 +101,8 @@ impl ListParams {
             .transpose()?;
         Ok(ListFilter {
             status,
-            workflow_type: blank(&self.workflow_type).map(str::to_owned),
-            business_key: blank(&self.business_key).map(str::to_owned),
+            workflow_type: text_param("type", &self.workflow_type)?,
+            business_key: text_param("business_key", &self.business_key)?,
             id: uuid_param("id", &self.id)?,
             created_after: time_param("created_after", &self.created_after)?,
             created_before: time_param("created_before", &self.created_before)?,
@@ -134,8 +146,8 @@ impl StuckParams {
         let grace = chrono::Duration::from_std(st.config.timer_grace).unwrap_or_default();
         Ok(StuckFilter {
             kind,
-            activity: blank(&self.activity).map(str::to_owned),
-            workflow_type: blank(&self.workflow_type).map(str::to_owned),
+            activity: text_param("activity", &self.activity)?,
+            workflow_type: text_param("type", &self.workflow_type)?,
             created_after: time_param("created_after", &self.created_after)?,
             created_before: time_param("created_before", &self.created_before)?,
             before_id: uuid_param("cursor", &self.cursor)?,

@@ -1,6 +1,7 @@
 //! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`.
 //! [`router`] is a plain function so tests drive it without a socket.
 
+mod openapi;
 mod problem;
 mod workflows;
 
@@ -44,7 +45,8 @@ pub fn router_with_admin(state: AppState, admin: Option<crate::admin::AdminConfi
         .route("/workflows/{id}/terminate", post(workflows::terminate))
         .route("/workflows/{id}/retry", post(workflows::retry))
         .route("/workflows/{id}/signals/{name}", post(workflows::signal))
-        .route("/workflow-counts", get(workflows::counts));
+        .route("/workflow-counts", get(workflows::counts))
+        .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", api)
         .merge(crate::admin::router(state.clone(), admin))
@@ -55,6 +57,21 @@ pub fn router_with_admin(state: AppState, admin: Option<crate::admin::AdminConfi
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// `GET /api/v1/openapi.json`: the API's OpenAPI document.
+async fn openapi_json() -> Response {
+    use utoipa::OpenApi as _;
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        openapi::ApiDoc::openapi()
+            .to_json()
+            .expect("an OpenAPI document always serializes")
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOC.as_str(),
+    )
+        .into_response()
 }
 
 /// `/ready`: 200 only when Postgres and RabbitMQ both answer.

@@ -20,7 +20,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{
+    ApiError, AppState,
+    openapi::{HistoryDoc, StepDoc, WorkflowStatusDoc},
+    problem::Problem,
+};
 use crate::{
     apply::{Outcome, StartError, StartRequest},
     store::{history, workflows as store},
@@ -34,13 +38,57 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             "the request body is empty; a JSON object is required",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let value = serde_json::from_slice(body).map_err(|e| {
         let field = match e.classify() {
             serde_json::error::Category::Data => data_field(&e.to_string(), "body"),
             _ => "body".to_owned(),
         };
         ApiError::bad(&field, format!("invalid JSON body: {e}"))
-    })
+    })?;
+    match nul_in(body) {
+        Some(field) => Err(no_nul(&field)),
+        None => Ok(value),
+    }
+}
+
+/// 400 for text with a NUL character, which PostgreSQL's text and jsonb cannot store.
+fn no_nul(field: &str) -> ApiError {
+    ApiError::bad(field, "text may not contain the NUL character (\\u0000)")
+}
+
+/// Where the first NUL character (`\u0000`) of a JSON body is, if it has one: PostgreSQL text
+/// and jsonb cannot store it, so such a body is refused up front instead of failing its insert
+/// with a 500. Only bodies that spell the escape are walked.
+fn nul_in(body: &[u8]) -> Option<String> {
+    if !body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return None;
+    }
+    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+                if k.contains('\0') {
+                    Some(join(k))
+                } else {
+                    walk(x, &join(k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    walk(&value, "").map(|p| if p.is_empty() { "body".to_owned() } else { p })
 }
 
 /// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" / "duplicate
@@ -59,11 +107,13 @@ fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
         .map_err(|_| ApiError::bad("id", format!("`{raw}` is not a workflow id (a UUID)")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
+    /// A registered workflow type (`order`).
     #[serde(rename = "type")]
     workflow_type: String,
+    /// The workflow's input, checked by its definition.
     input: Value,
     #[serde(default)]
     business_keys: BTreeMap<String, String>,
@@ -71,6 +121,22 @@ pub struct StartBody {
 
 /// `POST /workflows`: 201 with the new workflow; with a repeated `Idempotency-Key` and the same
 /// body, 200 with the first one; with another body, 409.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows",
+    tag = "workflows",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; the same key and body start one workflow")),
+    request_body = StartBody,
+    responses(
+        (status = 201, description = "Started", body = WorkflowDetail),
+        (status = 200, description = "Started earlier with this Idempotency-Key", body = WorkflowDetail),
+        (status = 400, description = "The body or the Idempotency-Key is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown `type`, or `input` its definition refuses", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn start(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -168,14 +234,18 @@ async fn load(st: &AppState, id: WorkflowId) -> Result<store::WorkflowRow, ApiEr
 }
 
 /// A workflow as the list shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     id: Uuid,
     #[serde(rename = "type")]
     workflow_type: String,
     version: i32,
+    #[schema(value_type = WorkflowStatusDoc)]
     status: String,
+    /// Why it is compensating, needs attention or ended early.
     reason: Option<String>,
+    /// Names and values the workflow can be found by (`order_id`, `user_id`).
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     business_keys: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -194,10 +264,38 @@ fn summary(row: &store::WorkflowRow) -> Summary {
     }
 }
 
-fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<Value, ApiError> {
+/// A workflow with each step's state.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowDetail {
+    #[serde(flatten)]
+    summary: Summary,
+    #[schema(value_type = Vec<StepDoc>)]
+    steps: Vec<orderflow_core::StepView>,
+    /// The position of its last event.
+    last_seq: i64,
+}
+
+/// A page of workflows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowPage {
+    items: Vec<Summary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// What an operator action or a signal did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActionResult {
+    id: Uuid,
+    #[schema(value_type = WorkflowStatusDoc)]
+    status: WorkflowStatus,
+    /// The position of the event recorded.
+    seq: i64,
+}
+
+fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<WorkflowDetail, ApiError> {
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
-    let mut out = serde_json::to_value(summary(row)).map_err(|e| ApiError::Internal(e.into()))?;
     let mut view = state.view();
     if let Some(def) = st
         .applier
@@ -206,21 +304,47 @@ fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<Value, ApiError> {
     {
         def.describe(&mut view);
     }
-    out["steps"] = serde_json::to_value(view.steps).map_err(|e| ApiError::Internal(e.into()))?;
-    out["last_seq"] = json!(row.last_seq);
-    Ok(out)
+    Ok(WorkflowDetail {
+        summary: summary(row),
+        steps: view.steps,
+        last_seq: row.last_seq,
+    })
 }
 
 /// `GET /workflows/{id}`: status, version, each step's state, attempts, last error, times.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowDetail),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WorkflowDetail>, ApiError> {
     let row = load(&st, workflow_id(&id)?).await?;
     Ok(Json(detail(&st, &row)?))
 }
 
 /// `GET /workflows/{id}/history`: the events in the replay format.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/history",
+    tag = "workflows",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    responses(
+        (status = 200, description = "The history", body = HistoryDoc),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn history(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -261,10 +385,29 @@ fn time_param(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>
 }
 
 /// `GET /workflows`: newest first, filtered, paged by an opaque cursor.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows",
+    tag = "workflows",
+    params(
+        ("status" = Option<String>, Query, description = "Only workflows in this status"),
+        ("type" = Option<String>, Query, description = "Only workflows of this type"),
+        ("business_key" = Option<String>, Query, description = "Only workflows with a business key of this value"),
+        ("created_after" = Option<String>, Query, description = "RFC 3339 time"),
+        ("created_before" = Option<String>, Query, description = "RFC 3339 time"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<String>, Query, description = "1 to 500 (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of workflows", body = WorkflowPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WorkflowPage>, ApiError> {
     let Query(q) = q.map_err(|e| {
         let msg = e.body_text();
         ApiError::bad(&data_field(&msg, "query"), msg)
@@ -297,6 +440,14 @@ pub async fn list(
                 .map_err(|_| ApiError::bad("cursor", format!("`{c}` is not a cursor")))
         })
         .transpose()?;
+    for (field, text) in [
+        ("type", &q.workflow_type),
+        ("business_key", &q.business_key),
+    ] {
+        if text.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(no_nul(field));
+        }
+    }
     let filter = store::ListFilter {
         status: status.map(|s| s.as_str().to_owned()),
         workflow_type: q.workflow_type,
@@ -314,11 +465,23 @@ pub async fn list(
     let next = more
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
-    let items: Vec<Summary> = rows.iter().map(summary).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    let items = rows.iter().map(summary).collect();
+    Ok(Json(WorkflowPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
 /// `GET /workflow-counts`: how many workflows are in each status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflow-counts",
+    tag = "workflows",
+    responses(
+        (status = 200, description = "Workflows per status", body = std::collections::HashMap<String, i64>),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut conn = st.pool.acquire().await?;
     let rows = store::count_by_status(&mut conn).await?;
@@ -326,7 +489,7 @@ pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!(map)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
     reason: String,
@@ -363,7 +526,11 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
             tx.commit().await?;
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "id": id, "status": status, "seq": seq })),
+                Json(ActionResult {
+                    id: id.0,
+                    status,
+                    seq,
+                }),
             )
                 .into_response())
         }
@@ -373,6 +540,21 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
 }
 
 /// `POST /workflows/{id}/cancel`: compensate what was done.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/cancel",
+    tag = "operator actions",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    request_body = ActionBody,
+    responses(
+        (status = 202, description = "Recorded", body = ActionResult),
+        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -386,6 +568,21 @@ pub async fn cancel(
 }
 
 /// `POST /workflows/{id}/terminate`: stop without compensating.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/terminate",
+    tag = "operator actions",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    request_body = ActionBody,
+    responses(
+        (status = 202, description = "Recorded", body = ActionResult),
+        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn terminate(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -399,6 +596,21 @@ pub async fn terminate(
 }
 
 /// `POST /workflows/{id}/retry`: run the waiting or stuck step now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/retry",
+    tag = "operator actions",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    request_body = ActionBody,
+    responses(
+        (status = 202, description = "Recorded", body = ActionResult),
+        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn retry(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -424,7 +636,7 @@ async fn operator_action(
     act(st, id, event(actor, reason)).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalBody {
     #[serde(default)]
@@ -434,6 +646,24 @@ pub struct SignalBody {
 }
 
 /// `POST /workflows/{id}/signals/{name}`: deliver a named signal with a payload.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/signals/{name}",
+    tag = "operator actions",
+    params(
+        ("id" = String, Path, description = "The workflow id (a UUID)"),
+        ("name" = String, Path, description = "1 to 64 letters, digits, `_`, `.` or `-`"),
+    ),
+    request_body(content = SignalBody, description = "Optional: an empty body is a signal without payload"),
+    responses(
+        (status = 202, description = "Recorded", body = ActionResult),
+        (status = 400, description = "`id`, `name` or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The workflow's state refuses the signal", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn signal(
     State(st): State<AppState>,
     Path((id, name)): Path<(String, String)>,

@@ -24,15 +24,18 @@ use orderflow_activities::contracts::Money;
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, JwtKeys},
-    problem::parse_json,
+    openapi::{BearerJwt, MoneyView},
+    problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sqlx::PgPool;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::{
-    model::{InvalidValue, Price, Product, ProductName, Sku, Stock, stock_count},
+    model::{
+        InvalidValue, Price, Product, ProductName, ReservationStatus, Sku, Stock, stock_count,
+    },
     store::{
         products::{self, NewProduct, ProductChanges},
         reservations,
@@ -55,6 +58,16 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
+/// The inventory API's OpenAPI document, served at `/api/v1/openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "OrderFlow inventory service", description = "Products, stock and reservations."),
+    paths(list, show, create, update, stock, reservations_of),
+    components(schemas(Problem)),
+    modifiers(&BearerJwt)
+)]
+pub struct ApiDoc;
+
 /// The `/api/v1` routes.
 pub fn routes(state: AppState) -> Router {
     Router::new()
@@ -62,15 +75,20 @@ pub fn routes(state: AppState) -> Router {
         .route("/products/{id}", get(show).patch(update))
         .route("/products/{id}/stock", get(stock))
         .route("/reservations", get(reservations_of))
+        .route(
+            "/openapi.json",
+            orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
+        )
         .with_state(state)
 }
 
 /// A product as the public sees it: what it costs and how many can be ordered now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: String,
     pub name: String,
     pub description: String,
+    #[schema(value_type = MoneyView)]
     pub price: Money,
     /// Units that can be ordered now.
     pub available: i32,
@@ -91,7 +109,7 @@ impl From<Product> for ProductView {
 }
 
 /// A product as its admin sees it: with where every unit is.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AdminProductView {
     #[serde(flatten)]
     pub product: ProductView,
@@ -110,6 +128,14 @@ impl From<Product> for AdminProductView {
     }
 }
 
+/// A page of the catalogue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; absent on the last page and for `ids`.
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -119,10 +145,25 @@ pub struct ListQuery {
 }
 
 /// `GET /products`: a page of the catalogue, or the products named by `ids`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    tag = "products",
+    params(
+        ("limit" = Option<String>, Query, description = "1 to 200 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("ids" = Option<String>, Query, description = "Comma-separated product ids (at most 100); not with `limit` or `cursor`"),
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProductPage>, ApiError> {
     let Query(q) = q?;
     let mut conn = st.pool.acquire().await?;
     if let Some(ids) = q.ids.as_deref() {
@@ -134,8 +175,11 @@ async fn list(
         }
         let ids = parse_ids(ids)?;
         let found = products::get_many(&mut conn, &ids).await?;
-        let items: Vec<ProductView> = found.into_iter().map(ProductView::from).collect();
-        return Ok(Json(json!({ "items": items, "next_cursor": null })));
+        let items = found.into_iter().map(ProductView::from).collect();
+        return Ok(Json(ProductPage {
+            items,
+            next_cursor: None,
+        }));
     }
     let limit = match q.limit.as_deref() {
         None => 50,
@@ -161,8 +205,11 @@ async fn list(
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more.then(|| rows.last().map(|p| p.id.clone())).flatten();
-    let items: Vec<ProductView> = rows.into_iter().map(ProductView::from).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    let items = rows.into_iter().map(ProductView::from).collect();
+    Ok(Json(ProductPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
 /// `a,b,c` into distinct product ids.
@@ -190,6 +237,17 @@ fn path_sku(id: &str) -> Result<Sku, ApiError> {
 }
 
 /// `GET /products/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{id}",
+    tag = "products",
+    params(("id" = String, Path, description = "The product id (SKU)")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -203,6 +261,20 @@ async fn show(
 }
 
 /// `GET /products/{id}/stock` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{id}/stock",
+    tag = "products",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The product id (SKU)")),
+    responses(
+        (status = 200, description = "The product with where every unit is", body = AdminProductView),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn stock(
     _admin: AdminUser,
     State(st): State<AppState>,
@@ -216,7 +288,7 @@ async fn stock(
         .ok_or_else(|| ApiError::NotFound(format!("no product `{id}`")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoneyBody {
     amount_minor: i64,
@@ -237,7 +309,7 @@ fn invalid(field: &str) -> impl FnOnce(InvalidValue) -> ApiError + '_ {
     move |e| ApiError::unprocessable(field, e.to_string())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     id: String,
@@ -249,12 +321,29 @@ struct CreateBody {
 }
 
 /// `POST /products` (admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/products",
+    tag = "products",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Added", body = AdminProductView),
+        (status = 400, description = "The body is malformed; `field` names the culprit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A value is out of range; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create(
     _admin: AdminUser,
     State(st): State<AppState>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let b: CreateBody = parse_json(&body)?;
+    let b: CreateBody = parse_json(&body?)?;
     let product = NewProduct {
         id: Sku::parse(&b.id).map_err(invalid("id"))?,
         name: ProductName::parse(&b.name).map_err(invalid("name"))?,
@@ -275,7 +364,7 @@ async fn create(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     name: Option<String>,
@@ -286,14 +375,32 @@ struct UpdateBody {
 }
 
 /// `PATCH /products/{id}` (admin).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/products/{id}",
+    tag = "products",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The product id (SKU)")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The changed product", body = AdminProductView),
+        (status = 400, description = "The body is malformed or changes nothing", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A value is out of range; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn update(
     _admin: AdminUser,
     State(st): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<AdminProductView>, ApiError> {
     let sku = path_sku(&id)?;
-    let b: UpdateBody = parse_json(&body)?;
+    let b: UpdateBody = parse_json(&body?)?;
     let changes = ProductChanges {
         name: b
             .name
@@ -332,12 +439,50 @@ pub struct ReservationsQuery {
     workflow_id: Option<String>,
 }
 
+/// A saga's reservation with its items.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReservationView {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub step: String,
+    pub order_id: Option<Uuid>,
+    pub status: ReservationStatus,
+    pub expires_at: DateTime<Utc>,
+    pub settle_reason: Option<String>,
+    pub items: Vec<ReservedItem>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReservedItem {
+    pub product_id: String,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Reservations {
+    pub items: Vec<ReservationView>,
+}
+
 /// `GET /reservations?workflow_id=` (admin): what a saga holds, for inspection and repair.
+#[utoipa::path(
+    get,
+    path = "/api/v1/reservations",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(("workflow_id" = String, Query, description = "The saga's workflow id (a UUID)")),
+    responses(
+        (status = 200, description = "The saga's reservations", body = Reservations),
+        (status = 400, description = "`workflow_id` is missing or not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn reservations_of(
     _admin: AdminUser,
     State(st): State<AppState>,
     q: Result<Query<ReservationsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Reservations>, ApiError> {
     let Query(q) = q?;
     let raw = q
         .workflow_id
@@ -346,22 +491,25 @@ async fn reservations_of(
         .map_err(|_| ApiError::bad("workflow_id", format!("`{raw}` is not a UUID")))?;
     let mut conn = st.pool.acquire().await?;
     let found = reservations::for_workflow(&mut conn, workflow_id).await?;
-    let items: Vec<serde_json::Value> = found
+    let items = found
         .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "workflow_id": r.workflow_id,
-                "step": r.step,
-                "order_id": r.order_id,
-                "status": r.status,
-                "expires_at": r.expires_at,
-                "settle_reason": r.settle_reason,
-                "items": r.items.iter()
-                    .map(|(p, q)| json!({ "product_id": p, "quantity": q }))
-                    .collect::<Vec<_>>(),
-            })
+        .map(|r| ReservationView {
+            id: r.id,
+            workflow_id: r.workflow_id,
+            step: r.step,
+            order_id: r.order_id,
+            status: r.status,
+            expires_at: r.expires_at,
+            settle_reason: r.settle_reason,
+            items: r
+                .items
+                .into_iter()
+                .map(|(product_id, quantity)| ReservedItem {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Reservations { items }))
 }

@@ -117,7 +117,7 @@ pub fn stock_count(n: i64) -> Result<i32, InvalidValue> {
 
 /// Where a product's units are. `on_hand + reserved + sold` only changes by an admin's stock
 /// update; reservations and their settlement move units between the three.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Stock {
     /// Free to reserve.
     pub on_hand: i32,
@@ -140,7 +140,7 @@ pub struct Product {
 }
 
 /// What happened to a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationStatus {
     /// Holding its units until its saga settles or it expires.

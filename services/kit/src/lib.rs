@@ -13,6 +13,8 @@
 //! - [`events`]: follows the engine's `WorkflowFinished` events on a service's own queue, acking
 //!   each only after the service's handler committed.
 //! - [`kv`]: a Redis connection that reconnects by itself.
+//! - [`limit`]: rate limits shared by every replica (a window counter in Redis), answered 429.
+//! - [`openapi`]: the bearer scheme and the route serving each API's OpenAPI document.
 //! - [`parts`]: a service process's parts (server, workers, followers) run and stopped as one.
 
 pub mod auth;
@@ -21,6 +23,8 @@ pub mod db;
 pub mod events;
 pub mod http;
 pub mod kv;
+pub mod limit;
+pub mod openapi;
 pub mod parts;
 pub mod problem;
 

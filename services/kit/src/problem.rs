@@ -8,8 +8,26 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The body of every error answer (RFC 9457), as the OpenAPI documents describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// What is wrong, for a person; generic for 5xx.
+    pub detail: String,
+    /// The field, parameter or header to blame, when one is (`items[0].quantity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
 
 /// Everything a handler can answer instead of success.
 #[derive(Debug, thiserror::Error)]
@@ -137,21 +155,15 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut body = json!({
-            "type": "about:blank",
-            "title": title,
-            "status": status.as_u16(),
-            "detail": detail,
-        });
-        if let Some(f) = field {
-            body["field"] = json!(f);
-        }
-        let mut res = (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
-        )
-            .into_response();
+        let body = Problem {
+            kind: "about:blank".to_owned(),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field: field.cloned(),
+        };
+        let body = serde_json::to_string(&body).expect("a problem always serializes");
+        let mut res = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response();
         match &self {
             Self::Unauthorized => {
                 res.headers_mut()
@@ -188,7 +200,58 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     // Trailing bytes after the object (`{}{}`) are as malformed as a missing brace.
     de.end()
         .map_err(|e| ApiError::bad("body", format!("invalid JSON body: {e}")))?;
+    if let Some(field) = nul_in(body) {
+        return Err(no_nul(&field));
+    }
     Ok(value)
+}
+
+/// 400 for text with a NUL character, which PostgreSQL cannot store.
+pub fn no_nul(field: &str) -> ApiError {
+    ApiError::bad(field, "text may not contain the NUL character (\\u0000)")
+}
+
+/// A free-text query parameter, refused when it holds a NUL character.
+pub fn text_param<'a>(field: &str, value: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match value {
+        Some(v) if v.contains('\0') => Err(no_nul(field)),
+        v => Ok(v),
+    }
+}
+
+/// Where the first NUL character (`\u0000`) of a JSON body is, if it has one: PostgreSQL text
+/// and jsonb cannot store it, so such a body is refused up front instead of failing its insert
+/// with a 500. Only bodies that spell the escape are walked.
+fn nul_in(body: &[u8]) -> Option<String> {
+    if !body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return None;
+    }
+    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+                if k.contains('\0') {
+                    Some(join(k))
+                } else {
+                    walk(x, &join(k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    walk(&value, "").map(|p| if p.is_empty() { "body".to_owned() } else { p })
 }
 
 /// The dotted path of the culprit (`items[0].quantity`): where serde stopped, plus the field it

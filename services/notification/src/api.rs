@@ -16,16 +16,17 @@ use axum::{
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
-    problem::parse_json,
+    openapi::BearerJwt,
+    problem::{Problem, parse_json, text_param},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::{
     model::{Channel, NotificationStatus, parse_phone, parse_push_token},
-    store::{self, Contact, ListFilter},
+    store::{self, Attempt, Contact, ListFilter, Notification, OutboxMessage},
 };
 
 /// What the handlers share.
@@ -41,6 +42,39 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
+/// The notification API's OpenAPI document, served at `/api/v1/openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "OrderFlow notification service", description = "The message log and users' contact details."),
+    paths(list, show, outbox, my_contact, set_my_contact),
+    components(schemas(Problem)),
+    modifiers(&BearerJwt)
+)]
+pub struct ApiDoc;
+
+/// A page of the message log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<Notification>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// One message with every delivery attempt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotificationDetail {
+    #[serde(flatten)]
+    pub notification: Notification,
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// A page of what the outbox provider recorded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutboxPage {
+    pub items: Vec<OutboxMessage>,
+    pub next_cursor: Option<Uuid>,
+}
+
 /// The `/api/v1` routes.
 pub fn routes(state: AppState) -> Router {
     Router::new()
@@ -48,6 +82,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/notifications/{id}", get(show))
         .route("/outbox", get(outbox))
         .route("/contacts/me", get(my_contact).put(set_my_contact))
+        .route(
+            "/openapi.json",
+            orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
+        )
         .with_state(state)
 }
 
@@ -83,11 +121,32 @@ pub struct ListQuery {
 }
 
 /// `GET /notifications` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "`pending`, `sent` or `failed`"),
+        ("channel" = Option<String>, Query, description = "`email`, `sms` or `push`"),
+        ("recipient" = Option<String>, Query, description = "Only messages to this address"),
+        ("workflow_id" = Option<String>, Query, description = "Only the messages of this saga (a UUID)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<String>, Query, description = "1 to 200 (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the log, newest first", body = NotificationPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     _admin: AdminUser,
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationPage>, ApiError> {
     let Query(q) = q?;
     let limit = limit(q.limit.as_deref())?;
     let filter = ListFilter {
@@ -109,7 +168,7 @@ async fn list(
                 })
             })
             .transpose()?,
-        recipient: q.recipient,
+        recipient: text_param("recipient", q.recipient.as_deref())?.map(str::to_owned),
         workflow_id: uuid_param("workflow_id", q.workflow_id.as_deref())?,
         before: uuid_param("cursor", q.cursor.as_deref())?,
         // One row more than asked tells whether another page exists.
@@ -120,23 +179,41 @@ async fn list(
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more.then(|| rows.last().map(|n| n.id)).flatten();
-    Ok(Json(json!({ "items": rows, "next_cursor": next })))
+    Ok(Json(NotificationPage {
+        items: rows,
+        next_cursor: next,
+    }))
 }
 
 /// `GET /notifications/{id}` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications/{id}",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The notification id (a UUID)")),
+    responses(
+        (status = 200, description = "The message", body = NotificationDetail),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     _admin: AdminUser,
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationDetail>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no notification `{id}`"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let mut conn = st.pool.acquire().await?;
     let n = store::get(&mut conn, uuid).await?.ok_or_else(not_found)?;
     let attempts = store::attempts(&mut conn, uuid).await?;
-    let mut body = serde_json::to_value(n).map_err(|e| ApiError::Internal(e.into()))?;
-    body["attempt_log"] = json!(attempts);
-    Ok(Json(body))
+    Ok(Json(NotificationDetail {
+        notification: n,
+        attempt_log: attempts,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,11 +224,28 @@ pub struct PageQuery {
 }
 
 /// `GET /outbox` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/outbox",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<String>, Query, description = "1 to 200 (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of recorded messages, newest first", body = OutboxPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn outbox(
     _admin: AdminUser,
     State(st): State<AppState>,
     q: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutboxPage>, ApiError> {
     let Query(q) = q?;
     let limit = limit(q.limit.as_deref())?;
     let before = uuid_param("cursor", q.cursor.as_deref())?;
@@ -162,16 +256,30 @@ async fn outbox(
     let next = more
         .then(|| rows.last().map(|m| m.notification_id))
         .flatten();
-    Ok(Json(json!({ "items": rows, "next_cursor": next })))
+    Ok(Json(OutboxPage {
+        items: rows,
+        next_cursor: next,
+    }))
 }
 
-/// `GET /contacts/me`.
+/// `GET /contacts/me`: where else the caller's order messages go.
+#[utoipa::path(
+    get,
+    path = "/api/v1/contacts/me",
+    tag = "contacts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's contact details", body = Contact),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn my_contact(user: AuthUser, State(st): State<AppState>) -> Result<Json<Contact>, ApiError> {
     let mut conn = st.pool.acquire().await?;
     Ok(Json(store::contact(&mut conn, user.id()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ContactBody {
     phone: Option<String>,
@@ -179,12 +287,27 @@ struct ContactBody {
 }
 
 /// `PUT /contacts/me`: replaces both details; `null` or absent removes one.
+#[utoipa::path(
+    put,
+    path = "/api/v1/contacts/me",
+    tag = "contacts",
+    security(("bearer" = [])),
+    request_body = ContactBody,
+    responses(
+        (status = 200, description = "The stored details", body = Contact),
+        (status = 400, description = "The body is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`phone` or `push_token` is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn set_my_contact(
     user: AuthUser,
     State(st): State<AppState>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Contact>, ApiError> {
-    let b: ContactBody = parse_json(&body)?;
+    let b: ContactBody = parse_json(&body?)?;
     let contact = Contact {
         phone: b
             .phone

@@ -24,7 +24,7 @@ pub struct NewNotification<'a> {
 }
 
 /// One logged message.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Notification {
     pub id: Uuid,
     pub idempotency_key: String,
@@ -203,7 +203,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Notificatio
 }
 
 /// One logged attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: i32,
     pub outcome: String,
@@ -223,7 +223,7 @@ pub async fn attempts(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Attempt>,
 }
 
 /// A message the outbox provider recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OutboxMessage {
     pub notification_id: Uuid,
     pub channel: String,
@@ -250,7 +250,7 @@ pub async fn outbox(
 }
 
 /// Where a user wants messages besides email.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Contact {
     pub phone: Option<String>,
     pub push_token: Option<String>,

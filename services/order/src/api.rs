@@ -20,21 +20,25 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use chrono::{DateTime, Utc};
 use orderflow_service_kit::{
     ApiError,
     auth::{AuthUser, JwtKeys},
-    problem::parse_json,
+    limit::RateLimiter,
+    openapi::{BearerJwt, MoneyView},
+    problem::{Problem, parse_json},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::{
     clients::{CallError, Clients},
-    model::{CancelCode, NewOrder, OrderRequest, OrderStatus},
+    model::{CancelCode, NewOrder, OrderRequest, OrderStatus, ShippingAddress},
     starter,
     store::{self, NewOrderRow, Order, PricedLine},
 };
@@ -48,7 +52,19 @@ pub struct AppState {
     /// Wakes the background starter (after a start that had to be deferred).
     pub wake: Arc<Notify>,
     pub start_backoff_cap: Duration,
+    /// Orders placed per user, across replicas.
+    pub order_limit: RateLimiter,
 }
+
+/// The order API's OpenAPI document, served at `/api/v1/openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "OrderFlow order service", description = "Places orders and follows their sagas."),
+    paths(place, list, show, cancel),
+    components(schemas(Problem)),
+    modifiers(&BearerJwt)
+)]
+pub struct ApiDoc;
 
 impl FromRef<AppState> for JwtKeys {
     fn from_ref(s: &AppState) -> Self {
@@ -62,25 +78,68 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", post(place).get(list))
         .route("/orders/{id}", get(show))
         .route("/orders/{id}/cancel", post(cancel))
+        .route(
+            "/openapi.json",
+            orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
+        )
         .with_state(state)
 }
 
 /// An order as its owner sees it.
-pub fn view(o: &Order) -> Value {
-    json!({
-        "id": o.id,
-        "user_id": o.user_id,
-        "status": o.status,
-        "items": o.items.0,
-        "total": { "amount_minor": o.total_minor, "currency": o.currency },
-        "shipping_address": o.shipping_address.as_ref().map(|a| &a.0),
-        "workflow_id": o.workflow_id,
-        "saga_status": o.saga_status,
-        "cancellation": o.cancel_code.map(|code| json!({ "code": code, "reason": o.cancel_reason })),
-        "cancel_requested_at": o.cancel_requested_at,
-        "created_at": o.created_at,
-        "updated_at": o.updated_at,
-    })
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub items: Vec<PricedLine>,
+    pub total: MoneyView,
+    pub shipping_address: Option<ShippingAddress>,
+    /// The order saga, once started.
+    pub workflow_id: Option<Uuid>,
+    /// The saga's status as last seen (`running`, `completed`, `compensated`, ...).
+    pub saga_status: Option<String>,
+    pub cancellation: Option<Cancellation>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why an order was cancelled.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Cancellation {
+    pub code: CancelCode,
+    pub reason: Option<String>,
+}
+
+/// A page of the caller's orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+pub fn view(o: &Order) -> OrderView {
+    OrderView {
+        id: o.id,
+        user_id: o.user_id,
+        status: o.status,
+        items: o.items.0.clone(),
+        total: MoneyView {
+            amount_minor: o.total_minor,
+            currency: o.currency.clone(),
+        },
+        shipping_address: o.shipping_address.as_ref().map(|a| a.0.clone()),
+        workflow_id: o.workflow_id,
+        saga_status: o.saga_status.clone(),
+        cancellation: o.cancel_code.map(|code| Cancellation {
+            code,
+            reason: o.cancel_reason.clone(),
+        }),
+        cancel_requested_at: o.cancel_requested_at,
+        created_at: o.created_at,
+        updated_at: o.updated_at,
+    }
 }
 
 fn unavailable(e: CallError) -> ApiError {
@@ -128,13 +187,33 @@ fn accepted(o: &Order) -> Response {
         .into_response()
 }
 
-/// `POST /orders`.
+/// `POST /orders`: places an order and starts its saga.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 characters; the same key and body is the same order")),
+    request_body = OrderRequest,
+    responses(
+        (status = 202, description = "Placed (or the order placed earlier with this key)", body = OrderView),
+        (status = 400, description = "A field or the Idempotency-Key is missing or invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown product, mixed currencies or a total too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many orders by this user; see `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The inventory or user service is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn place(
     State(s): State<AppState>,
     caller: AuthUser,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    s.order_limit.check(&caller.id().to_string()).await?;
     let key = idempotency_key(&headers)?;
     let body = body?;
     let req: OrderRequest = parse_json(&body)?;
@@ -251,12 +330,26 @@ async fn visible(s: &AppState, caller: &AuthUser, id: Uuid) -> Result<Order, Api
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
 }
 
-/// `GET /orders/{id}`.
+/// `GET /orders/{id}`: the caller's order (any order for an admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID)")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or another user's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     State(s): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let order = visible(&s, &caller, order_id(&id)?).await?;
     Ok(Json(view(&order)))
 }
@@ -269,11 +362,27 @@ struct ListQuery {
 }
 
 /// `GET /orders`: the caller's orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<String>, Query, description = "1 to 100 (default 20)"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     State(s): State<AppState>,
     caller: AuthUser,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderPage>, ApiError> {
     let Query(q) = q?;
     let limit = match q.limit.as_deref() {
         None => 20,
@@ -298,11 +407,31 @@ async fn list(
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     let next = more.then(|| rows.last().map(|o| o.id)).flatten();
-    let items: Vec<Value> = rows.iter().map(view).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    let items = rows.iter().map(view).collect();
+    Ok(Json(OrderPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
-/// `POST /orders/{id}/cancel`.
+/// `POST /orders/{id}/cancel`: the owner cancels before confirmation; the saga compensates.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/cancel",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID)")),
+    responses(
+        (status = 200, description = "Cancelled (it had not started, or was already)", body = OrderView),
+        (status = 202, description = "The saga was asked to compensate", body = OrderView),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or another user's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is confirmed or its saga finished", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The engine is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn cancel(
     State(s): State<AppState>,
     caller: AuthUser,

@@ -82,6 +82,12 @@ pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
         clients,
         wake: Arc::new(Notify::new()),
         start_backoff_cap: config.start_backoff_cap,
+        order_limit: orderflow_service_kit::limit::RateLimiter::new(
+            &config.service.redis_url,
+            &config.service.queue_prefix,
+            "orders",
+            orderflow_service_kit::limit::Limits::from_env()?.orders,
+        )?,
     })
 }
 

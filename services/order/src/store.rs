@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::model::{CancelCode, OrderStatus, ShippingAddress};
 
 /// One line as priced when the order was placed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PricedLine {
     pub product_id: String,
     pub quantity: u32,

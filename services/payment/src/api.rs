@@ -14,15 +14,17 @@ use axum::{
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
+    openapi::BearerJwt,
+    problem::Problem,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::{
-    model::PaymentStatus,
-    store::{self, ListFilter},
+    model::{Payment, PaymentStatus},
+    store::{self, ListFilter, RecordedEvent},
     webhooks,
 };
 
@@ -52,20 +54,64 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
+/// The payment API's OpenAPI document, served at `/api/v1/openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "OrderFlow payment service", description = "Payments and Stripe's webhooks."),
+    paths(show, list, webhooks::receive),
+    components(schemas(Problem)),
+    modifiers(&BearerJwt)
+)]
+pub struct ApiDoc;
+
+/// A payment with what Stripe told us about it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentDetail {
+    pub payment: Payment,
+    pub stripe_events: Vec<RecordedEvent>,
+}
+
+/// A page of payments.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentPage {
+    pub items: Vec<Payment>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// The `/api/v1` routes.
 pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/payments", get(list))
         .route("/payments/{id}", get(show))
         .route("/webhooks/stripe", post(webhooks::receive))
+        .route(
+            "/openapi.json",
+            orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
+        )
         .with_state(state)
 }
 
+/// One payment: its payer's or, for an admin, any.
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments/{id}",
+    tag = "payments",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The payment id (a UUID)")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentDetail),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment, or another user's", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     State(st): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentDetail>, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad("id", format!("`{id}` is not a payment id")))?;
     let payment = store::get(&st.pool, id)
@@ -77,7 +123,10 @@ async fn show(
         Some(pi) => store::events_of(&st.pool, pi).await?,
         None => Vec::new(),
     };
-    Ok(Json(json!({ "payment": payment, "stripe_events": events })))
+    Ok(Json(PaymentDetail {
+        payment,
+        stripe_events: events,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,11 +137,31 @@ pub struct ListQuery {
     limit: Option<String>,
 }
 
+/// Payments, newest first (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments",
+    tag = "payments",
+    security(("bearer" = [])),
+    params(
+        ("status" = Option<PaymentStatus>, Query, description = "Only payments in this status"),
+        ("order_id" = Option<String>, Query, description = "Only the payments of this order (a UUID)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<String>, Query, description = "1 to 200 (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of payments", body = PaymentPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     State(st): State<AppState>,
     _admin: AdminUser,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentPage>, ApiError> {
     let Query(q) = q?;
     let status = q
         .status
@@ -140,5 +209,8 @@ async fn list(
     let next = more
         .then(|| rows.last().map(|p| p.id.to_string()))
         .flatten();
-    Ok(Json(json!({ "items": rows, "next_cursor": next })))
+    Ok(Json(PaymentPage {
+        items: rows,
+        next_cursor: next,
+    }))
 }

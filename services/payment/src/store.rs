@@ -198,7 +198,7 @@ pub async fn record_event(pool: &PgPool, event: &StripeEvent<'_>) -> Result<bool
 }
 
 /// A recorded event, for the admin API and tests.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RecordedEvent {
     pub id: String,
     #[sqlx(rename = "type")]

@@ -10,10 +10,10 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::State,
+    extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
 };
-use orderflow_service_kit::ApiError;
+use orderflow_service_kit::{ApiError, problem::Problem};
 use serde_json::{Value, json};
 use stripe_webhook::{Webhook, WebhookError};
 use uuid::Uuid;
@@ -23,11 +23,26 @@ use crate::{api::AppState, metrics, store};
 /// The header Stripe signs its deliveries with.
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
 
+/// Records one of Stripe's events.
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/stripe",
+    tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the body")),
+    request_body(content = Object, description = "A Stripe event"),
+    responses(
+        (status = 200, description = "Recorded (or already recorded)", body = Object, example = json!({"received": true})),
+        (status = 400, description = "The signature is missing, stale or wrong, or the body is not a Stripe event", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn receive(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
     let signature = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -15,17 +15,20 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{FromRef, Path, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys, Role},
-    problem::parse_json,
+    limit::{Peer, client_key},
+    openapi::BearerJwt,
+    problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 /// A request body, read in full; a read failure (too large, cut short) becomes a problem.
@@ -48,6 +51,16 @@ pub struct AppState {
     pub refresh_ttl: Duration,
 }
 
+/// The user API's OpenAPI document, served at `/api/v1/openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "OrderFlow user service", description = "Accounts, login and access tokens."),
+    paths(register, login, refresh, logout, me, update_me, get_user, set_role),
+    components(schemas(Problem)),
+    modifiers(&BearerJwt)
+)]
+pub struct ApiDoc;
+
 impl FromRef<AppState> for JwtKeys {
     fn from_ref(s: &AppState) -> Self {
         s.keys.clone()
@@ -64,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
+        .route(
+            "/openapi.json",
+            orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
+        )
         .with_state(state)
 }
 
@@ -82,7 +99,7 @@ fn field<T>(name: &str, r: Result<T, crate::model::Invalid>) -> Result<T, ApiErr
     r.map_err(|e| ApiError::bad(name, e.0))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Register {
     email: String,
@@ -91,6 +108,20 @@ struct Register {
     name: String,
 }
 
+/// Registers a customer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = Register,
+    responses(
+        (status = 201, description = "Registered", body = User),
+        (status = 400, description = "A field is missing or invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn register(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: Register = parse_json(&body?)?;
     let email = field("email", Email::parse(&req.email))?;
@@ -122,7 +153,7 @@ async fn register(State(s): State<AppState>, body: Body) -> Result<Response, Api
 }
 
 /// Tokens handed out by login and refresh.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Tokens {
     access_token: String,
     token_type: &'static str,
@@ -144,14 +175,39 @@ async fn issue(s: &AppState, user: Uuid, role: Role) -> Result<Tokens, ApiError>
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     email: String,
     password: String,
 }
 
-async fn login(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, ApiError> {
+/// Exchanges email and password for an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = Tokens),
+        (status = 400, description = "A field is missing or invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many logins from this client or failures for this email; see `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn login(
+    State(s): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Tokens>, ApiError> {
+    s.sessions
+        .login_limit()
+        .check(&client_key(&headers, peer, s.sessions.client_ip_header()))
+        .await?;
     let req: Login = parse_json(&body?)?;
     if req.email.trim().is_empty() {
         return Err(ApiError::bad("email", "is required"));
@@ -184,7 +240,7 @@ async fn login(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, Ap
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshToken {
     refresh_token: String,
@@ -201,6 +257,19 @@ fn refresh_token(body: &Bytes) -> Result<String, ApiError> {
 
 /// Rotates: the old refresh token is spent whether or not the rest succeeds, so a stolen token
 /// used after its owner refreshed finds nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    request_body = RefreshToken,
+    responses(
+        (status = 200, description = "New tokens; the old refresh token is spent", body = Tokens),
+        (status = 400, description = "Not a refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No such session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn refresh(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, ApiError> {
     let token = refresh_token(&body?)?;
     let user = s
@@ -215,6 +284,19 @@ async fn refresh(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, 
     Ok(Json(issue(&s, creds.id, creds.role).await?))
 }
 
+/// Ends the session of a refresh token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    request_body = RefreshToken,
+    responses(
+        (status = 204, description = "The session is gone"),
+        (status = 400, description = "Not a refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn logout(State(s): State<AppState>, body: Body) -> Result<StatusCode, ApiError> {
     let token = refresh_token(&body?)?;
     // Logging out twice is not an error: the session is gone either way.
@@ -222,6 +304,19 @@ async fn logout(State(s): State<AppState>, body: Body) -> Result<StatusCode, Api
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller's account.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = User),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The account is gone", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn me(State(s): State<AppState>, caller: AuthUser) -> Result<Json<User>, ApiError> {
     store::get(&s.pool, caller.id())
         .await?
@@ -229,7 +324,7 @@ async fn me(State(s): State<AppState>, caller: AuthUser) -> Result<Json<User>, A
         .ok_or_else(|| ApiError::NotFound("no such user".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateMe {
     name: Option<String>,
@@ -239,6 +334,23 @@ struct UpdateMe {
     current_password: Option<String>,
 }
 
+/// Changes the caller's name, email or password (the last two need `current_password`).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = UpdateMe,
+    responses(
+        (status = 200, description = "The changed account", body = User),
+        (status = 400, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The account is gone", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`current_password` does not match", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn update_me(
     State(s): State<AppState>,
     caller: AuthUser,
@@ -314,6 +426,22 @@ fn user_id(raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad("id", format!("`{raw}` is not a user id (a UUID)")))
 }
 
+/// Any account (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user id (a UUID)")),
+    responses(
+        (status = 200, description = "The account", body = User),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_user(
     State(s): State<AppState>,
     _admin: AdminUser,
@@ -325,12 +453,29 @@ async fn get_user(
         .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetRole {
     role: Role,
 }
 
+/// Makes an account a customer or an admin (admin).
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{id}/role",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user id (a UUID)")),
+    request_body = SetRole,
+    responses(
+        (status = 200, description = "The changed account", body = User),
+        (status = 400, description = "`id` or `role` is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn set_role(
     State(s): State<AppState>,
     _admin: AdminUser,

@@ -57,10 +57,12 @@ pub async fn run(config: UserConfig, stop: CancellationToken) -> anyhow::Result<
             .await
             .context("seeding the admin user")?;
     }
+    let limits = orderflow_service_kit::limit::Limits::from_env()?;
     let state = AppState {
         pool: pool.clone(),
         keys: JwtKeys::new(&service.jwt_secret),
-        sessions: sessions::Sessions::new(redis.clone(), &service.queue_prefix),
+        sessions: sessions::Sessions::new(redis.clone(), &service.queue_prefix)
+            .with_login_limit(limits.login, limits.client_ip_header),
         access_ttl: config.access_ttl,
         refresh_ttl: config.refresh_ttl,
     };

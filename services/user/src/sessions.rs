@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use axum::http::HeaderName;
+use orderflow_service_kit::limit::{RateLimiter, Rule};
 use rand::RngCore as _;
 use redis::{AsyncCommands as _, aio::ConnectionManager};
 use sha2::{Digest as _, Sha256};
@@ -27,6 +29,9 @@ pub struct NewSession {
 pub struct Sessions {
     redis: ConnectionManager,
     prefix: String,
+    /// Logins per client address, across replicas; off unless [`Sessions::with_login_limit`].
+    login_limit: RateLimiter,
+    client_ip_header: Option<HeaderName>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -55,9 +60,32 @@ fn secs(d: Duration) -> u64 {
 impl Sessions {
     pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
         Self {
+            login_limit: RateLimiter::off("login"),
             redis,
             prefix: format!("{prefix}orderflow:user:"),
+            client_ip_header: None,
         }
+    }
+
+    /// Limits logins per client address to `rule`, counted in this Redis; the client is the
+    /// last entry of `client_ip_header` when set (behind a proxy), else the peer address.
+    pub fn with_login_limit(
+        mut self,
+        rule: Option<Rule>,
+        client_ip_header: Option<HeaderName>,
+    ) -> Self {
+        self.login_limit =
+            RateLimiter::with_connection(self.redis.clone(), &self.prefix, "login", rule);
+        self.client_ip_header = client_ip_header;
+        self
+    }
+
+    pub fn login_limit(&self) -> &RateLimiter {
+        &self.login_limit
+    }
+
+    pub fn client_ip_header(&self) -> Option<&HeaderName> {
+        self.client_ip_header.as_ref()
     }
 
     fn session_key(&self, token: &str) -> String {

@@ -7,7 +7,7 @@ use sqlx::{PgExecutor, prelude::FromRow};
 use uuid::Uuid;
 
 /// A user as the API shows it (never the hash).
-#[derive(Clone, Debug, Serialize, FromRow)]
+#[derive(Clone, Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub email: String,

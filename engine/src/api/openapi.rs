@@ -1,0 +1,104 @@
+//! The engine API's OpenAPI document, served at `/api/v1/openapi.json`.
+//!
+//! The engine API has no authentication of its own: it is reachable only inside the cluster (the
+//! order service and operators; Kong does not route to it, see `docs/operations.md`), so the
+//! document declares no security scheme. Types that live in the pure core crate (which has no
+//! OpenAPI dependency) are described here by mirrors named like them; `tests/schemathesis.rs`
+//! checks the running engine against the document, so a mirror that drifts fails.
+
+use chrono::{DateTime, Utc};
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::{problem::Problem, workflows};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "OrderFlow engine",
+        description = "Start, read, list and operate workflows (sagas). Internal: no authentication."
+    ),
+    paths(
+        workflows::start,
+        workflows::list,
+        workflows::get,
+        workflows::history,
+        workflows::cancel,
+        workflows::terminate,
+        workflows::retry,
+        workflows::signal,
+        workflows::counts,
+    ),
+    components(schemas(Problem))
+)]
+pub struct ApiDoc;
+
+/// Where a workflow stands (`orderflow_core::WorkflowStatus`).
+#[derive(Debug, ToSchema)]
+#[schema(as = WorkflowStatus, rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum WorkflowStatusDoc {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    NeedsAttention,
+    Cancelled,
+    Terminated,
+}
+
+/// An activity's failure (`orderflow_core::protocol::ActivityError`).
+#[derive(Debug, ToSchema)]
+#[schema(as = ActivityError)]
+#[allow(dead_code)]
+pub struct ActivityErrorDoc {
+    code: String,
+    message: String,
+    retryable: bool,
+}
+
+/// One step as the API shows it (`orderflow_core::StepView`).
+#[derive(Debug, ToSchema)]
+#[schema(as = Step)]
+#[allow(dead_code)]
+pub struct StepDoc {
+    name: String,
+    activity: String,
+    kind: String,
+    /// `pending`, `scheduled`, `completed`, `failed`, `compensating`, `compensated`, ...
+    status: String,
+    attempts: u32,
+    compensation_attempts: u32,
+    last_error: Option<ActivityErrorDoc>,
+    output: Option<serde_json::Value>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// One recorded event with the commands the decider answered (`orderflow_core::RecordedEvent`).
+#[derive(Debug, ToSchema)]
+#[schema(as = RecordedEvent)]
+#[allow(dead_code)]
+pub struct RecordedEventDoc {
+    /// 1-based position in the history.
+    seq: u64,
+    at: DateTime<Utc>,
+    /// The event, tagged by `type`.
+    #[schema(value_type = Object)]
+    event: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    commands: Vec<serde_json::Value>,
+    /// Set when the event changed nothing, with why.
+    ignored: Option<String>,
+}
+
+/// A workflow's whole history in the replay format (`orderflow_core::History`).
+#[derive(Debug, ToSchema)]
+#[schema(as = History)]
+#[allow(dead_code)]
+pub struct HistoryDoc {
+    workflow_id: Uuid,
+    workflow_type: String,
+    version: u32,
+    events: Vec<RecordedEventDoc>,
+}
