@@ -7,6 +7,8 @@
 //!   engine so both sides agree on the topology.
 //! - [`worker`]: consumes task queues, runs activities, publishes results with confirms and acks
 //!   only after the result is confirmed.
+//! - [`queue`]: the task queue as an interface ([`queue::TaskQueue`]) with its RabbitMQ adapter
+//!   and the in-process, SQLite-backed queue of `orderflow dev`, and a worker over either.
 //! - [`recording`]: activities that record their effect per idempotency key in a Postgres table;
 //!   they stand in for the services until those exist and are what the tests count.
 //! - [`telemetry`]: one trace per saga (its trace id is the workflow id), the W3C `traceparent`
@@ -17,6 +19,7 @@ pub mod activity;
 pub mod bench;
 pub mod broker;
 pub mod contracts;
+pub mod queue;
 pub mod recording;
 pub mod telemetry;
 pub mod worker;
