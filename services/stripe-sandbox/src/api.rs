@@ -21,7 +21,7 @@ use axum::{
 use serde_json::Value;
 
 use crate::{
-    Faults, Sandbox, SandboxConfig,
+    Faults, Received, Sandbox, SandboxConfig,
     ledger::{Answer, Ledger, Params, new_id},
     webhooks,
 };
@@ -53,16 +53,32 @@ pub(crate) struct Shared {
     pub state: Mutex<Books>,
     pub faults: Mutex<Faults>,
     pub requests: AtomicU64,
+    pub received: Mutex<Vec<Received>>,
     http: reqwest::Client,
 }
 
 impl Shared {
+    /// Counts and logs a `/v1` request as it arrives.
+    fn receive(&self, method: &Method, path: &str, headers: &HeaderMap) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let idempotency_key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.received.lock().expect("received lock").push(Received {
+            method: method.to_string(),
+            path: path.to_owned(),
+            idempotency_key,
+        });
+    }
+
     pub fn new(config: SandboxConfig) -> Self {
         Self {
             config,
             state: Mutex::default(),
             faults: Mutex::default(),
             requests: AtomicU64::new(0),
+            received: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(crate::WEBHOOK_TIMEOUT)
                 .build()
@@ -124,8 +140,13 @@ async fn create_refund(State(sb): State<Sandbox>, headers: HeaderMap, body: Byte
     .await
 }
 
-async fn unknown_url(State(sb): State<Sandbox>, method: Method, uri: axum::http::Uri) -> Response {
-    sb.inner.requests.fetch_add(1, Ordering::Relaxed);
+async fn unknown_url(
+    State(sb): State<Sandbox>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    sb.inner.receive(&method, uri.path(), &headers);
     respond(
         &Answer::error(
             404,
@@ -147,9 +168,19 @@ async fn api_call(
     rule: impl FnOnce(&mut Ledger, &Params) -> Answer,
 ) -> Response {
     let shared = &sb.inner;
-    shared.requests.fetch_add(1, Ordering::Relaxed);
+    shared.receive(&method, path, headers);
     if let Err(answer) = authenticate(&shared.config, headers) {
         return respond(&answer, false);
+    }
+    let delay = {
+        let mut faults = shared.faults.lock().expect("faults lock");
+        (faults.delay_requests > 0).then(|| {
+            faults.delay_requests -= 1;
+            Duration::from_millis(faults.delay_ms)
+        })
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
     let hang = {
         let mut faults = shared.faults.lock().expect("faults lock");

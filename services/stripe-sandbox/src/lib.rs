@@ -17,8 +17,11 @@
 //!
 //! For tests it adds what Stripe cannot: a ledger of everything it charged and refunded
 //! (`GET /sandbox/ledger`, or [`Sandbox::ledger`]) and fault controls (`POST /sandbox/faults`, or
-//! [`Sandbox::set_faults`]): answer the next requests with a 500 before they run, or answer them
-//! late after they ran (a lost or slow response).
+//! [`Sandbox::set_faults`]): answer the next requests with a 500 before they run, hold them
+//! a while before they run (a slow network on the way to Stripe), or
+//! answer them late after they ran (a lost or slow response); and the log of every request it
+//! received with its idempotency key ([`Sandbox::received`]), so a test can tell whether a
+//! request reached Stripe before its client died.
 //!
 //! Modules:
 //! - [`ledger`]: the objects (payment intents, charges, refunds), their JSON as Stripe renders
@@ -82,6 +85,20 @@ pub struct Faults {
     pub hang_requests: u32,
     #[serde(default)]
     pub hang_ms: u64,
+    /// Hold this many of the next requests for `delay_ms` before they run: until then nothing
+    /// is charged or saved, so a client that gives up meanwhile finds nothing under its key.
+    #[serde(default)]
+    pub delay_requests: u32,
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// One `/v1` request as it arrived, before anything was done with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
 }
 
 /// A handle on one sandbox's state, shared by its routes and the test that runs it.
@@ -112,6 +129,11 @@ impl Sandbox {
         self.inner
             .requests
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every Stripe API request received so far, oldest first (faulted and rejected ones too).
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().expect("received lock").clone()
     }
 }
 

@@ -186,3 +186,47 @@ async fn the_test_controls_inject_faults_and_show_the_ledger_over_http() -> anyh
     assert_eq!(one["id"], two["id"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_held_request_has_not_run_when_its_client_gives_up_and_every_request_is_logged()
+-> anyhow::Result<()> {
+    let sb = RunningSandbox::start(SandboxConfig::default()).await?;
+    sb.sandbox.set_faults(Faults {
+        delay_requests: 1,
+        delay_ms: 60_000,
+        ..Faults::default()
+    });
+    let c = client(&sb, orderflow_stripe_sandbox::DEFAULT_SECRET_KEY);
+    // The client gives up long before the sandbox would run the request.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        create(900, "pm_card_visa")
+            .customize()
+            .request_strategy(idem("held"))
+            .send(&c),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the request was held");
+    let received = sb.sandbox.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        (
+            received[0].method.as_str(),
+            received[0].path.as_str(),
+            received[0].idempotency_key.as_deref()
+        ),
+        ("POST", "/v1/payment_intents", Some("held"))
+    );
+    assert!(sb.sandbox.ledger().payment_intents.is_empty());
+
+    // The retry under the same key is not held (the hold was for one request) and charges once.
+    let pi = create(900, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("held"))
+        .send(&c)
+        .await?;
+    assert_eq!(pi.status, PaymentIntentStatus::Succeeded);
+    assert_eq!(sb.sandbox.ledger().payment_intents.len(), 1);
+    assert_eq!(sb.sandbox.received().len(), 2);
+    Ok(())
+}
