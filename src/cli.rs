@@ -48,6 +48,10 @@ pub struct Connections {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// OrderFlow in one process with nothing else installed: the engine on SQLite and an
+    /// in-process queue, the order saga's activities on a dev shop, a Stripe sandbox and an
+    /// email outbox (see `src/dev.rs` for what it does not run yet).
+    Dev(crate::dev::DevArgs),
     /// Every role in one process: engine with its REST API, and the workers of every activity.
     Up {
         #[command(flatten)]
@@ -94,16 +98,29 @@ pub enum Command {
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
     },
-    /// Workers for the given activity queues (all of the order saga's by default).
+    /// Workers for the given activity queues (all of the order saga's by default), each running
+    /// the production handlers of the service that owns the queue, configured as
+    /// `orderflow service NAME` would be; plus `/health`, `/ready` and `/metrics` on
+    /// `--health-bind`.
     Worker {
         #[command(flatten)]
         conn: Connections,
+        #[command(flatten)]
+        services: ServiceArgs,
         /// Comma-separated activity names, e.g. `payment.charge,payment.refund`.
         #[arg(long, env = "ORDERFLOW_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
         /// Concurrent tasks per activity queue.
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
+        /// The owning service's own database (default: `orderflow_<service>` on the server of
+        /// `--database-url`); only when every queue belongs to one service.
+        #[arg(long, env = "ORDERFLOW_SERVICE_DATABASE_URL")]
+        service_database_url: Option<String>,
+        /// Address of `/health`, `/ready` (the service databases, the broker, Redis for payments)
+        /// and `/metrics`.
+        #[arg(long, env = "ORDERFLOW_HEALTH_BIND", default_value = "0.0.0.0:9090")]
+        health_bind: SocketAddr,
     },
     /// Workflows through the engine's REST API: list, show, retry, cancel, terminate.
     Workflows(crate::workflows_cli::WorkflowsArgs),

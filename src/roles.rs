@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{Context, bail};
-use orderflow_activities::{broker::Topology, recording, worker::Worker};
+use orderflow_activities::{
+    broker::Topology,
+    worker::{Handler, Worker},
+};
 use orderflow_core::{History, Registry, WorkflowId, replay};
 use orderflow_engine::admin::{AdminConfig, DEV_PASSWORD};
 use orderflow_engine::{
@@ -11,7 +14,7 @@ use orderflow_engine::{
     api::{self, AppState},
     store,
 };
-use orderflow_service_kit::{ServiceConfig, config::ports};
+use orderflow_service_kit::{ServiceConfig, config::ports, http::Readiness};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,7 @@ pub fn init_logging(format: &str) -> anyhow::Result<orderflow_activities::teleme
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => crate::dev::run(args).await,
         Command::Up {
             conn,
             bind,
@@ -46,26 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_ui(&admin, true),
                 stop.clone(),
             ));
-            // Recording activities stand in only for the steps no wired service does.
-            let covered: Vec<&str> = WIRED_SERVICES
-                .iter()
-                .flat_map(|s| s.activities().iter().copied())
-                .collect();
-            let queues: Vec<String> = recording::order_saga_handlers(pool.clone())
-                .iter()
-                .map(|h| h.activity().to_owned())
-                .filter(|a| !covered.contains(&a.as_str()))
-                .collect();
-            if !queues.is_empty() {
-                tasks.spawn(run_workers(
-                    pool,
-                    conn.clone(),
-                    queues,
-                    concurrency,
-                    stop.clone(),
-                ));
-            }
-            for name in WIRED_SERVICES {
+            for name in SERVICES {
                 let config =
                     service_config(*name, &conn, &services, &secret, None, None, concurrency)?;
                 let (services, stop) = (services.clone(), stop.clone());
@@ -76,17 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             }
             // One part failing stops the whole process: `up` is all or nothing.
-            let mut result = Ok(());
-            while let Some(done) = tasks.join_next().await {
-                stop.cancel();
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) if result.is_ok() => result = Err(e),
-                    Err(e) if result.is_ok() => result = Err(e.into()),
-                    _ => {}
-                }
-            }
-            result
+            all_or_nothing(tasks, &stop).await
         }
         Command::Service {
             name,
@@ -115,11 +90,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker {
             conn,
+            services,
             queues,
             concurrency,
+            service_database_url,
+            health_bind,
         } => {
-            let pool = migrated_pool(&conn.database_url).await?;
-            run_workers(pool, conn, queues, concurrency, shutdown_token()).await
+            let plan = WorkerPlan {
+                queues,
+                concurrency,
+                service_database_url,
+                health_bind,
+            };
+            run_workers(&conn, &services, plan, shutdown_token()).await
         }
         Command::Migrate { conn } => {
             migrated_pool(&conn.database_url).await?;
@@ -214,9 +197,6 @@ async fn migrated_pool(url: &str) -> anyhow::Result<PgPool> {
         .run(&pool)
         .await
         .context("applying the engine's migrations")?;
-    recording::migrate(&pool)
-        .await
-        .context("applying the recording activities' migrations")?;
     Ok(pool)
 }
 
@@ -253,33 +233,187 @@ async fn serve_engine(
     Ok(())
 }
 
-async fn run_workers(
-    pool: PgPool,
-    conn: Connections,
+/// What `orderflow worker` was asked to run.
+#[derive(Debug)]
+struct WorkerPlan {
+    /// Activity names; empty: every activity of the order saga.
     queues: Vec<String>,
     concurrency: usize,
+    service_database_url: Option<String>,
+    health_bind: SocketAddr,
+}
+
+/// `orderflow worker`: the production handlers of the services owning `plan.queues`, each
+/// service configured as `orderflow service NAME` would be, and a small HTTP server with
+/// `/health`, `/ready` and `/metrics`, until `stop`.
+async fn run_workers(
+    conn: &Connections,
+    args: &ServiceArgs,
+    plan: WorkerPlan,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let handlers = recording::order_saga_handlers(pool);
-    let wanted: Vec<_> = if queues.is_empty() {
-        handlers
-    } else {
-        for q in &queues {
-            if !handlers.iter().any(|h| h.activity() == q) {
-                bail!("--queues: `{q}` is not an activity this build knows");
+    let owners = queue_owners(&plan.queues)?;
+    if plan.service_database_url.is_some() && owners.len() > 1 {
+        bail!(
+            "--service-database-url: the queues belong to {} services; each uses its own \
+             database `orderflow_<service>` on the server of --database-url",
+            owners.len()
+        );
+    }
+    let mut worker = Worker::builder(&conn.amqp_url, Topology::new(conn.queue_prefix.clone()));
+    let mut ready = Readiness::new().amqp(conn.amqp_url.clone());
+    // Kept alive until the workers stop (a built-in Stripe sandbox).
+    let mut keep = Vec::new();
+    for (service, activities) in owners {
+        let config = service_config(
+            service,
+            conn,
+            args,
+            // Workers verify no tokens.
+            "",
+            None,
+            plan.service_database_url.clone(),
+            plan.concurrency,
+        )?;
+        let part = service_handlers(service, config, args, &mut ready)
+            .await
+            .with_context(|| format!("the {} service's handlers", service.as_str()))?;
+        keep.extend(part.sandbox);
+        for h in part.handlers {
+            if activities.contains(&h.activity()) {
+                worker = worker.handler(h, plan.concurrency);
             }
         }
-        handlers
-            .into_iter()
-            .filter(|h| queues.iter().any(|q| q == h.activity()))
-            .collect()
-    };
-    let mut worker = Worker::builder(conn.amqp_url, Topology::new(conn.queue_prefix));
-    for h in wanted {
-        worker = worker.handler(h, concurrency);
     }
-    worker.build().run(stop.cancelled_owned()).await?;
-    Ok(())
+    let worker = worker.build();
+    let health = axum::Router::new().merge(orderflow_service_kit::http::base_routes(ready));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            worker
+                .run(stop.cancelled_owned())
+                .await
+                .context("the workers")
+        }
+    });
+    tasks.spawn(orderflow_service_kit::http::serve(
+        plan.health_bind,
+        health,
+        stop.clone(),
+    ));
+    let result = all_or_nothing(tasks, &stop).await;
+    drop(keep);
+    result
+}
+
+/// Waits for every task; whatever ends first (`stop`, or a failure) stops the rest. The first
+/// error is the result.
+async fn all_or_nothing(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        stop.cancel();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Err(e) if result.is_ok() => result = Err(e.into()),
+            _ => {}
+        }
+    }
+    result
+}
+
+/// The services owning `queues` (every activity of the order saga when empty), each with the
+/// activities asked of it, in the order of [`SERVICES`].
+fn queue_owners(queues: &[String]) -> anyhow::Result<Vec<(Service, Vec<&'static str>)>> {
+    for q in queues {
+        if !SERVICES
+            .iter()
+            .any(|s| s.activities().contains(&q.as_str()))
+        {
+            bail!("--queues: `{q}` is not an activity this build knows");
+        }
+    }
+    Ok(SERVICES
+        .iter()
+        .map(|s| {
+            let wanted: Vec<&'static str> = s
+                .activities()
+                .iter()
+                .copied()
+                .filter(|a| queues.is_empty() || queues.iter().any(|q| q == a))
+                .collect();
+            (*s, wanted)
+        })
+        .filter(|(_, wanted)| !wanted.is_empty())
+        .collect())
+}
+
+/// One service's activity handlers, and the built-in Stripe sandbox they may call.
+struct ServiceHandlers {
+    handlers: Vec<Arc<dyn Handler>>,
+    sandbox: Option<orderflow_stripe_sandbox::RunningSandbox>,
+}
+
+/// Connects (and migrates) what `service`'s handlers need, configured as its `run` would be,
+/// and adds those dependencies to `ready`.
+async fn service_handlers(
+    service: Service,
+    config: ServiceConfig,
+    args: &ServiceArgs,
+    ready: &mut Readiness,
+) -> anyhow::Result<ServiceHandlers> {
+    use orderflow_service_kit::db::connect_and_migrate;
+    let url = config.database_url.clone();
+    let mut probe = |pool: PgPool| {
+        *ready = std::mem::take(ready).check(service.database_probe(), move || {
+            let pool = pool.clone();
+            async move { sqlx::query("select 1").execute(&pool).await.is_ok() }
+        });
+    };
+    let plain = |handlers| ServiceHandlers {
+        handlers,
+        sandbox: None,
+    };
+    Ok(match service {
+        Service::User => bail!("the user service has no activities"),
+        Service::Inventory => {
+            let pool = connect_and_migrate(&url, &orderflow_inventory::migrator()).await?;
+            probe(pool.clone());
+            plain(orderflow_inventory::handlers(
+                pool,
+                &inventory_config(config, args),
+            ))
+        }
+        Service::Order => {
+            let pool = connect_and_migrate(&url, &orderflow_order::migrator()).await?;
+            probe(pool.clone());
+            plain(orderflow_order::handlers(pool))
+        }
+        Service::Notification => {
+            let pool = connect_and_migrate(&url, &orderflow_notification::migrator()).await?;
+            let config = notification_config(config, args);
+            let providers = orderflow_notification::providers(pool.clone(), &config)?;
+            probe(pool.clone());
+            plain(orderflow_notification::handlers(pool, providers))
+        }
+        Service::Payment => {
+            // No webhook endpoint here: the payment service's API receives Stripe's events.
+            let (stripe, sandbox) = stripe_config(args, None).await?;
+            let payments =
+                orderflow_payment::connect(&orderflow_payment::PaymentConfig::new(config, stripe))
+                    .await?;
+            probe(payments.pool.clone());
+            *ready = std::mem::take(ready).redis(payments.cache.connection());
+            ServiceHandlers {
+                handlers: orderflow_payment::handlers(payments),
+                sandbox,
+            }
+        }
+    })
 }
 
 fn redact(url: &str) -> String {
@@ -294,9 +428,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The services this build runs; in `up`, the steps of any service not listed here would be
-/// done by recording activities.
-const WIRED_SERVICES: &[Service] = &[
+/// The services `up` runs, and the owners of the activities `worker` runs.
+const SERVICES: &[Service] = &[
     Service::User,
     Service::Inventory,
     Service::Order,
@@ -344,6 +477,17 @@ impl Service {
             Self::Order => &[ORDER_CREATE, ORDER_CANCEL],
             Self::Payment => &[PAYMENT_CHARGE, PAYMENT_REFUND],
             Self::Notification => &[NOTIFICATION_SEND],
+        }
+    }
+
+    /// The name of its database's probe in a worker's `/ready`.
+    fn database_probe(self) -> &'static str {
+        match self {
+            Self::User => "user_database",
+            Self::Inventory => "inventory_database",
+            Self::Order => "order_database",
+            Self::Payment => "payment_database",
+            Self::Notification => "notification_database",
         }
     }
 }
@@ -436,19 +580,9 @@ async fn run_service(
             };
             orderflow_user::run(config, stop).await
         }
-        Service::Inventory => {
-            let mut config = orderflow_inventory::InventoryConfig::new(service);
-            config.seed_demo_products = args.seed_demo_products;
-            orderflow_inventory::run(config, stop).await
-        }
+        Service::Inventory => orderflow_inventory::run(inventory_config(service, args), stop).await,
         Service::Notification => {
-            let mut config = orderflow_notification::NotificationConfig::new(service);
-            // Without SMTP the notification service keeps messages in its outbox table.
-            config.smtp_url = args.smtp_url.clone();
-            if let Some(from) = &args.email_from {
-                config.email_from = from.clone();
-            }
-            orderflow_notification::run(config, stop).await
+            orderflow_notification::run(notification_config(service, args), stop).await
         }
         Service::Order => {
             let mut config = orderflow_order::OrderConfig::new(service);
@@ -457,49 +591,77 @@ async fn run_service(
             orderflow_order::run(config, stop).await
         }
         Service::Payment => {
-            use orderflow_payment::config::{PaymentConfig, StripeConfig};
             // Kept alive until the service stops.
-            let mut sandbox = None;
-            let stripe = match &args.stripe_api_base {
-                Some(base) => StripeConfig {
-                    api_base: base.clone(),
-                    secret_key: args
-                        .stripe_secret_key
-                        .clone()
-                        .context("STRIPE_SECRET_KEY is required with STRIPE_API_BASE")?,
-                    webhook_secret: args.stripe_webhook_secret.clone().unwrap_or_default(),
-                    ..StripeConfig::sandbox(base.clone())
-                },
-                None => {
-                    let webhook_url = format!(
-                        "http://127.0.0.1:{}/api/v1/webhooks/stripe",
-                        service.bind.port()
-                    );
-                    let running = orderflow_stripe_sandbox::RunningSandbox::start(
-                        orderflow_stripe_sandbox::SandboxConfig {
-                            secret_key: StripeConfig::SANDBOX_SECRET_KEY.to_owned(),
-                            webhook: Some(orderflow_stripe_sandbox::WebhookTarget {
-                                url: webhook_url,
-                                secret: StripeConfig::SANDBOX_WEBHOOK_SECRET.to_owned(),
-                            }),
-                        },
-                    )
-                    .await
-                    .context("starting the built-in Stripe sandbox")?;
-                    tracing::warn!(
-                        url = %running.url(),
-                        "STRIPE_API_BASE is not set: payments go to the built-in Stripe sandbox"
-                    );
-                    let config = StripeConfig::sandbox(running.url());
-                    sandbox = Some(running);
-                    config
-                }
-            };
-            let result = orderflow_payment::run(PaymentConfig::new(service, stripe), stop).await;
+            let (stripe, sandbox) = stripe_config(args, Some(service.bind.port())).await?;
+            let config = orderflow_payment::PaymentConfig::new(service, stripe);
+            let result = orderflow_payment::run(config, stop).await;
             drop(sandbox);
             result
         }
     }
+}
+
+fn inventory_config(
+    service: ServiceConfig,
+    args: &ServiceArgs,
+) -> orderflow_inventory::InventoryConfig {
+    let mut config = orderflow_inventory::InventoryConfig::new(service);
+    config.seed_demo_products = args.seed_demo_products;
+    config
+}
+
+fn notification_config(
+    service: ServiceConfig,
+    args: &ServiceArgs,
+) -> orderflow_notification::NotificationConfig {
+    let mut config = orderflow_notification::NotificationConfig::new(service);
+    // Without SMTP the notification service keeps messages in its outbox table.
+    config.smtp_url = args.smtp_url.clone();
+    if let Some(from) = &args.email_from {
+        config.email_from = from.clone();
+    }
+    config
+}
+
+/// Stripe from the flags; without `--stripe-api-base`, a built-in sandbox started here (kept
+/// alive as long as the returned handle), posting its webhooks to the payment API on
+/// `webhook_port` if there is one in this process.
+async fn stripe_config(
+    args: &ServiceArgs,
+    webhook_port: Option<u16>,
+) -> anyhow::Result<(
+    orderflow_payment::StripeConfig,
+    Option<orderflow_stripe_sandbox::RunningSandbox>,
+)> {
+    use orderflow_payment::StripeConfig;
+    if let Some(base) = &args.stripe_api_base {
+        let config = StripeConfig {
+            api_base: base.clone(),
+            secret_key: args
+                .stripe_secret_key
+                .clone()
+                .context("STRIPE_SECRET_KEY is required with STRIPE_API_BASE")?,
+            webhook_secret: args.stripe_webhook_secret.clone().unwrap_or_default(),
+            ..StripeConfig::sandbox(base.clone())
+        };
+        return Ok((config, None));
+    }
+    let running =
+        orderflow_stripe_sandbox::RunningSandbox::start(orderflow_stripe_sandbox::SandboxConfig {
+            secret_key: StripeConfig::SANDBOX_SECRET_KEY.to_owned(),
+            webhook: webhook_port.map(|port| orderflow_stripe_sandbox::WebhookTarget {
+                url: format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe"),
+                secret: StripeConfig::SANDBOX_WEBHOOK_SECRET.to_owned(),
+            }),
+        })
+        .await
+        .context("starting the built-in Stripe sandbox")?;
+    tracing::warn!(
+        url = %running.url(),
+        "STRIPE_API_BASE is not set: payments go to a built-in Stripe sandbox in this process, \
+         which other processes do not see"
+    );
+    Ok((StripeConfig::sandbox(running.url()), Some(running)))
 }
 
 /// The admin UI's setup from the flags. `up` is for a developer's machine, so without a password

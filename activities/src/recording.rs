@@ -1,9 +1,10 @@
 //! Activities that only record their effect: one row in `activity_effects` per activity and
-//! idempotency key. They stand in for the real services until those exist, and the tests count
-//! their rows to check that each effect happened exactly once.
+//! idempotency key. Tests of the engine and of one service use them for the steps they do not
+//! exercise, and count their rows to check that each effect happened exactly once. No role of
+//! the `orderflow` binary runs them: `up`, `service` and `worker` run the services' handlers.
 //!
-//! Faults are injected at runtime through rows of `activity_faults`, so tests (and operators) can
-//! make an activity fail, hang or panic without restarting any worker.
+//! Faults are injected at runtime through rows of `activity_faults`, so tests can make an
+//! activity fail, hang or panic without restarting any worker.
 
 use std::{sync::Arc, time::Duration};
 
