@@ -7,11 +7,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    Router,
-    body::{Body, to_bytes},
-    http::{Request, StatusCode, header},
-};
+use axum::http::StatusCode;
 use chrono::Utc;
 use futures::StreamExt as _;
 use orderflow_activities::{
@@ -33,15 +29,14 @@ use orderflow_inventory::{
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
-    db,
     events::{self, Subscription},
     http::Readiness,
 };
-use orderflow_testkit::{TestEnv, amqp_url, eventually, pg_server, sagas};
+use orderflow_service_testkit::{Api, fresh_db};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 const SECRET: &str = "inventory-tests-secret-of-at-least-32-bytes";
@@ -49,13 +44,7 @@ const HOLD: Duration = Duration::from_secs(600);
 
 /// A fresh inventory database, migrated the way the service does it.
 async fn inventory_db() -> anyhow::Result<PgPool> {
-    orderflow_testkit::init_tracing();
-    let name = format!("orderflow_test_{}_inventory", Uuid::new_v4().simple());
-    db::connect_and_migrate(
-        &format!("{}/{name}", pg_server()),
-        &orderflow_inventory::migrator(),
-    )
-    .await
+    fresh_db("inventory", &orderflow_inventory::migrator()).await
 }
 
 async fn add_product(pool: &PgPool, id: &str, on_hand: i32) -> anyhow::Result<()> {
@@ -501,62 +490,20 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
 
 // ---- the REST API -------------------------------------------------------------------------
 
-struct Api {
-    app: Router,
-    pool: PgPool,
-    keys: JwtKeys,
-}
-
-impl Api {
-    async fn new() -> anyhow::Result<Self> {
-        let pool = inventory_db().await?;
-        let keys = JwtKeys::new(SECRET);
-        let state = AppState {
-            pool: pool.clone(),
-            keys: keys.clone(),
-        };
-        let app = orderflow_inventory::router(state, Readiness::new().postgres(pool.clone()));
-        Ok(Self { app, pool, keys })
-    }
-
-    fn token(&self, role: Role) -> String {
-        self.keys
-            .issue(Uuid::new_v4(), role, Duration::from_secs(300))
-            .expect("signs")
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, String, Value)> {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))?;
-        let res = self.app.clone().oneshot(req).await?;
-        let status = res.status();
-        let ctype = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = to_bytes(res.into_body(), 1 << 20).await?;
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, ctype, json))
-    }
+/// The service's whole router on a fresh database.
+async fn api() -> anyhow::Result<Api> {
+    let pool = inventory_db().await?;
+    let state = AppState {
+        pool: pool.clone(),
+        keys: JwtKeys::new(SECRET),
+    };
+    let app = orderflow_inventory::router(state, Readiness::new().postgres(pool.clone()));
+    Ok(Api::new(app, pool, SECRET))
 }
 
 #[tokio::test]
 async fn the_catalogue_is_public_and_paged() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     assert_eq!(seed_demo_products(&api.pool).await?, 5);
     // Seeding only fills an empty catalogue.
     assert_eq!(seed_demo_products(&api.pool).await?, 0);
@@ -649,7 +596,7 @@ async fn the_catalogue_is_public_and_paged() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn only_admins_change_the_catalogue() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     let admin = api.token(Role::Admin);
     let customer = api.token(Role::Customer);
     let body = r#"{"id":"kettle","name":"Kettle","price":{"amount_minor":4500,"currency":"EUR"},"on_hand":7}"#;
@@ -741,7 +688,7 @@ async fn only_admins_change_the_catalogue() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn bad_product_input_names_the_field_and_persists_nothing() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     let admin = api.token(Role::Admin);
     add_product(&api.pool, "mug", 5).await?;
     let cases = [
@@ -844,7 +791,7 @@ async fn bad_product_input_names_the_field_and_persists_nothing() -> anyhow::Res
 
 #[tokio::test]
 async fn admins_can_see_what_a_saga_holds() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     add_product(&api.pool, "mug", 5).await?;
     let wf = Uuid::now_v7();
     Reserve {

@@ -5,16 +5,14 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{
     Json, Router,
-    body::{Body, to_bytes},
     extract::State,
-    http::{HeaderMap, Request, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     routing::post,
 };
 use chrono::Utc;
@@ -33,93 +31,21 @@ use orderflow_notification::{
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
-    db,
     http::Readiness,
 };
-use orderflow_testkit::{TestEnv, amqp_url, eventually, pg_server, sagas, settled, start_order};
+use orderflow_service_testkit::{Api, SmtpServer, free_port, fresh_db};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, settled, start_order};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::{net::TcpListener, process::Child};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 const SECRET: &str = "notification-tests-secret-of-32-bytes-or-more";
 const FROM: &str = "Shop <orders@shop.test>";
 
 async fn notification_db() -> anyhow::Result<PgPool> {
-    orderflow_testkit::init_tracing();
-    let name = format!("orderflow_test_{}_notification", Uuid::new_v4().simple());
-    db::connect_and_migrate(
-        &format!("{}/{name}", pg_server()),
-        &orderflow_notification::migrator(),
-    )
-    .await
-}
-
-/// A port nobody listens on right now.
-async fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
-}
-
-/// aiosmtpd on `port`, keeping every message it receives in a Maildir.
-struct SmtpServer {
-    child: Child,
-    maildir: PathBuf,
-}
-
-impl SmtpServer {
-    async fn start(port: u16) -> anyhow::Result<Self> {
-        let root = std::env::temp_dir().join(format!("orderflow-smtp-{}", Uuid::new_v4().simple()));
-        // aiosmtpd's Mailbox creates the Maildir itself, but not its parent.
-        std::fs::create_dir_all(&root)?;
-        let maildir = root.join("mail");
-        let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = tokio::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .kill_on_drop(true)
-            .spawn()?;
-        eventually(Duration::from_secs(15), "aiosmtpd to listen", || {
-            let exited = child.try_wait();
-            async move {
-                if let Ok(Some(status)) = exited {
-                    anyhow::bail!(
-                        "aiosmtpd exited with {status}; is it installed (scripts/test-servers.sh)?"
-                    );
-                }
-                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ()))
-            }
-        })
-        .await?;
-        Ok(Self { child, maildir })
-    }
-
-    /// Every message received so far, as the server stored it.
-    fn messages(&self) -> anyhow::Result<Vec<String>> {
-        let dir = self.maildir.join("new");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for e in entries {
-            out.push(std::fs::read_to_string(e?.path())?);
-        }
-        Ok(out)
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        if let Some(root) = self.maildir.parent() {
-            std::fs::remove_dir_all(root)?;
-        }
-        Ok(())
-    }
+    fresh_db("notification", &orderflow_notification::migrator()).await
 }
 
 fn smtp(port: u16) -> Arc<SmtpEmail> {
@@ -418,64 +344,22 @@ async fn sms_and_push_go_to_the_http_provider_where_the_user_asked() -> anyhow::
 
 // ---- the REST API -------------------------------------------------------------------------
 
-struct Api {
-    app: Router,
-    pool: PgPool,
-    keys: JwtKeys,
-}
-
-impl Api {
-    async fn new() -> anyhow::Result<Self> {
-        let pool = notification_db().await?;
-        let keys = JwtKeys::new(SECRET);
-        let app = orderflow_notification::router(
-            AppState {
-                pool: pool.clone(),
-                keys: keys.clone(),
-            },
-            Readiness::new().postgres(pool.clone()),
-        );
-        Ok(Self { app, pool, keys })
-    }
-
-    fn token(&self, role: Role) -> String {
-        self.keys
-            .issue(Uuid::new_v4(), role, Duration::from_secs(300))
-            .expect("signs")
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, String, Value)> {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))?;
-        let res = self.app.clone().oneshot(req).await?;
-        let status = res.status();
-        let ctype = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = to_bytes(res.into_body(), 1 << 20).await?;
-        Ok((
-            status,
-            ctype,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    }
+/// The service's whole router on a fresh database.
+async fn api() -> anyhow::Result<Api> {
+    let pool = notification_db().await?;
+    let app = orderflow_notification::router(
+        AppState {
+            pool: pool.clone(),
+            keys: JwtKeys::new(SECRET),
+        },
+        Readiness::new().postgres(pool.clone()),
+    );
+    Ok(Api::new(app, pool, SECRET))
 }
 
 #[tokio::test]
 async fn admins_read_the_log_and_the_outbox() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     let send = Send {
         pool: api.pool.clone(),
         providers: {
@@ -594,7 +478,7 @@ async fn admins_read_the_log_and_the_outbox() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn users_set_where_else_their_order_messages_go() -> anyhow::Result<()> {
-    let api = Api::new().await?;
+    let api = api().await?;
     let user = Uuid::new_v4();
     let token = api
         .keys

@@ -1,462 +1,160 @@
 //! The order saga through all five real services in-process: the engine (testkit) with the
-//! production saga registry, the user, inventory and order services, the payment service against
-//! the in-process Stripe sandbox, and the notification service against a real SMTP server
-//! (aiosmtpd, started by the test; `scripts/test-servers.sh` installs it). Every service has its
-//! own fresh database; all share the test's queue prefix.
+//! production saga registry, the user, inventory and order services (`common::Stack`), the
+//! payment service against the in-process Stripe sandbox, and the notification service against a
+//! real SMTP server (aiosmtpd, started by the test; `scripts/test-servers.sh` installs it). Every
+//! service has its own fresh database; all share the test's queue prefix.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+mod common;
+
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Body,
-    http::{Method, Request, StatusCode, header},
+    http::{Request, StatusCode},
 };
-use orderflow_activities::worker::Worker;
-use orderflow_engine::api::AppState as EngineState;
+use common::{ON_HAND, PRICE, SCARCE, SETTLE, SKU, Stack, paid_with};
 use orderflow_notification::NotificationConfig;
-use orderflow_order::OrderConfig;
-use orderflow_payment::{Payments, StripeConfig, cache::OutcomeCache, gateway::Gateway};
-use orderflow_service_kit::{
-    ServiceConfig,
-    auth::{JwtKeys, Role},
-    db,
-    events::{self, Subscription},
-    http::{self, Readiness},
-    kv,
+use orderflow_payment::{
+    Payments, StripeConfig, breaker::BreakerConfig, cache::OutcomeCache, gateway::Gateway,
 };
-use orderflow_stripe_sandbox::{RunningSandbox, SandboxConfig};
-use orderflow_testkit::{TestEnv, amqp_url, eventually, pg_server};
+use orderflow_service_kit::{auth::JwtKeys, http::Readiness};
+use orderflow_service_testkit::{Answer, SmtpServer, free_port, fresh_db};
+use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig};
+use orderflow_testkit::eventually;
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, process::Child};
-use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
-const SECRET: &str = "e2e-test-secret-e2e-test-secret-e2e-0123";
 const FROM: &str = "Shop <orders@shop.test>";
-const SETTLE: Duration = Duration::from_secs(30);
-const SKU: &str = "sku-1";
-const PRICE: i64 = 1250;
-const ON_HAND: i64 = 100;
 
-/// Serves `router` on a fresh port until `stop`.
-async fn serve(router: Router, stop: &CancellationToken) -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(http::serve_on(listener, router, stop.clone()));
-    Ok(url)
+/// How the external systems start.
+struct Setup {
+    /// Whether the SMTP server is up from the start (else the test starts it, on its port).
+    smtp_up: bool,
+    breaker: BreakerConfig,
 }
 
-async fn fresh_db(
-    service: &str,
-    migrator: &sqlx::migrate::Migrator,
-) -> anyhow::Result<sqlx::PgPool> {
-    let name = format!("orderflow_{service}_test_{}", Uuid::new_v4().simple());
-    db::connect_and_migrate(&db::with_database(&pg_server(), &name)?, migrator).await
-}
-
-/// aiosmtpd on a fresh port, keeping every message it receives in a Maildir.
-struct SmtpServer {
-    _child: Child,
-    port: u16,
-    maildir: PathBuf,
-}
-
-impl SmtpServer {
-    async fn start() -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
-        let root =
-            std::env::temp_dir().join(format!("orderflow-e2e-smtp-{}", Uuid::new_v4().simple()));
-        // aiosmtpd's Mailbox creates the Maildir itself, but not its parent.
-        std::fs::create_dir_all(&root)?;
-        let maildir = root.join("mail");
-        let python = std::env::var("ORDERFLOW_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = tokio::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .kill_on_drop(true)
-            .spawn()?;
-        eventually(Duration::from_secs(15), "aiosmtpd to listen", || {
-            let exited = child.try_wait();
-            async move {
-                if let Ok(Some(status)) = exited {
-                    anyhow::bail!(
-                        "aiosmtpd exited with {status}; is it installed (scripts/test-servers.sh)?"
-                    );
-                }
-                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ()))
-            }
-        })
-        .await?;
-        Ok(Self {
-            _child: child,
-            port,
-            maildir,
-        })
-    }
-
-    /// Every message received so far, as the server stored it.
-    fn messages(&self) -> anyhow::Result<Vec<String>> {
-        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for e in entries {
-            out.push(std::fs::read_to_string(e?.path())?);
-        }
-        Ok(out)
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        if let Some(root) = self.maildir.parent() {
-            let _ = std::fs::remove_dir_all(root);
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            smtp_up: true,
+            breaker: BreakerConfig::default(),
         }
     }
 }
 
-struct Stack {
-    env: TestEnv,
-    order: Router,
-    user: Router,
-    inventory: Router,
+/// The common stack plus the payment and notification services' workers, and their outsides:
+/// the Stripe sandbox and the SMTP server.
+struct E2e {
+    stack: Stack,
+    /// The payment service's API, for its `/metrics`.
+    payment: Router,
     sandbox: RunningSandbox,
-    smtp: SmtpServer,
-    _guard: DropGuard,
+    smtp_port: u16,
+    smtp: Option<SmtpServer>,
 }
 
-impl Stack {
+impl E2e {
     async fn new() -> anyhow::Result<Self> {
-        orderflow_testkit::init_tracing();
-        let env = TestEnv::new().await?;
-        let stop = CancellationToken::new();
-        let engine_stop = env.spawn_engine(Arc::new(orderflow_workflows::registry()));
-        let engine_url = serve(
-            orderflow_engine::api::router(EngineState {
-                pool: env.pool.clone(),
-                applier: env.applier(Arc::new(orderflow_workflows::registry())),
-                amqp_url: amqp_url(),
-            }),
-            &stop,
-        )
-        .await?;
-        let topology = env.topology.clone();
-        let mut service = ServiceConfig::local("order", 0);
-        service.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        service.jwt_secret = SECRET.to_owned();
-        service.queue_prefix = topology.prefix.clone();
-        service.amqp_url = amqp_url();
-        service.engine_url = engine_url;
+        Self::with(Setup::default()).await
+    }
 
-        // The user service.
-        let user_pool = fresh_db("user", &orderflow_user::migrator()).await?;
-        let redis = kv::connect(&service.redis_url).await?;
-        let user = http::app(
-            "user",
-            orderflow_user::router(orderflow_user::AppState {
-                pool: user_pool,
-                keys: JwtKeys::new(SECRET),
-                sessions: orderflow_user::sessions::Sessions::new(redis.clone(), &topology.prefix),
-                access_ttl: Duration::from_secs(900),
-                refresh_ttl: Duration::from_secs(3600),
-            }),
-            Readiness::new(),
-        );
-        let user_url = serve(user.clone(), &stop).await?;
-
-        // The inventory service: catalogue API, reserve/release workers and its saga follower.
-        let inv_pool = fresh_db("inventory", &orderflow_inventory::migrator()).await?;
-        let inventory = orderflow_inventory::router(
-            orderflow_inventory::AppState {
-                pool: inv_pool.clone(),
-                keys: JwtKeys::new(SECRET),
-            },
-            Readiness::new(),
-        );
-        let inventory_url = serve(inventory.clone(), &stop).await?;
-        let mut inv_config = orderflow_inventory::InventoryConfig::local();
-        inv_config.service = service.clone();
-        let inv_sub = orderflow_inventory::subscription(&inv_config);
-        inv_sub.declare().await?;
-        tokio::spawn({
-            let (pool, stop) = (inv_pool.clone(), stop.clone());
-            async move {
-                events::follow(
-                    inv_sub,
-                    |e| {
-                        let pool = pool.clone();
-                        async move { orderflow_inventory::settle::on_workflow_finished(&pool, &e).await }
-                    },
-                    stop,
-                )
-                .await;
-            }
-        });
-        let inv_worker = Worker::builder(amqp_url(), topology.clone())
-            .handlers(orderflow_inventory::handlers(inv_pool, &inv_config), 8)
-            .build();
-        tokio::spawn(inv_worker.run(stop.clone().cancelled_owned()));
+    async fn with(setup: Setup) -> anyhow::Result<Self> {
+        let stack = Stack::new(orderflow_workflows::registry()).await?;
 
         // The payment service against the Stripe sandbox.
         let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
+        let mut stripe = StripeConfig::sandbox(sandbox.url());
+        stripe.breaker = setup.breaker;
+        let pay_pool = fresh_db("payment", &orderflow_payment::migrator()).await?;
         let payments = Arc::new(Payments {
-            pool: fresh_db("payment", &orderflow_payment::migrator()).await?,
-            gateway: Gateway::new(&StripeConfig::sandbox(sandbox.url()))?,
-            cache: OutcomeCache::new(redis, &topology.prefix, Duration::from_secs(600)),
+            pool: pay_pool.clone(),
+            gateway: Gateway::new(&stripe)?,
+            cache: OutcomeCache::new(
+                stack.redis.clone(),
+                &stack.env.topology.prefix,
+                Duration::from_secs(600),
+            ),
         });
-        let pay_worker = Worker::builder(amqp_url(), topology.clone())
-            .handlers(orderflow_payment::handlers(payments), 8)
-            .build();
-        tokio::spawn(pay_worker.run(stop.clone().cancelled_owned()));
+        stack.spawn_worker(orderflow_payment::handlers(payments));
+        let payment = orderflow_payment::router(
+            orderflow_payment::AppState {
+                pool: pay_pool,
+                keys: JwtKeys::new(common::SECRET),
+                webhook_secret: stripe.webhook_secret.clone(),
+            },
+            Readiness::new(),
+        );
 
         // The notification service against the SMTP server.
-        let smtp = SmtpServer::start().await?;
+        let smtp_port = free_port().await?;
+        let smtp = match setup.smtp_up {
+            true => Some(SmtpServer::start(smtp_port).await?),
+            false => None,
+        };
         let notif_pool = fresh_db("notification", &orderflow_notification::migrator()).await?;
-        let mut notif_config = NotificationConfig::new(service.clone());
-        notif_config.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.port));
+        let mut notif_config = NotificationConfig::new(stack.service.clone());
+        notif_config.smtp_url = Some(format!("smtp://127.0.0.1:{smtp_port}"));
         notif_config.email_from = FROM.into();
         notif_config.send_timeout = Duration::from_secs(5);
-        let notif_worker = Worker::builder(amqp_url(), topology.clone())
-            .handlers(
-                orderflow_notification::handlers(
-                    notif_pool.clone(),
-                    orderflow_notification::providers(notif_pool, &notif_config)?,
-                ),
-                8,
-            )
-            .build();
-        tokio::spawn(notif_worker.run(stop.clone().cancelled_owned()));
-
-        // The order service: everything `orderflow_order::run` runs, except its own socket.
-        let order_pool = fresh_db("order", &orderflow_order::migrator()).await?;
-        let mut config = OrderConfig::new(service);
-        config.inventory_url = inventory_url;
-        config.user_url = user_url;
-        config.call_timeout = Duration::from_secs(2);
-        config.start_interval = Duration::from_millis(100);
-        config.start_backoff_cap = Duration::from_millis(200);
-        let state = orderflow_order::state(&config, order_pool.clone())?;
-        let sub: Subscription = orderflow_order::subscription(&config);
-        // Bound before any saga starts, so no WorkflowFinished is published to nobody.
-        sub.declare().await?;
-        tokio::spawn({
-            let (pool, stop) = (order_pool.clone(), stop.clone());
-            async move {
-                events::follow(
-                    sub,
-                    |e| {
-                        let pool = pool.clone();
-                        async move { orderflow_order::follow::on_workflow_finished(&pool, &e).await }
-                    },
-                    stop,
-                )
-                .await;
-            }
-        });
-        let order_worker = Worker::builder(amqp_url(), topology.clone())
-            .handlers(orderflow_order::handlers(order_pool.clone()), 8)
-            .build();
-        tokio::spawn(order_worker.run(stop.clone().cancelled_owned()));
-        tokio::spawn(orderflow_order::starter::run(
-            order_pool.clone(),
-            state.clients.clone(),
-            state.wake.clone(),
-            config.start_interval,
-            config.start_backoff_cap,
-            stop.clone(),
+        stack.spawn_worker(orderflow_notification::handlers(
+            notif_pool.clone(),
+            orderflow_notification::providers(notif_pool, &notif_config)?,
         ));
-        let order = http::app(
-            "order",
-            orderflow_order::router(state),
-            Readiness::new().postgres(order_pool),
-        );
-        let stack = Self {
-            env,
-            order,
-            user,
-            inventory,
+        Ok(Self {
+            stack,
+            payment,
             sandbox,
+            smtp_port,
             smtp,
-            _guard: {
-                let s = stop.clone();
-                tokio::spawn(async move {
-                    s.cancelled().await;
-                    engine_stop.cancel();
-                });
-                stop.drop_guard()
-            },
-        };
-        let added = call(
-            &stack.inventory,
-            Method::POST,
-            "/api/v1/products",
-            Some(&stack.admin_token()),
-            &[],
-            Some(json!({"id": SKU, "name": SKU, "price": {"amount_minor": PRICE, "currency": "EUR"}, "on_hand": ON_HAND})),
-        )
-        .await;
-        anyhow::ensure!(
-            added.status == StatusCode::CREATED,
-            "product: {}",
-            added.body
+        })
+    }
+
+    /// Places an order for `quantity` units of `sku`, paid with `payment_method`.
+    async fn place(&self, token: &str, sku: &str, quantity: i64, payment_method: &str) -> Answer {
+        let body = paid_with(
+            json!([{"product_id": sku, "quantity": quantity}]),
+            payment_method,
         );
-        Ok(stack)
+        self.stack
+            .place(token, &Uuid::new_v4().to_string(), body)
+            .await
     }
 
-    fn admin_token(&self) -> String {
-        JwtKeys::new(SECRET)
-            .issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(600))
-            .unwrap()
+    /// Every email the SMTP server received (none while it is down).
+    fn mail(&self) -> anyhow::Result<Vec<String>> {
+        self.smtp
+            .as_ref()
+            .map_or(Ok(Vec::new()), SmtpServer::messages)
     }
 
-    /// Registers and logs in a customer; returns their access token.
-    async fn customer(&self, email: &str) -> String {
-        let body = json!({"email": email, "password": "correct horse"});
-        let reg = call(
-            &self.user,
-            Method::POST,
-            "/api/v1/users",
-            None,
-            &[],
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(reg.status, StatusCode::CREATED, "{}", reg.body);
-        let login = call(
-            &self.user,
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            &[],
-            Some(body),
-        )
-        .await;
-        login.body["access_token"]
-            .as_str()
-            .expect("a token")
-            .to_owned()
-    }
-
-    /// Places an order for `quantity` units of the product, paid with `payment_method`.
-    async fn place(&self, token: &str, quantity: i64, payment_method: &str) -> Answer {
-        call(
-            &self.order,
-            Method::POST,
-            "/api/v1/orders",
-            Some(token),
-            &[("idempotency-key", &Uuid::new_v4().to_string())],
-            Some(json!({
-                "items": [{"product_id": SKU, "quantity": quantity}],
-                "shipping_address": {"name": "Ann Buyer", "line1": "1 Main St", "city": "Berlin",
-                                     "postal_code": "10115", "country": "DE"},
-                "payment_method": payment_method,
-            })),
-        )
-        .await
-    }
-
-    /// Waits until the order has `status` and its saga has ended, and returns it.
-    async fn order_settles(&self, token: &str, id: &str, status: &str) -> anyhow::Result<Value> {
-        eventually(
-            SETTLE,
-            &format!("order {id} to be {status} with its saga ended"),
-            || async {
-                let a = call(
-                    &self.order,
-                    Method::GET,
-                    &format!("/api/v1/orders/{id}"),
-                    Some(token),
-                    &[],
-                    None,
-                )
-                .await;
-                let ended = ["completed", "compensated", "cancelled", "failed"]
-                    .contains(&a.body["saga_status"].as_str().unwrap_or(""));
-                Ok((a.body["status"] == status && ended).then_some(a.body))
-            },
-        )
-        .await
-    }
-
-    /// Waits until the product's stock is `expected` (`on_hand`, `reserved`, `sold`).
-    async fn stock_becomes(&self, expected: Value) -> anyhow::Result<()> {
-        let token = self.admin_token();
-        eventually(SETTLE, &format!("stock to be {expected}"), || async {
-            let a = call(
-                &self.inventory,
-                Method::GET,
-                &format!("/api/v1/products/{SKU}/stock"),
-                Some(&token),
-                &[],
-                None,
-            )
-            .await;
-            Ok((a.body["stock"] == expected).then_some(()))
+    /// Waits for the first email, then returns every one received.
+    async fn mail_arrives(&self) -> anyhow::Result<Vec<String>> {
+        eventually(SETTLE, "the confirmation email", || async {
+            let m = self.mail()?;
+            Ok((!m.is_empty()).then_some(m))
         })
         .await
     }
-}
 
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    body: Value,
-}
-
-impl Answer {
-    fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {}", self.body))
-            .to_owned()
-    }
-}
-
-async fn call(
-    router: &Router,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> Answer {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    Answer {
-        status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    /// The payment service's `/metrics` (Prometheus text).
+    async fn payment_metrics(&self) -> anyhow::Result<String> {
+        let req = Request::get("/metrics").body(Body::empty())?;
+        let res = self.payment.clone().oneshot(req).await?;
+        anyhow::ensure!(res.status() == StatusCode::OK, "/metrics: {}", res.status());
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 22).await?;
+        Ok(String::from_utf8(bytes.to_vec())?)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placed_order_is_charged_once_stock_is_sold_and_one_email_goes_out() -> anyhow::Result<()>
 {
-    let stack = Stack::new().await?;
+    let e2e = E2e::new().await?;
+    let stack = &e2e.stack;
     let ann = stack.customer("ann@example.com").await;
-    let placed = stack.place(&ann, 2, "pm_card_visa").await;
+    let placed = e2e.place(&ann, SKU, 2, "pm_card_visa").await;
     assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
     let id = placed.id();
     let total = 2 * PRICE;
@@ -470,7 +168,7 @@ async fn a_placed_order_is_charged_once_stock_is_sold_and_one_email_goes_out() -
     assert_eq!(done["cancellation"], Value::Null, "{done}");
 
     // Stripe: exactly one charge, of the order's total, for this order.
-    let ledger = stack.sandbox.sandbox.ledger();
+    let ledger = e2e.sandbox.sandbox.ledger();
     assert_eq!(ledger.charges.len(), 1, "{ledger:?}");
     let charges = ledger.charges_with("order_id", &id);
     assert_eq!(charges.len(), 1, "{ledger:?}");
@@ -487,11 +185,7 @@ async fn a_placed_order_is_charged_once_stock_is_sold_and_one_email_goes_out() -
         .await?;
 
     // SMTP: one confirmation for this order, to the customer.
-    let mail = eventually(SETTLE, "the confirmation email", || async {
-        let m = stack.smtp.messages()?;
-        Ok((!m.is_empty()).then_some(m))
-    })
-    .await?;
+    let mail = e2e.mail_arrives().await?;
     assert_eq!(mail.len(), 1, "{mail:?}");
     let m = &mail[0];
     assert!(m.contains("X-RcptTo: ann@example.com"), "{m}");
@@ -521,9 +215,10 @@ async fn a_placed_order_is_charged_once_stock_is_sold_and_one_email_goes_out() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_cancels_the_order_charges_nothing_and_releases_the_stock()
 -> anyhow::Result<()> {
-    let stack = Stack::new().await?;
+    let e2e = E2e::new().await?;
+    let stack = &e2e.stack;
     let bea = stack.customer("bea@example.com").await;
-    let placed = stack.place(&bea, 3, "pm_card_chargeDeclined").await;
+    let placed = e2e.place(&bea, SKU, 3, "pm_card_chargeDeclined").await;
     assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
     let id = placed.id();
 
@@ -539,7 +234,7 @@ async fn a_declined_card_cancels_the_order_charges_nothing_and_releases_the_stoc
     assert_eq!(cancelled["saga_status"], "compensated", "{cancelled}");
 
     // Stripe saw the declined intent but made no charge.
-    let ledger = stack.sandbox.sandbox.ledger();
+    let ledger = e2e.sandbox.sandbox.ledger();
     assert_eq!(ledger.payment_intents.len(), 1, "{ledger:?}");
     assert_eq!(ledger.payment_intents[0].metadata["order_id"], id);
     assert!(ledger.charges.is_empty(), "{ledger:?}");
@@ -550,6 +245,166 @@ async fn a_declined_card_cancels_the_order_charges_nothing_and_releases_the_stoc
         .stock_becomes(json!({"on_hand": ON_HAND, "reserved": 0, "sold": 0}))
         .await?;
     // And no confirmation went out.
-    assert!(stack.smtp.messages()?.is_empty());
+    assert!(e2e.mail()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_charges_nothing_and_cancels_the_order_with_the_reason() -> anyhow::Result<()>
+{
+    let e2e = E2e::new().await?;
+    let stack = &e2e.stack;
+    let cy = stack.customer("cy@example.com").await;
+    // The scarce product has one unit.
+    let placed = e2e.place(&cy, SCARCE, 2, "pm_card_visa").await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+
+    let cancelled = stack.order_settles(&cy, &placed.id(), "cancelled").await?;
+    assert_eq!(
+        cancelled["cancellation"]["code"], "out_of_stock",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["cancellation"]["reason"], "out of stock");
+    assert_eq!(cancelled["saga_status"], "compensated", "{cancelled}");
+    let ledger = e2e.sandbox.sandbox.ledger();
+    assert!(
+        ledger.payment_intents.is_empty(),
+        "Stripe never asked: {ledger:?}"
+    );
+    assert_eq!(e2e.sandbox.sandbox.requests(), 0);
+    assert!(e2e.mail()?.is_empty());
+    Ok(())
+}
+
+/// Stripe answers every call with a 500: the charge is retried, the breaker opens (and says so on
+/// `/metrics`), the saga gives the step up and compensates. The refund has to settle the charge
+/// in doubt first, so it waits for Stripe; once Stripe is back the order ends cancelled, the
+/// stock is back and no money is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_down_retries_then_compensates_with_the_breaker_open_in_metrics()
+-> anyhow::Result<()> {
+    let e2e = E2e::with(Setup {
+        breaker: BreakerConfig {
+            min_calls: 3,
+            open_for: Duration::from_secs(3),
+            ..BreakerConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await?;
+    let stack = &e2e.stack;
+    e2e.sandbox.sandbox.set_faults(Faults {
+        fail_requests: u32::MAX,
+        ..Faults::default()
+    });
+    let dee = stack.customer("dee@example.com").await;
+    let placed = e2e.place(&dee, SKU, 1, "pm_card_visa").await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+    let id = placed.id();
+    let workflow = stack.workflow_of(&dee, &placed).await?;
+
+    // The breaker opens on the failed attempts, and /metrics says so.
+    eventually(SETTLE, "the breaker to be open on /metrics", || async {
+        let m = e2e.payment_metrics().await?;
+        Ok(m.contains("payment_stripe_circuit_state 2").then_some(()))
+    })
+    .await?;
+    // The charge was retried, first against Stripe's 500s, then refused by the open breaker,
+    // and given up: the saga compensates.
+    eventually(SETTLE, "the saga to compensate", || async {
+        Ok((stack.env.status(workflow).await? != "running").then_some(()))
+    })
+    .await?;
+    let failures = stack.failures(workflow).await?;
+    let charge: Vec<&str> = failures
+        .iter()
+        .filter(|(activity, _)| activity == "payment.charge")
+        .map(|(_, code)| code.as_str())
+        .collect();
+    assert!(charge.len() >= 2, "the charge was retried: {failures:?}");
+    assert!(charge.contains(&"stripe_unavailable"), "{failures:?}");
+    assert!(charge.contains(&"stripe_circuit_open"), "{failures:?}");
+    assert_eq!(
+        stack.get(&dee, &id).await.body["status"],
+        "pending",
+        "not confirmed while Stripe is down"
+    );
+
+    // Stripe is back: the compensation settles the charge in doubt and refunds it.
+    e2e.sandbox.sandbox.set_faults(Faults::default());
+    let cancelled = eventually(
+        Duration::from_secs(90),
+        "the order to be cancelled with its saga compensated",
+        || async {
+            let a = stack.get(&dee, &id).await;
+            Ok(
+                (a.body["status"] == "cancelled" && a.body["saga_status"] == "compensated")
+                    .then_some(a.body),
+            )
+        },
+    )
+    .await?;
+    assert_eq!(cancelled["cancellation"]["code"], "failed", "{cancelled}");
+    stack
+        .stock_becomes(json!({"on_hand": ON_HAND, "reserved": 0, "sold": 0}))
+        .await?;
+    let ledger = e2e.sandbox.sandbox.ledger();
+    assert!(
+        ledger.payment_intents.len() <= 1,
+        "one intent at most: {ledger:?}"
+    );
+    for c in &ledger.charges {
+        assert_eq!(
+            c.amount_refunded, c.amount,
+            "every charge refunded: {ledger:?}"
+        );
+    }
+    assert!(
+        e2e.mail()?.is_empty(),
+        "no confirmation for a cancelled order"
+    );
+    Ok(())
+}
+
+/// SMTP is down when the saga reaches its last step: the order is confirmed anyway (the pivot
+/// is behind it), the email step keeps retrying, and the one email goes out once SMTP is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_keeps_the_order_confirmed_and_the_email_goes_out_once_smtp_is_back()
+-> anyhow::Result<()> {
+    let mut e2e = E2e::with(Setup {
+        smtp_up: false,
+        ..Setup::default()
+    })
+    .await?;
+    let stack = &e2e.stack;
+    let eli = stack.customer("eli@example.com").await;
+    let placed = e2e.place(&eli, SKU, 1, "pm_card_visa").await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+    let id = placed.id();
+    let workflow = stack.workflow_of(&eli, &placed).await?;
+
+    let confirmed = stack.order_becomes(&eli, &id, "confirmed").await?;
+    eventually(SETTLE, "the email step to fail twice", || async {
+        let failed = stack.failures(workflow).await?;
+        let n = failed
+            .iter()
+            .filter(|(activity, _)| activity == "notification.send")
+            .count();
+        Ok((n >= 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(stack.env.status(workflow).await?, "running", "{confirmed}");
+    assert_eq!(stack.get(&eli, &id).await.body["status"], "confirmed");
+
+    let port = e2e.smtp_port;
+    e2e.smtp = Some(SmtpServer::start(port).await?);
+    let done = e2e.stack.order_settles(&eli, &id, "confirmed").await?;
+    assert_eq!(done["saga_status"], "completed", "{done}");
+    let mail = e2e.mail_arrives().await?;
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert!(mail[0].contains("X-RcptTo: eli@example.com"), "{}", mail[0]);
+    assert!(mail[0].contains(&id), "{}", mail[0]);
+    // Only once, however many attempts failed before.
+    assert_eq!(e2e.mail()?.len(), 1);
     Ok(())
 }
