@@ -11,7 +11,10 @@ use std::{
 use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 
@@ -61,10 +64,22 @@ impl TaskQueue for RabbitQueue {
     type Consumer = RabbitConsumer;
 
     async fn declare(&self, queue: &str) -> Result<(), QueueError> {
-        if !self.is_declared(queue) {
-            self.topology.declare_queue(&self.publisher, queue).await?;
-            self.mark_declared(queue);
+        if self.is_declared(queue) {
+            return Ok(());
         }
+        if queue == self.topology.dead_letter_queue() {
+            // Declared as `declare_queue` declares it: without dead-lettering of its own.
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            self.publisher
+                .queue_declare(queue, durable, FieldTable::default())
+                .await?;
+        } else {
+            self.topology.declare_queue(&self.publisher, queue).await?;
+        }
+        self.mark_declared(queue);
         Ok(())
     }
 
