@@ -53,7 +53,12 @@ pub struct Stack {
     pub inventory: Router,
     pub stop: CancellationToken,
     _guard: DropGuard,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One stack at a time per test binary: each opens dozens of Postgres connections (five
+/// databases, their pools, the engine's), and several at once exhaust the server's 100.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How the engine is reached.
 pub enum Engine {
@@ -70,6 +75,7 @@ impl Stack {
     }
 
     pub async fn with_engine(registry: Registry, engine: Engine) -> anyhow::Result<Self> {
+        let turn = TURN.lock().await;
         let env = TestEnv::new().await?;
         let stop = CancellationToken::new();
         let registry = Arc::new(registry);
@@ -175,6 +181,7 @@ impl Stack {
                 });
                 stop.clone().drop_guard()
             },
+            _turn: turn,
             stop,
         };
         stack.spawn_worker(orderflow_inventory::handlers(inv_pool, &inv_config));
