@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod dev;
 mod roles;
 mod workflows_cli;
 

@@ -31,6 +31,7 @@ pub fn init_logging(format: &str) -> anyhow::Result<orderflow_activities::teleme
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => crate::dev::run(args).await,
         Command::Up {
             conn,
             bind,
