@@ -2,17 +2,19 @@
 //! goes into one transaction, and the deliveries are acked only after it commits. A crash before
 //! the ack redelivers them; the decider then records them as ignored duplicates.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
     Channel,
+    message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
 use orderflow_activities::broker::Topology;
 use orderflow_core::{Event, ResultMessage, TaskOutcome, WorkflowId};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,7 +46,26 @@ pub fn to_event(result: ResultMessage) -> (WorkflowId, Event) {
     (result.workflow_id, event)
 }
 
+/// Batches applied at once: while one commits, the next is decided in its own transaction, so
+/// Postgres and the engine's CPU work side by side instead of taking turns.
+const PIPELINE: usize = 2;
+
+/// A batch being applied in the background, acked once it committed.
+struct InFlight {
+    /// `true` once committed; `false` if it gave up because the engine is stopping.
+    applied: JoinHandle<bool>,
+    last: Delivery,
+    len: usize,
+}
+
 /// Runs until `stop` is cancelled or the channel fails.
+///
+/// Up to [`PIPELINE`] batches are applied concurrently, each in its own transaction. Acks go out
+/// strictly in delivery order: a batch is acked (one multiple-ack up to its last delivery) only
+/// once it and every batch before it committed, so an ack never covers an uncommitted result.
+/// Two batches that hold results of one workflow serialize on its row lock (taken in id order,
+/// so they cannot deadlock); a result that overtakes another is applied by the decider like any
+/// late result.
 pub async fn run(
     pool: &PgPool,
     applier: &Applier,
@@ -55,9 +76,10 @@ pub async fn run(
 ) -> Result<(), IntakeError> {
     let queue = topology.results_queue();
     topology.declare_queue(channel, &queue).await?;
+    // Enough unacked deliveries for every batch in flight and the next one forming.
     channel
         .basic_qos(
-            (batch * 2).min(u16::MAX as usize) as u16,
+            (batch * (PIPELINE + 1)).min(u16::MAX as usize) as u16,
             BasicQosOptions::default(),
         )
         .await?;
@@ -70,10 +92,27 @@ pub async fn run(
         )
         .await?;
     let mut chunks = consumer.ready_chunks(batch);
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(PIPELINE);
     loop {
+        let room = in_flight.len() < PIPELINE;
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(f) => (&mut f.applied).await,
+                None => std::future::pending().await,
+            }
+        };
         let chunk = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            chunk = chunks.next() => chunk.ok_or(IntakeError::Ended)?,
+            _ = stop.cancelled() => break,
+            joined = oldest => {
+                let done = in_flight.pop_front().expect("awaited the oldest batch");
+                if !acknowledge(joined, done).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            chunk = chunks.next(), if room => {
+                chunk.ok_or(IntakeError::Ended)?
+            }
         };
         let mut events = Vec::with_capacity(chunk.len());
         let mut spans = Vec::with_capacity(chunk.len());
@@ -99,15 +138,54 @@ pub async fn run(
             }
         }
         let Some(last) = last else { continue };
-        apply_until_committed(pool, applier, &events, stop).await;
-        // Every earlier delivery on this channel is settled by now, so one multiple-ack covers
-        // the batch.
-        last.acker.ack(BasicAckOptions { multiple: true }).await?;
-        metrics::RESULTS_APPLIED.inc_by(events.len() as u64);
-        metrics::BATCH_SIZE
-            .with_label_values(&["intake"])
-            .observe(events.len() as f64);
+        let len = events.len();
+        let (pool, applier, stop) = (pool.clone(), applier.clone(), stop.clone());
+        let applied = tokio::spawn(async move {
+            let applied = apply_until_committed(&pool, &applier, &events, &stop).await;
+            // The results' spans end once they are committed.
+            drop(spans);
+            applied
+        });
+        in_flight.push_back(InFlight { applied, last, len });
     }
+    // Stopping: let the batches already applying commit and ack them, so a graceful stop leaves
+    // no duplicates behind. A batch that gave up uncommitted ends the acks: it and everything
+    // after it stay unacked and are redelivered.
+    while let Some(mut f) = in_flight.pop_front() {
+        let joined = (&mut f.applied).await;
+        if !acknowledge(joined, f).await? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Acks a batch whose application ended; `false` if it did not commit (the engine is stopping),
+/// and then nothing may be acked after it. Every earlier delivery on this channel is settled by
+/// now (earlier batches were acked first, undecodable ones nacked), so one multiple-ack covers
+/// the batch. A batch whose task panicked is left unacked: the broker redelivers it once the
+/// runtime replaces the channel.
+async fn acknowledge(
+    joined: Result<bool, tokio::task::JoinError>,
+    done: InFlight,
+) -> Result<bool, IntakeError> {
+    match joined {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "applying a batch of results panicked");
+            return Err(IntakeError::Ended);
+        }
+    }
+    done.last
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await?;
+    metrics::RESULTS_APPLIED.inc_by(done.len as u64);
+    metrics::BATCH_SIZE
+        .with_label_values(&["intake"])
+        .observe(done.len as f64);
+    Ok(true)
 }
 
 /// The span of applying one result: a child of the worker's activity span, whose context the
@@ -130,13 +208,13 @@ fn apply_span(result: &ResultMessage, delivery: &lapin::message::Delivery) -> tr
 }
 
 /// Keeps trying while the database is away: the results stay unacked meanwhile, so nothing is
-/// lost if this process dies instead.
+/// lost if this process dies instead. `false` if it gave up uncommitted because of `stop`.
 async fn apply_until_committed(
     pool: &PgPool,
     applier: &Applier,
     events: &[(WorkflowId, Event)],
     stop: &CancellationToken,
-) {
+) -> bool {
     let mut delay = Duration::from_millis(50);
     loop {
         let attempt = async {
@@ -163,12 +241,12 @@ async fn apply_until_committed(
                         Outcome::Applied { .. } => {}
                     }
                 }
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?delay, "applying results failed");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
