@@ -56,9 +56,19 @@ struct Started {
     expect: WorkflowStatus,
 }
 
+/// Where sagas are started.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The engine's REST API (`POST /api/v1/workflows`); sagas are known by workflow id.
+    Engine { base: String },
+    /// The order service (`POST /api/v1/orders` as a customer), which starts the saga itself;
+    /// sagas are known by order id, the `order_id` business key of their finished event.
+    Orders { base: String, token: String },
+}
+
 pub struct Driver {
     http: reqwest::Client,
-    base: String,
+    target: Target,
     run_tag: String,
     fail_every: usize,
     concurrency: usize,
@@ -71,13 +81,15 @@ pub struct Driver {
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("base", &self.base).finish()
+        f.debug_struct("Driver")
+            .field("target", &self.target)
+            .finish()
     }
 }
 
 impl Driver {
     /// Binds the driver's queue to the finished events and starts consuming them.
-    pub async fn connect(db: &BenchDb, args: &BenchArgs, base: String) -> anyhow::Result<Self> {
+    pub async fn connect(db: &BenchDb, args: &BenchArgs, target: Target) -> anyhow::Result<Self> {
         let amqp = broker::connect(&args.conn.amqp_url, Duration::from_secs(10)).await?;
         let channel = amqp.create_channel().await?;
         let queue = db.finished_queue();
@@ -97,12 +109,24 @@ impl Driver {
             )
             .await?;
         let (tx, finished) = mpsc::unbounded_channel();
+        let by_order = matches!(target, Target::Orders { .. });
         let consumer = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let at = Instant::now();
                 match serde_json::from_slice::<WorkflowFinished>(&delivery.data) {
                     Ok(ev) => {
-                        if tx.send((ev.workflow_id.0, ev.status, at)).is_err() {
+                        let id = if by_order {
+                            match ev.business_keys["order_id"].as_str().map(str::parse) {
+                                Some(Ok(id)) => id,
+                                _ => {
+                                    tracing::error!("a finished order saga without its order id");
+                                    continue;
+                                }
+                            }
+                        } else {
+                            ev.workflow_id.0
+                        };
+                        if tx.send((id, ev.status, at)).is_err() {
                             return;
                         }
                     }
@@ -115,7 +139,7 @@ impl Driver {
             .build()?;
         Ok(Self {
             http,
-            base,
+            target,
             run_tag: db.prefix.clone(),
             fail_every: args.fail_every,
             concurrency: args.concurrency,
@@ -216,22 +240,39 @@ impl Driver {
         done: mpsc::UnboundedSender<anyhow::Result<Started>>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let http = self.http.clone();
-        let url = format!("{}/api/v1/workflows", self.base);
         let key = format!("{}{number}", self.run_tag);
         let permits = self.http_permits.clone();
+        let payment_method = if fail { DECLINED_CARD } else { "pm_card_visa" };
+        let (url, token, body) = match &self.target {
+            Target::Engine { base } => (
+                format!("{base}/api/v1/workflows"),
+                None,
+                json!({
+                    "type": "order",
+                    "business_keys": { "bench": key },
+                    "input": {
+                        "order_id": Uuid::new_v4(),
+                        "user_id": Uuid::new_v4(),
+                        "items": [{ "product_id": "sku-1", "quantity": 1 }],
+                        "total": { "amount_minor": 2599, "currency": "EUR" },
+                        "payment_method": payment_method,
+                        "email": "buyer@example.com"
+                    }
+                }),
+            ),
+            Target::Orders { base, token } => (
+                format!("{base}/api/v1/orders"),
+                Some(token.clone()),
+                json!({
+                    "items": [{ "product_id": super::services::SKU, "quantity": 1 }],
+                    "shipping_address": { "name": "Bench Buyer", "line1": "1 Main St",
+                                          "city": "Berlin", "postal_code": "10115",
+                                          "country": "DE" },
+                    "payment_method": payment_method,
+                }),
+            ),
+        };
         async move {
-            let body = json!({
-                "type": "order",
-                "business_keys": { "bench": key },
-                "input": {
-                    "order_id": Uuid::new_v4(),
-                    "user_id": Uuid::new_v4(),
-                    "items": [{ "product_id": "sku-1", "quantity": 1 }],
-                    "total": { "amount_minor": 2599, "currency": "EUR" },
-                    "payment_method": if fail { DECLINED_CARD } else { "pm_card_visa" },
-                    "email": "buyer@example.com"
-                }
-            });
             let expect = if fail {
                 WorkflowStatus::Compensated
             } else {
@@ -241,12 +282,11 @@ impl Driver {
             let result = async {
                 let _permit = permits.acquire().await?;
                 loop {
-                    let res = http
-                        .post(&url)
-                        .header("idempotency-key", &key)
-                        .json(&body)
-                        .send()
-                        .await;
+                    let mut req = http.post(&url).header("idempotency-key", &key).json(&body);
+                    if let Some(token) = &token {
+                        req = req.bearer_auth(token);
+                    }
+                    let res = req.send().await;
                     match res {
                         Ok(r) if r.status().is_success() => {
                             let v: serde_json::Value = r.json().await?;

@@ -38,18 +38,43 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The RabbitMQ server (the Erlang VM), found by its command name.
+/// The RabbitMQ server (the Erlang VM), found by its command name. Test suites may run private
+/// brokers beside the shared one; the shared one is the one started first (the earliest start
+/// time, field 22 of `/proc/<pid>/stat`).
 fn broker_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
+        .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "beam.smp")
         })
+        .filter_map(|pid| Some((start_time(pid)?, pid)))
+        .min()
+        .map(|(_, pid)| pid)
 }
 
-/// Commits counted for the bench database so far. Backends report their counts lazily (at most
+/// When a process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name start at field 3, so field 22 is the 20th.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds RabbitMQ has used so far (0 if it is not found on this machine).
+pub fn broker_cpu(ticks: f64) -> f64 {
+    broker_pid()
+        .and_then(|pid| cpu_seconds(pid, ticks))
+        .unwrap_or(0.0)
+}
+
+/// Commits counted for the bench database (and with `--services` the services' databases,
+/// named after it) so far. Backends report their counts lazily (at most
 /// once a second while busy, and when they exit), so the bench calls this only after closing
 /// every other connection to the database, and this waits for those backends to be gone.
 pub async fn xact_commits(db: &BenchDb) -> anyhow::Result<u64> {
@@ -57,7 +82,7 @@ pub async fn xact_commits(db: &BenchDb) -> anyhow::Result<u64> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (others,): (i64,) = sqlx::query_as(
-            "select count(*) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+            "select count(*) from pg_stat_activity where (datname = $1 or datname like $1 || '\\_%') and pid <> pg_backend_pid()",
         )
         .bind(&db.name)
         .fetch_one(&mut conn)
@@ -68,7 +93,7 @@ pub async fn xact_commits(db: &BenchDb) -> anyhow::Result<u64> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let (n,): (i64,) =
-        sqlx::query_as("select xact_commit from pg_stat_database where datname = $1")
+        sqlx::query_as("select sum(xact_commit)::int8 from pg_stat_database where datname = $1 or datname like $1 || '\\_%'")
             .bind(&db.name)
             .fetch_one(&mut conn)
             .await?;
@@ -76,11 +101,12 @@ pub async fn xact_commits(db: &BenchDb) -> anyhow::Result<u64> {
     Ok(n as u64)
 }
 
-/// CPU seconds of each Postgres backend connected to the bench database, by pid.
+/// CPU seconds of each Postgres backend connected to the bench database (or a service's
+/// database of the run), by pid.
 pub async fn backend_cpu(db: &BenchDb, ticks: f64) -> anyhow::Result<HashMap<u32, f64>> {
     let mut conn = sqlx::PgConnection::connect(&db.url).await?;
     let pids: Vec<(i32,)> = sqlx::query_as(
-        "select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+        "select pid from pg_stat_activity where (datname = $1 or datname like $1 || '\\_%') and pid <> pg_backend_pid()",
     )
     .bind(&db.name)
     .fetch_all(&mut conn)

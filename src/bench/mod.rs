@@ -14,11 +14,13 @@
 //! - [`check`]: what must be true of the database after a run.
 //! - [`report`]: percentiles, the human summary and the JSON line.
 
+mod broker_floor;
 mod check;
 mod driver;
 mod measure;
 mod raw;
 mod report;
+mod services;
 mod stack;
 
 use std::time::{Duration, Instant};
@@ -54,6 +56,10 @@ pub struct BenchArgs {
     /// The real order saga through the five services instead of the bench activities.
     #[arg(long)]
     pub services: bool,
+    /// Only the broker's floor: RabbitMQ's CPU per persistent, confirmed, acked message
+    /// (`--sagas` × 4 messages per pattern), no engine and no database.
+    #[arg(long)]
+    pub broker_floor: bool,
     /// Skip the raw floor that follows every engine run.
     #[arg(long)]
     pub no_floor: bool,
@@ -90,16 +96,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.worker {
         return stack::run_worker_process(&args).await;
     }
-    if args.services {
-        // The services were still being built when this benchmark was; running the bench
-        // activities under their name would report figures that are not theirs.
+    if args.services && (args.in_process || args.raw || args.crash_at.is_some()) {
         bail!(
-            "--services: driving the five services is not wired into the benchmark yet \
-             (see docs/benchmarks.md); run without it"
+            "--services runs the engine as a process and the services here; it takes no --in-process, --raw or --crash-at"
         );
     }
     if args.concurrency == 0 || args.sagas == 0 {
         bail!("--sagas and --concurrency must be at least 1");
+    }
+    if args.broker_floor {
+        broker_floor::print(&broker_floor::run(&args).await?);
+        return Ok(());
     }
     if args.crash_at.is_some() && (args.in_process || args.raw) {
         bail!("--crash-at needs the engine in its own process (no --in-process, no --raw)");
@@ -108,6 +115,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("creating the bench database")?;
     let outcome = run_in(&args, &db).await;
+    if args.services && !args.keep {
+        if let Err(e) = services::drop_all(&db).await {
+            eprintln!("cleaning up the services' databases: {e:#}");
+        }
+    }
     if args.keep {
         eprintln!("kept database {} and queue prefix {}", db.name, db.prefix);
     } else if let Err(e) = db.drop_all(&args.conn.amqp_url).await {
@@ -130,7 +142,16 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
     let ticks = measure::clock_ticks();
     let commits_before = measure::xact_commits(db).await?;
     let mut stack = stack::Stack::start(db, args).await?;
-    let mut driver = driver::Driver::connect(db, args, stack.api_base()).await?;
+    let target = match stack.services() {
+        Some(s) => driver::Target::Orders {
+            base: s.order_url.clone(),
+            token: s.customer_token.clone(),
+        },
+        None => driver::Target::Engine {
+            base: stack.api_base(),
+        },
+    };
+    let mut driver = driver::Driver::connect(db, args, target).await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
 
     let warmup = driver
@@ -145,10 +166,17 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
     let after = measure::Snapshot::take(db, &stack, ticks).await?;
     let engine_rss = stack.engine_peak_rss();
     driver.close().await;
-    stack.stop().await?;
+    let services = stack.stop().await?;
     let commits_after = measure::xact_commits(db).await?;
 
-    let checked = check::engine(db, args.warmup + args.sagas, args.fail_every).await?;
+    let sagas = args.warmup + args.sagas;
+    let checked = match services {
+        Some(books) => {
+            let declined = sagas.checked_div(args.fail_every).unwrap_or(0);
+            books.check(db, sagas as i64, declined as i64).await?
+        }
+        None => check::engine(db, sagas, args.fail_every).await?,
+    };
     let floor = if args.no_floor {
         None
     } else {

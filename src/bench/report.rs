@@ -80,12 +80,21 @@ impl Report {
         let postgres_cpu = per(super::measure::backend_delta(&b.backends, &a.backends));
         let mode = if args.in_process {
             "in-process"
+        } else if args.services {
+            "services"
         } else {
             "processes"
         };
         let mut cpu = serde_json::Map::new();
         if args.in_process {
             cpu.insert("orderflow".into(), r6(per(a.engine_cpu - b.engine_cpu)));
+        } else if args.services {
+            // The five services and their workers run in the driver's process.
+            cpu.insert("engine".into(), r6(per(a.engine_cpu - b.engine_cpu)));
+            cpu.insert(
+                "services+driver".into(),
+                r6(per(a.driver_cpu - b.driver_cpu)),
+            );
         } else {
             cpu.insert("engine".into(), r6(per(a.engine_cpu - b.engine_cpu)));
             cpu.insert("workers".into(), r6(per(a.workers_cpu - b.workers_cpu)));

@@ -71,6 +71,11 @@ impl BenchDb {
         })
     }
 
+    /// The Postgres server's URL, without a database.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     pub fn topology(&self) -> Topology {
         Topology::new(self.prefix.clone())
     }
@@ -145,7 +150,10 @@ async fn admin_pool(server: &str) -> anyhow::Result<PgPool> {
 pub enum Stack {
     Processes {
         engine: Child,
-        workers: Child,
+        /// The bench workers; `None` with `--services`, whose own workers do the steps.
+        workers: Option<Child>,
+        /// With `--services`: the five services, in this process.
+        services: Option<super::services::Running>,
         bind: SocketAddr,
         engine_bin: PathBuf,
         db_url: String,
@@ -171,6 +179,21 @@ impl Stack {
                 None => std::env::current_exe()?,
             };
             let engine = spawn_engine(&engine_bin, &db.url, &args.conn.amqp_url, &db.prefix, bind)?;
+            if args.services {
+                wait_ready(bind).await?;
+                let services =
+                    super::services::Running::start(db, args, &format!("http://{bind}")).await?;
+                return Ok(Self::Processes {
+                    engine,
+                    workers: None,
+                    services: Some(services),
+                    bind,
+                    engine_bin,
+                    db_url: db.url.clone(),
+                    amqp_url: args.conn.amqp_url.clone(),
+                    prefix: db.prefix.clone(),
+                });
+            }
             let exe = std::env::current_exe()?;
             let workers = Command::new(exe)
                 .args(["bench", "--worker"])
@@ -186,7 +209,8 @@ impl Stack {
                 .context("starting the bench workers")?;
             Self::Processes {
                 engine,
-                workers,
+                workers: Some(workers),
+                services: None,
                 bind,
                 engine_bin,
                 db_url: db.url.clone(),
@@ -203,12 +227,13 @@ impl Stack {
         format!("http://{bind}")
     }
 
-    /// Process ids to measure: (engine, workers); in-process both are this process.
+    /// Process ids to measure: (engine, workers); in-process both are this process, and with
+    /// `--services` the services' workers run in this process, the driver's.
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
         match self {
             Self::Processes {
                 engine, workers, ..
-            } => (engine.id(), workers.id()),
+            } => (engine.id(), workers.as_ref().and_then(Child::id)),
             Self::InProcess { .. } => (Some(std::process::id()), Some(std::process::id())),
         }
     }
@@ -238,17 +263,33 @@ impl Stack {
         Ok(())
     }
 
-    /// Stops the workers and the engine gracefully (SIGTERM, then waits).
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// The services of a `--services` run.
+    pub fn services(&self) -> Option<&super::services::Running> {
+        match self {
+            Self::Processes { services, .. } => services.as_ref(),
+            Self::InProcess { .. } => None,
+        }
+    }
+
+    /// Stops the workers (or services) and the engine gracefully (SIGTERM, then waits). With
+    /// `--services`, answers what their check needs.
+    pub async fn stop(self) -> anyhow::Result<Option<super::services::Checked>> {
         match self {
             Self::Processes {
                 mut engine,
-                mut workers,
+                workers,
+                services,
                 ..
             } => {
-                for child in [&mut workers, &mut engine] {
-                    terminate(child).await?;
+                let mut checked = None;
+                if let Some(mut workers) = workers {
+                    terminate(&mut workers).await?;
                 }
+                if let Some(services) = services {
+                    checked = Some(services.stop().await?);
+                }
+                terminate(&mut engine).await?;
+                return Ok(checked);
             }
             Self::InProcess {
                 stop, tasks, pools, ..
@@ -263,7 +304,7 @@ impl Stack {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
