@@ -115,10 +115,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("creating the bench database")?;
     let outcome = run_in(&args, &db).await;
-    if args.services && !args.keep {
-        if let Err(e) = services::drop_all(&db).await {
-            eprintln!("cleaning up the services' databases: {e:#}");
-        }
+    if args.services
+        && !args.keep
+        && let Err(e) = services::drop_all(&db).await
+    {
+        eprintln!("cleaning up the services' databases: {e:#}");
     }
     if args.keep {
         eprintln!("kept database {} and queue prefix {}", db.name, db.prefix);
