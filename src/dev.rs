@@ -320,11 +320,15 @@ async fn get_history(State(st): State<AppState>, UrlPath(id): UrlPath<Uuid>) -> 
     }
 }
 
+/// A row of the dev shop's catalogue: id, name, price in minor units, currency, stock.
+type ProductRow = (String, String, i64, String, i64);
+
 async fn products(State(st): State<AppState>) -> Response {
-    let rows: Result<Vec<(String, String, i64, String, i64)>, _> =
-        sqlx::query_as("select id, name, price_minor, currency, stock from products order by id")
-            .fetch_all(&st.shop)
-            .await;
+    let rows = sqlx::query_as::<_, ProductRow>(
+        "select id, name, price_minor, currency, stock from products order by id",
+    )
+    .fetch_all(&st.shop)
+    .await;
     match rows {
         Ok(rows) => Json(
             rows.into_iter()

@@ -109,7 +109,10 @@ mod tests {
         parts.spawn(async { anyhow::bail!("broken") });
         let err = parts.join().await.unwrap_err();
         assert_eq!(err.to_string(), "broken");
-        assert!(!outer.is_cancelled(), "the caller's token is not ours to cancel");
+        assert!(
+            !outer.is_cancelled(),
+            "the caller's token is not ours to cancel"
+        );
     }
 
     #[tokio::test]
