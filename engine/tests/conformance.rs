@@ -186,14 +186,14 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
     let rows = tx.take_outbox(100).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].queue, topology.task_queue("inventory.reserve"));
-    drop(tx);
+    store.rollback(tx).await?;
     let mut tx = store.begin().await?;
     let rows = tx.take_outbox(100).await?;
     assert_eq!(rows.len(), 1, "a rollback returns the row");
     store.commit(tx).await?;
     let mut tx = store.begin().await?;
     assert!(tx.take_outbox(100).await?.is_empty(), "a commit removes it");
-    drop(tx);
+    store.rollback(tx).await?;
 
     // A result is applied once; the same result again is recorded as ignored.
     let task: TaskMessage = serde_json::from_str(&rows[0].body)?;
@@ -231,7 +231,7 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
     let rows = tx.take_outbox(100).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].queue, topology.task_queue("payment.charge"));
-    drop(tx);
+    store.rollback(tx).await?;
 
     // Unknown workflows are answered, not failed.
     let mut tx = store.begin().await?;
@@ -248,7 +248,7 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
         )
         .await?;
     assert_eq!(outcomes, vec![Outcome::NotFound]);
-    drop(tx);
+    store.rollback(tx).await?;
 
     // Timers: due ones are found by workflow, taken once, and gone after the commit. The
     // charge's attempt timeout is the only live timer (the reserve's was cancelled).

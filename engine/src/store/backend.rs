@@ -95,6 +95,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Commits `tx` and delivers the wake-ups its change asked for.
     fn commit(&self, tx: Self::Tx) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// Rolls `tx` back and waits until it is: a dropped transaction is only rolled back when
+    /// its connection is next used, so its row locks can outlive the drop for a while.
+    fn rollback(&self, tx: Self::Tx) -> impl Future<Output = sqlx::Result<()>> + Send;
+
     /// Creates `wf` with `change` (its first event) atomically, unless its idempotency key is
     /// taken: then nothing is written and this answers `false`.
     fn create(
@@ -174,6 +178,10 @@ impl Store for PgPool {
 
     async fn commit(&self, tx: Self::Tx) -> sqlx::Result<()> {
         tx.commit().await
+    }
+
+    async fn rollback(&self, tx: Self::Tx) -> sqlx::Result<()> {
+        tx.rollback().await
     }
 
     async fn create(&self, change: &Change, wf: &NewWorkflow) -> sqlx::Result<bool> {

@@ -322,6 +322,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rollback(&self, tx: SqliteTx) -> sqlx::Result<()> {
+        tx.tx.rollback().await
+    }
+
     async fn create(&self, change: &Change, wf: &NewWorkflow) -> sqlx::Result<bool> {
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
