@@ -8,11 +8,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    body::Body,
-    http::{Request, StatusCode},
-};
+use axum::{Router, http::StatusCode};
 use common::{ON_HAND, PRICE, SCARCE, SETTLE, SKU, Stack, paid_with};
 use orderflow_notification::NotificationConfig;
 use orderflow_payment::{
@@ -23,7 +19,6 @@ use orderflow_service_testkit::{Answer, SmtpServer, free_port, fresh_db};
 use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig};
 use orderflow_testkit::eventually;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 const FROM: &str = "Shop <orders@shop.test>";
@@ -140,11 +135,7 @@ impl E2e {
 
     /// The payment service's `/metrics` (Prometheus text).
     async fn payment_metrics(&self) -> anyhow::Result<String> {
-        let req = Request::get("/metrics").body(Body::empty())?;
-        let res = self.payment.clone().oneshot(req).await?;
-        anyhow::ensure!(res.status() == StatusCode::OK, "/metrics: {}", res.status());
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 22).await?;
-        Ok(String::from_utf8(bytes.to_vec())?)
+        orderflow_service_testkit::metrics(&self.payment).await
     }
 }
 

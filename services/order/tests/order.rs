@@ -18,7 +18,7 @@ use orderflow_service_kit::{
     auth::{JwtKeys, Role},
     http,
 };
-use orderflow_service_testkit::{call, raw};
+use orderflow_service_testkit::{call, metrics, raw, sample};
 use orderflow_testkit::{eventually, sagas};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -110,6 +110,14 @@ async fn an_order_is_priced_started_and_confirmed_by_its_saga() -> anyhow::Resul
 async fn a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict() -> anyhow::Result<()> {
     let stack = stack(sagas::fast_order()).await?;
     let bea = stack.customer("bea@example.com").await;
+    let created = || async {
+        sample(
+            &metrics(&stack.order).await.unwrap(),
+            "orders_created_total",
+        )
+        .expect("orders_created_total is on /metrics from the start")
+    };
+    let created_before = created().await;
     let body = order_body(json!([{"product_id": "sku-1", "quantity": 1}]));
     let (a, b) = tokio::join!(
         stack.place(&bea, "same", body.clone()),
@@ -145,6 +153,12 @@ async fn a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict() -> a
         .fetch_one(&stack.env.pool)
         .await?;
     assert_eq!(sagas, 2, "one saga per order");
+    // Five requests, two orders: a repeat with the same key is not counted again.
+    assert_eq!(
+        created().await - created_before,
+        2.0,
+        "orders_created_total"
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - [`call`], [`raw`] and [`Answer`]: one request through a router without a socket, with the
 //!   status, content type and JSON body of the answer, and [`Answer::problem`] to check a
 //!   problem+json answer names the right field.
+//! - [`metrics`] and [`sample`]: a router's `/metrics` and one series' value in it.
 //! - [`Api`]: one service's router with its database and token keys.
 //! - [`SmtpServer`]: a real SMTP server (aiosmtpd, which `scripts/test-servers.sh` installs) on a
 //!   port of the test's choosing, keeping every message it receives in a Maildir.
@@ -48,6 +49,27 @@ pub async fn serve(router: Router, stop: &CancellationToken) -> anyhow::Result<S
         stop.clone(),
     ));
     Ok(url)
+}
+
+/// A router's `/metrics` (Prometheus text).
+pub async fn metrics(router: &Router) -> anyhow::Result<String> {
+    let req = Request::get("/metrics").body(Body::empty())?;
+    let res = router.clone().oneshot(req).await?;
+    anyhow::ensure!(res.status() == StatusCode::OK, "/metrics: {}", res.status());
+    let bytes = to_bytes(res.into_body(), 1 << 22).await?;
+    Ok(String::from_utf8(bytes.to_vec())?)
+}
+
+/// The value of the sample `series` (its name with any labels, as `/metrics` prints it) in
+/// Prometheus text; `None` when it is not there.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A port of 127.0.0.1 nobody listens on right now.
