@@ -61,6 +61,11 @@ pub struct ActivityError {
     pub code: String,
     pub message: String,
     pub retryable: bool,
+    /// The attempt may have taken effect although it failed (a payment provider that timed out
+    /// after the request left): if the saga gives the step up, it compensates the step too.
+    /// Absent from older histories, where it reads as `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_unknown: bool,
 }
 
 impl ActivityError {
@@ -70,6 +75,7 @@ impl ActivityError {
             code: code.into(),
             message: message.into(),
             retryable: true,
+            outcome_unknown: false,
         }
     }
 
@@ -79,7 +85,14 @@ impl ActivityError {
             code: code.into(),
             message: message.into(),
             retryable: false,
+            outcome_unknown: false,
         }
+    }
+
+    /// Marks the failure as one whose effect is unknown (see [`Self::outcome_unknown`]).
+    pub fn with_outcome_unknown(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
     }
 }
 

@@ -268,7 +268,7 @@ impl<'a> Decider<'a> {
             },
             Event::ActivityFailed { task_id, error } => match self.take_in_flight(*task_id) {
                 Some(f) => {
-                    self.failed(f, error.clone(), false);
+                    self.failed(f, error.clone(), error.outcome_unknown);
                     Ok(None)
                 }
                 None => Ok(Some(format!("no attempt is waiting for task {task_id}"))),

@@ -456,6 +456,49 @@ fn a_timed_out_attempt_is_retried_and_compensated_if_the_step_then_fails() {
     assert_replays(&d, order_saga());
 }
 
+/// A worker that reports its attempt may have taken effect (Stripe timed out after the request
+/// left) gets the step compensated when the saga gives it up; a plain retryable failure does not.
+#[test]
+fn a_step_given_up_after_an_attempt_of_unknown_outcome_is_compensated_too() {
+    let exhaust = |d: &mut Driver, unknown_at: Option<u32>| {
+        for attempt in 1..=5 {
+            let error = ActivityError::retryable("stripe_unavailable", "Stripe unavailable");
+            let error = if unknown_at == Some(attempt) {
+                error.with_outcome_unknown()
+            } else {
+                error
+            };
+            d.fail(CHARGE, error).unwrap();
+            if attempt < 5 {
+                d.fire_next_timer().unwrap();
+            }
+        }
+    };
+    let mut d = start();
+    d.complete(RESERVE, reservation()).unwrap();
+    exhaust(&mut d, Some(2));
+    assert!(saga(&d).steps[1].outcome_unknown);
+    assert_eq!(
+        d.scheduled_activities().last().copied(),
+        Some("payment.refund"),
+        "attempt 2 may have charged the card, so the charge is refunded"
+    );
+    d.complete(CHARGE, json!({"refund_id": "re_1"})).unwrap();
+    d.complete(RESERVE, json!({"released": true})).unwrap();
+    assert_eq!(d.status(), WorkflowStatus::Compensated);
+    assert_replays(&d, order_saga());
+
+    let mut d = start();
+    d.complete(RESERVE, reservation()).unwrap();
+    exhaust(&mut d, None);
+    assert!(!saga(&d).steps[1].outcome_unknown);
+    assert_eq!(
+        d.scheduled_activities().last().copied(),
+        Some("inventory.release"),
+        "no attempt may have charged: only the reservation is released"
+    );
+}
+
 #[test]
 fn a_duplicate_result_is_recorded_as_ignored() {
     let mut d = start();

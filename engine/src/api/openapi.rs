@@ -55,6 +55,8 @@ pub struct ActivityErrorDoc {
     code: String,
     message: String,
     retryable: bool,
+    /// Present (true) when the failed attempt may have taken effect.
+    outcome_unknown: Option<bool>,
 }
 
 /// One step as the API shows it (`orderflow_core::StepView`).

@@ -150,7 +150,12 @@ async fn settle_charge(
             .await
         }
         Err(e) => {
-            let error = gateway_error(&e);
+            let mut error = gateway_error(&e);
+            if matches!(e, GatewayError::Unavailable(_)) {
+                // Stripe may have charged before the answer was lost: a saga that gives the
+                // charge up must still run the refund, which settles the charge in doubt.
+                error = error.with_outcome_unknown();
+            }
             // A processing error is Stripe's definite "not charged", replayed for this key:
             // the next attempt needs a fresh key to be tried at all.
             let fresh_key = matches!(e, GatewayError::CardProcessing { .. });
