@@ -125,12 +125,16 @@ async fn sagas_started_on_v1_finish_on_v1_and_new_ones_start_on_v2() -> anyhow::
 }
 
 #[test]
-fn the_production_registry_keeps_new_orders_on_v1_until_unpinned() {
+fn the_production_registry_starts_new_orders_on_v3_and_keeps_v1_and_v2() {
     let registry = orderflow_workflows::registry();
-    assert_eq!(registry.latest("order").map(|d| d.version()), Some(1));
+    assert_eq!(registry.latest("order").map(|d| d.version()), Some(3));
+    assert!(
+        registry.get("order", 1).is_some(),
+        "v1 stays so sagas started on it finish on it"
+    );
     assert!(
         registry.get("order", 2).is_some(),
-        "v2 is deployed beside v1"
+        "v2 is deployed beside v3"
     );
 }
 

@@ -8,12 +8,14 @@ pub mod replay;
 
 use orderflow_core::Registry;
 
-/// Every workflow type and version this build can run. Order saga v2 is deployed beside v1 but
-/// pinned: new orders start on v1 until the fraud screen's workers (`fraud.check`) run in
-/// production; unpinning is the one-line rollout, and sagas already on v1 finish on v1.
+/// Every workflow type and version this build can run. New orders start on v3 (v1 with retry
+/// budgets that outlast the Stripe circuit breaker); sagas already on v1 finish on v1. v2 (the
+/// fraud screen) is deployed beside them but pinned out until its workers (`fraud.check`) run in
+/// production.
 pub fn registry() -> Registry {
     Registry::new()
         .with(order::v1())
         .with(order::v2())
-        .pin(order::ORDER_SAGA, 1)
+        .with(order::v3())
+        .pin(order::ORDER_SAGA, 3)
 }
