@@ -201,6 +201,9 @@ async fn stripe_answers_500s_and_hangs() -> anyhow::Result<()> {
             });
             ctx.fault("Stripe answers the next 8 requests after 12 s (past the client's 10 s)");
             ctx.pause(2000, 4000).await;
+            // The outage ends here. Left counted in requests, it would last as long as the
+            // breaker takes to spend them on its half-open trials, one every 30 s or more.
+            sandbox.set_faults(Faults::default());
         }
         Ok(())
     })
@@ -260,6 +263,9 @@ async fn timer_due_while_no_engine_runs() -> anyhow::Result<()> {
             .await
             .ok();
             ctx.sys.kill(ENGINE).await?;
+            // Stripe is back: an outage counted in requests would last as long as the breaker
+            // takes to spend them, one half-open trial every 30 s.
+            ctx.sys.sandbox.sandbox.set_faults(Faults::default());
             tokio::time::sleep(Duration::from_secs(3)).await;
             let overdue: i64 =
                 sqlx::query_scalar("select count(*) from timers where fire_at < now()")
