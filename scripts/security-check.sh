@@ -33,4 +33,7 @@ sys.exit(1 if new else 0)
 PY
 echo "security-check: no unaudited secret in the tracked files"
 
+# cargo-deny reads the metadata of every platform's dependencies (wasm-bindgen, Android, ...),
+# which a build on this machine never downloads: fetch them all from crates.io first.
+cargo fetch --locked --quiet
 "$bin/cargo-deny" --offline check licenses bans sources
