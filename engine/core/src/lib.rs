@@ -27,6 +27,7 @@ pub mod event;
 pub mod history;
 pub mod ids;
 pub mod inject;
+pub mod json_body;
 pub mod protocol;
 pub mod registry;
 pub mod replay;

@@ -14,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use orderflow_core::{Event, History, WorkflowId, WorkflowState, WorkflowStatus};
+use orderflow_core::{
+    Event, History, WorkflowId, WorkflowState, WorkflowStatus,
+    json_body::{data_field, nul_in},
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -54,52 +57,6 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 /// 400 for text with a NUL character, which PostgreSQL's text and jsonb cannot store.
 fn no_nul(field: &str) -> ApiError {
     ApiError::bad(field, "text may not contain the NUL character (\\u0000)")
-}
-
-/// Where the first NUL character (`\u0000`) of a JSON body is, if it has one: PostgreSQL text
-/// and jsonb cannot store it, so such a body is refused up front instead of failing its insert
-/// with a 500. Only bodies that spell the escape are walked.
-fn nul_in(body: &[u8]) -> Option<String> {
-    if !body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
-        return None;
-    }
-    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
-        let join = |key: &str| {
-            if path.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{path}.{key}")
-            }
-        };
-        match v {
-            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
-            serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
-                if k.contains('\0') {
-                    Some(join(k))
-                } else {
-                    walk(x, &join(k))
-                }
-            }),
-            _ => None,
-        }
-    }
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    walk(&value, "").map(|p| if p.is_empty() { "body".to_owned() } else { p })
-}
-
-/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" / "duplicate
-/// field `x`" messages. Other data errors quote a value ("invalid type: integer `1`"), not a
-/// field, so they blame `whole` (the body or the query).
-fn data_field(msg: &str, whole: &str) -> String {
-    ["missing field `", "unknown field `", "duplicate field `"]
-        .iter()
-        .find_map(|p| msg.split_once(p))
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map_or_else(|| whole.to_owned(), |(field, _)| field.to_owned())
 }
 
 fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {

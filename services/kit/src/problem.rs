@@ -8,6 +8,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use orderflow_core::json_body::{data_field, nul_in};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The media type of every error answer.
@@ -219,41 +220,6 @@ pub fn text_param<'a>(field: &str, value: Option<&'a str>) -> Result<Option<&'a 
     }
 }
 
-/// Where the first NUL character (`\u0000`) of a JSON body is, if it has one: PostgreSQL text
-/// and jsonb cannot store it, so such a body is refused up front instead of failing its insert
-/// with a 500. Only bodies that spell the escape are walked.
-fn nul_in(body: &[u8]) -> Option<String> {
-    if !body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
-        return None;
-    }
-    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
-        let join = |key: &str| {
-            if path.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{path}.{key}")
-            }
-        };
-        match v {
-            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
-            serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
-                if k.contains('\0') {
-                    Some(join(k))
-                } else {
-                    walk(x, &join(k))
-                }
-            }),
-            _ => None,
-        }
-    }
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    walk(&value, "").map(|p| if p.is_empty() { "body".to_owned() } else { p })
-}
-
 /// The dotted path of the culprit (`items[0].quantity`): where serde stopped, plus the field it
 /// named when the problem is a missing or unknown one.
 fn field_at(path: &str, msg: &str) -> String {
@@ -266,15 +232,4 @@ fn field_at(path: &str, msg: &str) -> String {
         (p, f) if p == f || p.ends_with(&format!(".{f}")) => p.to_owned(),
         (p, f) => format!("{p}.{f}"),
     }
-}
-
-/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" / "duplicate
-/// field `x`" messages. Other data errors quote a value ("invalid type: integer `1`"), not a
-/// field, so they blame `whole` (the body or the query).
-pub fn data_field(msg: &str, whole: &str) -> String {
-    ["missing field `", "unknown field `", "duplicate field `"]
-        .iter()
-        .find_map(|p| msg.split_once(p))
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map_or_else(|| whole.to_owned(), |(field, _)| field.to_owned())
 }
