@@ -21,6 +21,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use orderflow_activities::contracts::Money;
+use orderflow_service_kit::openapi::{AdminErrors, OtherErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, JwtKeys},
@@ -157,7 +158,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "A page of products", body = ProductPage),
         (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn list(
@@ -245,7 +246,7 @@ fn path_sku(id: &str) -> Result<Sku, ApiError> {
     responses(
         (status = 200, description = "The product", body = ProductView),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn show(
@@ -269,10 +270,8 @@ async fn show(
     params(("id" = String, Path, description = "The product id (SKU)")),
     responses(
         (status = 200, description = "The product with where every unit is", body = AdminProductView),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn stock(
@@ -330,12 +329,10 @@ struct CreateBody {
     responses(
         (status = 201, description = "Added", body = AdminProductView),
         (status = 400, description = "The body is malformed; `field` names the culprit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The id is taken", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A value is out of range; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn create(
@@ -385,12 +382,10 @@ struct UpdateBody {
     responses(
         (status = 200, description = "The changed product", body = AdminProductView),
         (status = 400, description = "The body is malformed or changes nothing", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A value is out of range; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn update(
@@ -473,9 +468,7 @@ pub struct Reservations {
     responses(
         (status = 200, description = "The saga's reservations", body = Reservations),
         (status = 400, description = "`workflow_id` is missing or not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn reservations_of(

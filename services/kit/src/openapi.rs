@@ -5,6 +5,7 @@
 //! request and response types (`#[derive(utoipa::ToSchema)]`), so the document changes with the
 //! code; `tests/schemathesis.rs` checks the running services against them.
 
+use crate::problem::Problem;
 use axum::{
     http::header,
     response::IntoResponse,
@@ -41,6 +42,57 @@ impl Modify for BearerJwt {
             ),
         );
     }
+}
+
+/// The error answers any operation can give besides its own: `responses(..., OtherErrors)`.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum OtherErrors {
+    #[response(
+        status = "default",
+        description = "Any other error",
+        content_type = "application/problem+json"
+    )]
+    Other(Problem),
+}
+
+/// The error answers of an operation that takes a bearer token, besides its own.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum BearerErrors {
+    #[response(
+        status = 401,
+        description = "No valid bearer token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = "default",
+        description = "Any other error",
+        content_type = "application/problem+json"
+    )]
+    Other(Problem),
+}
+
+/// The error answers of an admin-only operation, besides its own.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AdminErrors {
+    #[response(
+        status = 401,
+        description = "No valid bearer token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "The caller is not an admin",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = "default",
+        description = "Any other error",
+        content_type = "application/problem+json"
+    )]
+    Other(Problem),
 }
 
 /// `GET` route answering `doc` as JSON; the document is rendered once.

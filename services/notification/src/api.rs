@@ -13,6 +13,7 @@ use axum::{
     extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     routing::get,
 };
+use orderflow_service_kit::openapi::{AdminErrors, BearerErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
@@ -137,9 +138,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "A page of the log, newest first", body = NotificationPage),
         (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn list(
@@ -194,10 +193,8 @@ async fn list(
     params(("id" = String, Path, description = "The notification id (a UUID)")),
     responses(
         (status = 200, description = "The message", body = NotificationDetail),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such notification", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn show(
@@ -236,9 +233,7 @@ pub struct PageQuery {
     responses(
         (status = 200, description = "A page of recorded messages, newest first", body = OutboxPage),
         (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn outbox(
@@ -270,8 +265,7 @@ async fn outbox(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's contact details", body = Contact),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn my_contact(user: AuthUser, State(st): State<AppState>) -> Result<Json<Contact>, ApiError> {
@@ -296,10 +290,9 @@ struct ContactBody {
     responses(
         (status = 200, description = "The stored details", body = Contact),
         (status = 400, description = "The body is malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`phone` or `push_token` is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn set_my_contact(

@@ -21,6 +21,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
+use orderflow_service_kit::openapi::BearerErrors;
 use orderflow_service_kit::{
     ApiError,
     auth::{AuthUser, JwtKeys},
@@ -198,13 +199,12 @@ fn accepted(o: &Order) -> Response {
     responses(
         (status = 202, description = "Placed (or the order placed earlier with this key)", body = OrderView),
         (status = 400, description = "A field or the Idempotency-Key is missing or invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An unknown product, mixed currencies or a total too large", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many orders by this user; see `Retry-After`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The inventory or user service is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn place(
@@ -340,9 +340,8 @@ async fn visible(s: &AppState, caller: &AuthUser, id: Uuid) -> Result<Order, Api
     responses(
         (status = 200, description = "The order", body = OrderView),
         (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or another user's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn show(
@@ -374,8 +373,7 @@ struct ListQuery {
     responses(
         (status = 200, description = "A page of orders", body = OrderPage),
         (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn list(
@@ -425,11 +423,10 @@ async fn list(
         (status = 200, description = "Cancelled (it had not started, or was already)", body = OrderView),
         (status = 202, description = "The saga was asked to compensate", body = OrderView),
         (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or another user's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is confirmed or its saga finished", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The engine is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn cancel(

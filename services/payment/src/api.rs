@@ -11,6 +11,7 @@ use axum::{
     extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     routing::{get, post},
 };
+use orderflow_service_kit::openapi::{AdminErrors, BearerErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
@@ -102,9 +103,8 @@ pub fn routes(state: AppState) -> Router {
     responses(
         (status = 200, description = "The payment", body = PaymentDetail),
         (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment, or another user's", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn show(
@@ -152,9 +152,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "A page of payments", body = PaymentPage),
         (status = 400, description = "A parameter is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn list(

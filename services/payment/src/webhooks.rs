@@ -19,6 +19,7 @@ use stripe_webhook::{Webhook, WebhookError};
 use uuid::Uuid;
 
 use crate::{api::AppState, metrics, store};
+use orderflow_service_kit::openapi::OtherErrors;
 
 /// The header Stripe signs its deliveries with.
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
@@ -34,7 +35,7 @@ pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
         (status = 200, description = "Recorded (or already recorded)", body = Object, example = json!({"received": true})),
         (status = 400, description = "The signature is missing, stale or wrong, or the body is not a Stripe event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 pub async fn receive(

@@ -19,6 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
+use orderflow_service_kit::openapi::{AdminErrors, BearerErrors, OtherErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys, Role},
@@ -119,7 +120,7 @@ struct Register {
         (status = 400, description = "A field is missing or invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn register(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
@@ -195,7 +196,7 @@ struct Login {
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many logins from this client or failures for this email; see `Retry-After`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn login(
@@ -267,7 +268,7 @@ fn refresh_token(body: &Bytes) -> Result<String, ApiError> {
         (status = 400, description = "Not a refresh token", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn refresh(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, ApiError> {
@@ -294,7 +295,7 @@ async fn refresh(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, 
         (status = 204, description = "The session is gone"),
         (status = 400, description = "Not a refresh token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        OtherErrors,
     )
 )]
 async fn logout(State(s): State<AppState>, body: Body) -> Result<StatusCode, ApiError> {
@@ -312,9 +313,8 @@ async fn logout(State(s): State<AppState>, body: Body) -> Result<StatusCode, Api
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = User),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The account is gone", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn me(State(s): State<AppState>, caller: AuthUser) -> Result<Json<User>, ApiError> {
@@ -344,11 +344,10 @@ struct UpdateMe {
     responses(
         (status = 200, description = "The changed account", body = User),
         (status = 400, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The account is gone", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`current_password` does not match", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
     )
 )]
 async fn update_me(
@@ -436,10 +435,8 @@ fn user_id(raw: &str) -> Result<Uuid, ApiError> {
     responses(
         (status = 200, description = "The account", body = User),
         (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn get_user(
@@ -470,10 +467,8 @@ struct SetRole {
     responses(
         (status = 200, description = "The changed account", body = User),
         (status = 400, description = "`id` or `role` is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 async fn set_role(
