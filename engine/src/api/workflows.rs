@@ -503,14 +503,7 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
     tag = "operator actions",
     params(("id" = String, Path, description = "The workflow id (a UUID)")),
     request_body = ActionBody,
-    responses(
-        (status = 202, description = "Recorded", body = ActionResult),
-        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
-    )
+    responses(ActionAnswers)
 )]
 pub async fn cancel(
     State(st): State<AppState>,
@@ -531,14 +524,7 @@ pub async fn cancel(
     tag = "operator actions",
     params(("id" = String, Path, description = "The workflow id (a UUID)")),
     request_body = ActionBody,
-    responses(
-        (status = 202, description = "Recorded", body = ActionResult),
-        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
-    )
+    responses(ActionAnswers)
 )]
 pub async fn terminate(
     State(st): State<AppState>,
@@ -559,14 +545,7 @@ pub async fn terminate(
     tag = "operator actions",
     params(("id" = String, Path, description = "The workflow id (a UUID)")),
     request_body = ActionBody,
-    responses(
-        (status = 202, description = "Recorded", body = ActionResult),
-        (status = 400, description = "`id` is not a UUID or the body is invalid; `field` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The workflow's state refuses the action", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
-    )
+    responses(ActionAnswers)
 )]
 pub async fn retry(
     State(st): State<AppState>,
@@ -578,6 +557,44 @@ pub async fn retry(
         reason,
     })
     .await
+}
+
+/// What an operator action (cancel, terminate, retry) answers.
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document; handlers answer through `ApiError`
+pub enum ActionAnswers {
+    #[response(status = 202, description = "Recorded")]
+    Recorded(ActionResult),
+    #[response(
+        status = 400,
+        description = "`id` is not a UUID or the body is invalid; `field` names it",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 404,
+        description = "No such workflow",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 409,
+        description = "The workflow's state refuses the action",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    #[response(
+        status = 413,
+        description = "The body is too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = "default",
+        description = "Any other error",
+        content_type = "application/problem+json"
+    )]
+    Other(Problem),
 }
 
 /// An operator action with `{reason, actor?}`: checks the id and the body, then applies the event.
