@@ -21,11 +21,10 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use orderflow_activities::contracts::Money;
-use orderflow_service_kit::openapi::{AdminErrors, OtherErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, JwtKeys},
-    openapi::{BearerJwt, MoneyView},
+    openapi::{AdminErrors, BearerJwt, MoneyView, OtherErrors},
     problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};

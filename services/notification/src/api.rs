@@ -13,11 +13,10 @@ use axum::{
     extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     routing::get,
 };
-use orderflow_service_kit::openapi::{AdminErrors, BearerErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
-    openapi::BearerJwt,
+    openapi::{AdminErrors, BearerErrors, BearerJwt},
     problem::{Problem, parse_json, text_param},
 };
 use serde::{Deserialize, Serialize};

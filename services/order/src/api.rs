@@ -21,12 +21,11 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
-use orderflow_service_kit::openapi::BearerErrors;
 use orderflow_service_kit::{
     ApiError,
     auth::{AuthUser, JwtKeys},
     limit::RateLimiter,
-    openapi::{BearerJwt, MoneyView},
+    openapi::{BearerErrors, BearerJwt, MoneyView},
     problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};

@@ -11,11 +11,10 @@ use axum::{
     extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     routing::{get, post},
 };
-use orderflow_service_kit::openapi::{AdminErrors, BearerErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
-    openapi::BearerJwt,
+    openapi::{AdminErrors, BearerErrors, BearerJwt},
     problem::Problem,
 };
 use serde::{Deserialize, Serialize};

@@ -13,13 +13,12 @@ use axum::{
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
 };
-use orderflow_service_kit::{ApiError, problem::Problem};
+use orderflow_service_kit::{ApiError, openapi::OtherErrors, problem::Problem};
 use serde_json::{Value, json};
 use stripe_webhook::{Webhook, WebhookError};
 use uuid::Uuid;
 
 use crate::{api::AppState, metrics, store};
-use orderflow_service_kit::openapi::OtherErrors;
 
 /// The header Stripe signs its deliveries with.
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";

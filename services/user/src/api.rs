@@ -19,12 +19,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use orderflow_service_kit::openapi::{AdminErrors, BearerErrors, OtherErrors};
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys, Role},
     limit::{Peer, client_key},
-    openapi::BearerJwt,
+    openapi::{AdminErrors, BearerErrors, BearerJwt, OtherErrors},
     problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};
