@@ -5,7 +5,8 @@
 //! sandbox (a real HTTP client against `orderflow-stripe-sandbox` on a local port, so Stripe's
 //! test cards succeed, decline or fail), orders, and an email outbox instead of SMTP.
 //!
-//! Files under `--data-dir`: `engine.db`, `queue.db`, `shop.db` (WAL). `--memory` keeps nothing.
+//! Files under `--data-dir`: `engine.db`, `queue.db`, `shop.db` (WAL) and the Stripe sandbox's
+//! books, `stripe.json`. `--memory` keeps nothing.
 //!
 //! Scope: this is not yet the five services, their REST APIs or the admin UI on SQLite; those
 //! are Postgres-only. The dev HTTP surface is the engine's start/get/history plus the products
@@ -143,7 +144,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
     // The Stripe sandbox on a local port, reached over HTTP like Stripe.
     let sandbox_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stripe_url = format!("http://{}", sandbox_listener.local_addr()?);
-    let sandbox = orderflow_stripe_sandbox::Sandbox::new(Default::default());
+    // Stripe keeps its payments across our restarts, so the sandbox does too (`stripe.json`).
+    let sandbox = match file("stripe.json") {
+        Some(path) => orderflow_stripe_sandbox::Sandbox::persistent(Default::default(), &path)?,
+        None => orderflow_stripe_sandbox::Sandbox::new(Default::default()),
+    };
     let s = stop.clone();
     tasks.spawn(async move {
         if let Err(e) = orderflow_stripe_sandbox::serve(sandbox_listener, sandbox, s).await {

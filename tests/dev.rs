@@ -225,7 +225,7 @@ async fn a_declined_card_compensates_and_bad_input_is_a_problem() -> anyhow::Res
 }
 
 /// SIGKILL while sagas run; the same data directory, restarted, finishes every saga with each
-/// effect once: stock taken once per completed order, one email each.
+/// effect once: stock taken once per completed order, one Stripe charge and one email each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_and_interrupted_sagas_survive_a_sigkill() -> anyhow::Result<()> {
     let dir = data_dir();
@@ -281,6 +281,11 @@ async fn data_and_interrupted_sagas_survive_a_sigkill() -> anyhow::Result<()> {
         total,
         "one email per order"
     );
+    // The Stripe sandbox kept its books through the kill too: one charge per order, although
+    // some charges were interrupted and ran again after the restart.
+    let stripe: Value = serde_json::from_slice(&std::fs::read(dir.join("stripe.json"))?)?;
+    let charges = stripe["ledger"]["charges"].as_array().map_or(0, Vec::len);
+    assert_eq!(charges as i64, total, "one Stripe charge per order");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

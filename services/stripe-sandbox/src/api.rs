@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    path::{Path as FsPath, PathBuf},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
@@ -30,17 +32,18 @@ use crate::{
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The books behind one lock, so that checking an idempotency key and running the request it
-/// guards are one step: two concurrent requests with one key never both run.
-#[derive(Debug, Default)]
+/// guards are one step: two concurrent requests with one key never both run. A persistent
+/// sandbox keeps them in a JSON file, rewritten after every POST.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Books {
     pub ledger: Ledger,
     saved: HashMap<String, Saved>,
 }
 
 /// The first answer given under an idempotency key, and what it was for.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Saved {
-    method: Method,
+    method: String,
     path: String,
     params: Params,
     status: u16,
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     pub faults: Mutex<Faults>,
     pub requests: AtomicU64,
     pub received: Mutex<Vec<Received>>,
+    /// Where the books are kept between runs, if anywhere.
+    file: Option<PathBuf>,
     http: reqwest::Client,
 }
 
@@ -73,9 +78,26 @@ impl Shared {
     }
 
     pub fn new(config: SandboxConfig) -> Self {
+        Self::with_books(config, Books::default(), None)
+    }
+
+    /// A sandbox whose books live in `file`: read now if it exists, rewritten after every POST.
+    pub fn persistent(config: SandboxConfig, file: &FsPath) -> anyhow::Result<Self> {
+        let books = match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("{}: not a Stripe sandbox state file: {e}", file.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Books::default(),
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", file.display())),
+        };
+        Ok(Self::with_books(config, books, Some(file.to_owned())))
+    }
+
+    fn with_books(config: SandboxConfig, books: Books, file: Option<PathBuf>) -> Self {
         Self {
             config,
-            state: Mutex::default(),
+            state: Mutex::new(books),
+            file,
             faults: Mutex::default(),
             requests: AtomicU64::new(0),
             received: Mutex::default(),
@@ -234,7 +256,9 @@ async fn api_call(
         let mut state = shared.state.lock().expect("sandbox lock");
         match key.as_ref().and_then(|k| state.saved.get(k)) {
             Some(saved)
-                if saved.method == method && saved.path == path && saved.params == params =>
+                if saved.method == method.as_str()
+                    && saved.path == path
+                    && saved.params == params =>
             {
                 let replay = Answer {
                     status: saved.status,
@@ -261,13 +285,19 @@ async fn api_call(
                     state.saved.insert(
                         k.clone(),
                         Saved {
-                            method: method.clone(),
+                            method: method.to_string(),
                             path: path.to_owned(),
                             params: params.clone(),
                             status: answer.status,
                             body: answer.body.clone(),
                         },
                     );
+                }
+                if let (Some(file), true) = (&shared.file, method == Method::POST) {
+                    // Under the lock, so the file never goes back to an older state.
+                    if let Err(e) = save(file, &state) {
+                        tracing::error!(error = %e, file = %file.display(), "the Stripe sandbox could not save its books");
+                    }
                 }
                 (answer, false)
             }
@@ -288,6 +318,14 @@ async fn api_call(
         tokio::time::sleep(delay).await;
     }
     respond(&answer, replayed)
+}
+
+/// Writes the books next to `file` and renames the copy over it, so a crash leaves the old or
+/// the new books, never half of them.
+fn save(file: &FsPath, books: &Books) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(books)?)?;
+    std::fs::rename(&tmp, file)
 }
 
 fn authenticate(config: &SandboxConfig, headers: &HeaderMap) -> Result<(), Answer> {

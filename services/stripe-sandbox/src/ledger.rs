@@ -98,7 +98,7 @@ pub struct Refund {
 }
 
 /// Everything the sandbox holds, in creation order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Ledger {
     intents: Vec<PaymentIntent>,
     charges: Vec<Charge>,
@@ -137,7 +137,7 @@ impl LedgerView {
 }
 
 /// Form parameters as Stripe receives them: flat pairs, nested keys spelled `metadata[k]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params(Vec<(String, String)>);
 
 impl Params {

@@ -114,6 +114,14 @@ impl Sandbox {
         }
     }
 
+    /// A sandbox that keeps its books (payments, refunds, idempotent answers) in `file`, so they
+    /// survive a restart as Stripe's do: read now if the file exists, rewritten after every POST.
+    pub fn persistent(config: SandboxConfig, file: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(api::Shared::persistent(config, file)?),
+        })
+    }
+
     /// A snapshot of everything charged and refunded so far.
     pub fn ledger(&self) -> ledger::LedgerView {
         self.inner.state.lock().expect("sandbox lock").ledger.view()

@@ -230,3 +230,74 @@ async fn a_held_request_has_not_run_when_its_client_gives_up_and_every_request_i
     assert_eq!(sb.sandbox.received().len(), 2);
     Ok(())
 }
+
+/// Serves a sandbox that keeps its books in `file`; cancel the token to stop it.
+async fn serve_persistent(
+    file: &std::path::Path,
+) -> anyhow::Result<(
+    Client,
+    orderflow_stripe_sandbox::Sandbox,
+    tokio_util::sync::CancellationToken,
+)> {
+    let sandbox = orderflow_stripe_sandbox::Sandbox::persistent(SandboxConfig::default(), file)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(orderflow_stripe_sandbox::serve(
+        listener,
+        sandbox.clone(),
+        stop.clone(),
+    ));
+    let client = ClientBuilder::new(orderflow_stripe_sandbox::DEFAULT_SECRET_KEY)
+        .url(url)
+        .build()?;
+    Ok((client, sandbox, stop))
+}
+
+/// `orderflow dev` restarts with its data: a charge made before the restart is still there, its
+/// idempotency key still answers with it (no second charge), and it can be refunded.
+#[tokio::test]
+async fn a_persistent_sandbox_keeps_its_books_and_keys_across_a_restart() -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!(
+        "orderflow-sandbox-{}-{}.json",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let (c, _, stop) = serve_persistent(&file).await?;
+    let first = create(700, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("p1"))
+        .send(&c)
+        .await?;
+    stop.cancel();
+
+    let (c, sandbox, stop) = serve_persistent(&file).await?;
+    let before = sandbox.ledger();
+    assert_eq!(before.payment_intents.len(), 1);
+    assert_eq!(before.charges.len(), 1);
+    let again = create(700, "pm_card_visa")
+        .customize()
+        .request_strategy(idem("p1"))
+        .send(&c)
+        .await?;
+    assert_eq!(
+        again.id, first.id,
+        "the key answers with the intent made before"
+    );
+    assert_eq!(sandbox.ledger().charges.len(), 1, "no second charge");
+    CreateRefund::new()
+        .payment_intent(first.id.as_str())
+        .customize()
+        .request_strategy(idem("r1"))
+        .send(&c)
+        .await?;
+    assert_eq!(sandbox.ledger().refunds_of(first.id.as_str()).len(), 1);
+    stop.cancel();
+
+    std::fs::write(&file, b"{not the books")?;
+    let err = orderflow_stripe_sandbox::Sandbox::persistent(SandboxConfig::default(), &file)
+        .expect_err("a corrupt file is refused");
+    assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
+    std::fs::remove_file(&file).ok();
+    Ok(())
+}
