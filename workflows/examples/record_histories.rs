@@ -1,5 +1,5 @@
-//! Records the order saga histories that `tests/replay.rs` replays, by driving `order::v1` through
-//! the in-memory driver (no database, no broker). Run it when a history is added or when a change
+//! Records the order saga histories that `tests/replay.rs` replays, by driving `order::v1` and
+//! `order::v3` through the in-memory driver (no database, no broker). Run it when a history is added or when a change
 //! to the saga is meant to change its decisions (then bump the definition's version instead if
 //! sagas of the old shape may still be running):
 //!
@@ -34,7 +34,7 @@ fn main() -> Result<()> {
                 .join("histories")
         });
     std::fs::create_dir_all(&out)?;
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("completed", completed),
         ("compensated_at_charge", compensated_at_charge),
         ("retried_then_completed", retried_then_completed),
@@ -42,6 +42,14 @@ fn main() -> Result<()> {
         (
             "failed_after_pivot_retried_forward",
             failed_after_pivot_retried_forward,
+        ),
+        (
+            "v3_outage_retried_then_completed",
+            v3_outage_retried_then_completed,
+        ),
+        (
+            "v3_charge_in_doubt_given_up_and_refunded",
+            v3_charge_in_doubt_given_up_and_refunded,
         ),
     ];
     for (name, record) in scenarios {
@@ -71,9 +79,13 @@ fn order_input(n: u8) -> Result<Value> {
     Ok(serde_json::to_value(input)?)
 }
 
-/// Starts order saga number `n` at `at` (RFC 3339).
+/// Starts order saga number `n` at `at` (RFC 3339) on v1.
 fn start(n: u8, at: &str) -> Result<Driver> {
-    Ok(Driver::builder(order::v1())
+    start_on(order::v1(), n, at)
+}
+
+fn start_on(def: orderflow_core::SagaDefinition, n: u8, at: &str) -> Result<Driver> {
+    Ok(Driver::builder(def)
         .workflow_id(format!("01977c2e-5a40-7000-8000-0000000000{n:02x}").parse()?)
         .start_at(at.parse()?)
         .start(order_input(n)?)?)
@@ -204,4 +216,61 @@ fn failed_after_pivot_retried_forward() -> Result<History> {
     }
     d.advance(ms(290)).complete(NOTIFY, notification(n)?)?;
     finished(d, WorkflowStatus::Completed)
+}
+
+/// v3: Stripe is down for a while; the charge meets a 500 (whose outcome is unknown), then the
+/// payment service's open breaker five times, and its seventh attempt goes through.
+fn v3_outage_retried_then_completed() -> Result<History> {
+    let n = 6;
+    let mut d = start_on(order::v3(), n, "2025-06-02T14:05:10.000Z")?;
+    d.advance(ms(140)).complete(RESERVE, reservation(n)?)?;
+    d.advance(ms(300)).fail(
+        CHARGE,
+        ActivityError::retryable(
+            "stripe_unavailable",
+            "Stripe unavailable: Stripe answered 500",
+        )
+        .with_outcome_unknown(),
+    )?;
+    for _ in 0..5 {
+        d.fire_next_timer()?; // the charge's backoff ends
+        d.advance(ms(5)).fail(
+            CHARGE,
+            ActivityError::retryable("stripe_circuit_open", "the Stripe circuit breaker is open"),
+        )?;
+    }
+    d.fire_next_timer()?;
+    d.advance(ms(690)).complete(CHARGE, charge(n)?)?;
+    d.advance(ms(60)).complete(CREATE_ORDER, confirmation(n)?)?;
+    d.advance(ms(300)).complete(NOTIFY, notification(n)?)?;
+    finished(d, WorkflowStatus::Completed)
+}
+
+/// v3: every charge attempt fails, the last one timing out after the request left, so the charge
+/// may have happened: giving the step up refunds it (settling it first), then releases the stock.
+fn v3_charge_in_doubt_given_up_and_refunded() -> Result<History> {
+    let n = 7;
+    let mut d = start_on(order::v3(), n, "2025-06-02T14:20:00.000Z")?;
+    d.advance(ms(150)).complete(RESERVE, reservation(n)?)?;
+    for attempt in 1..=9 {
+        let error = ActivityError::retryable("stripe_unavailable", "Stripe unavailable: timed out");
+        let error = if attempt == 9 {
+            error.with_outcome_unknown()
+        } else {
+            error
+        };
+        if attempt > 1 {
+            d.fire_next_timer()?; // the charge's backoff ends
+        }
+        d.advance(ms(10_000)).fail(CHARGE, error)?;
+    }
+    d.advance(ms(800)).complete(
+        CHARGE,
+        json!({"refund_id": format!("re_3PqK8eLkdIwHu7ix0{n}c4Lm1Q"), "status": "succeeded"}),
+    )?;
+    d.advance(ms(85)).complete(
+        RESERVE,
+        json!({"reservation_id": format!("rsv_01977c2e5a4{n}"), "status": "released"}),
+    )?;
+    finished(d, WorkflowStatus::Compensated)
 }

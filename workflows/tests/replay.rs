@@ -57,7 +57,7 @@ fn altered(change: impl FnOnce(&mut SagaDefinition)) -> Registry {
 
 #[test]
 fn recorded_histories_replay() {
-    assert_eq!(replay_dir(&registry(), histories()).unwrap(), 5);
+    assert_eq!(replay_dir(&registry(), histories()).unwrap(), 7);
 }
 
 #[test]
@@ -70,6 +70,14 @@ fn each_history_ends_as_its_name_says() {
         (
             "failed_after_pivot_retried_forward",
             WorkflowStatus::Completed,
+        ),
+        (
+            "v3_outage_retried_then_completed",
+            WorkflowStatus::Completed,
+        ),
+        (
+            "v3_charge_in_doubt_given_up_and_refunded",
+            WorkflowStatus::Compensated,
         ),
     ];
     let registry = registry();
@@ -89,6 +97,13 @@ fn each_history_ends_as_its_name_says() {
                     compensations, [0; 4],
                     "nothing is compensated after the pivot"
                 );
+            }
+            // v3 retries the charge past the breaker: the seventh attempt goes through.
+            "v3_outage_retried_then_completed" => assert_eq!(attempts, [1, 7, 1, 1], "{name}"),
+            // Nine attempts, the last without an answer: the charge is refunded, then released.
+            "v3_charge_in_doubt_given_up_and_refunded" => {
+                assert_eq!(attempts, [1, 9, 0, 0], "{name}");
+                assert_eq!(compensations, [1, 1, 0, 0], "{name}");
             }
             _ => assert_eq!(attempts, [1; 4], "{name}"),
         }
