@@ -102,8 +102,13 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares one durable queue (and the dead-letter queue it routes rejects to).
-    pub async fn declare_queue(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    /// Declares one durable queue (and the dead-letter queue it routes rejects to); the broker's
+    /// answer counts its ready messages and consumers.
+    pub async fn declare_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<lapin::Queue, lapin::Error> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -120,8 +125,7 @@ impl Topology {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(LongString::from(self.dead_letter_queue())),
         );
-        channel.queue_declare(queue, durable, args).await?;
-        Ok(())
+        channel.queue_declare(queue, durable, args).await
     }
 }
 

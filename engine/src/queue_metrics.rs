@@ -1,8 +1,12 @@
 //! Backlog gauges: the signals that workers are scaled on and that the alerts watch.
 //!
-//! Every few seconds [`run`] asks RabbitMQ about each activity queue (a passive declare answers
-//! with the number of ready messages and of consumers, and creates nothing) and Postgres about the
-//! outbox and the stuck sagas, and sets:
+//! Every few seconds [`run`] asks RabbitMQ about each activity queue and Postgres about the outbox
+//! and the stuck sagas, and sets the gauges below. A queue is asked by declaring it as the relay
+//! does before publishing (idempotent, same arguments): the answer counts its ready messages and
+//! consumers. A passive declare would create nothing, but on a queue no worker has declared yet
+//! (a version's new activity before its workers roll out) it is refused with a 404 that lapin
+//! logs as an ERROR, every tick, on every engine replica.
+//!
 //!
 //! - `orderflow_queue_depth{queue}`: tasks ready on the queue, not yet taken by a worker. Workers
 //!   hold at most their prefetch unacked, so a depth that stays above zero means the workers of
@@ -23,7 +27,7 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Connection;
 use orderflow_activities::broker::{self, Topology};
 use prometheus::{
     Gauge, IntGauge, IntGaugeVec, register_gauge, register_int_gauge, register_int_gauge_vec,
@@ -172,23 +176,14 @@ impl QueueMetrics {
     /// name.
     pub async fn sample_queues(&mut self) -> Result<Vec<(String, QueueSample)>, SampleError> {
         let conn = connected(&mut self.conn, &self.amqp_url, self.interval).await?;
-        let mut channel = conn.create_channel().await?;
+        let channel = conn.create_channel().await?;
         let mut seen = Vec::with_capacity(self.activities.len());
         for activity in &self.activities {
             let queue = self.topology.task_queue(activity);
-            let sample = match passive_declare(&channel, &queue).await {
-                Ok(s) => s,
-                // No worker has declared it and no task was ever published to it (the relay
-                // declares before publishing): nothing waits and nobody consumes. The broker
-                // closed the channel with the 404, so the next queue needs a new one.
-                Err(lapin::Error::ProtocolError(e)) if e.get_id() == 404 => {
-                    channel = conn.create_channel().await?;
-                    QueueSample {
-                        depth: 0,
-                        consumers: 0,
-                    }
-                }
-                Err(e) => return Err(e.into()),
+            let q = self.topology.declare_queue(&channel, &queue).await?;
+            let sample = QueueSample {
+                depth: q.message_count(),
+                consumers: q.consumer_count(),
             };
             QUEUE_DEPTH
                 .with_label_values(&[queue.as_str()])
@@ -238,20 +233,6 @@ async fn connected<'a>(
         *conn = Some(c);
     }
     Ok(conn.as_ref().expect("connected just above"))
-}
-
-async fn passive_declare(channel: &Channel, queue: &str) -> Result<QueueSample, lapin::Error> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let q = channel
-        .queue_declare(queue, passive, FieldTable::default())
-        .await?;
-    Ok(QueueSample {
-        depth: q.message_count(),
-        consumers: q.consumer_count(),
-    })
 }
 
 /// Samples the task queues of `activities`, the outbox and the stuck sagas every [`INTERVAL`]

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
 const CHARGE: &str = "payment.charge";
-/// No worker and no relay ever declares this queue in the test, so it does not exist.
+/// No worker and no relay declares this queue in the test: the sampler finds it missing.
 const MISSING: &str = "inventory.reserve";
 
 /// Publishes `n` persistent tasks to `queue` and waits for the broker's confirms.
@@ -53,8 +53,9 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
     env.topology.declare_queue(&channel, &charge_queue).await?;
     publish(&channel, &charge_queue, 5).await?;
 
-    // One sample by hand: the missing queue comes first, so this also shows that its 404 (which
-    // closes the channel) does not stop the queues after it from being sampled.
+    // One sample by hand. The missing queue comes first: the sampler declares it as the relay
+    // would (no 404 for lapin to log as an error every tick), empty and without consumers, and
+    // goes on to the next.
     let mut sampler = QueueMetrics::new(
         env.pool.clone(),
         amqp_url(),
@@ -81,6 +82,17 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
             ),
         ]
     );
+    channel
+        .queue_declare(
+            &missing_queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("the sampler left {missing_queue} undeclared: {e}"))?;
     assert_eq!(QUEUE_DEPTH.with_label_values(&[&charge_queue]).get(), 5);
     let text = orderflow_engine::metrics::render();
     ensure!(
@@ -172,7 +184,11 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
     .await?;
 
     stop.cancel();
-    for q in [&charge_queue, &env.topology.dead_letter_queue()] {
+    for q in [
+        &charge_queue,
+        &missing_queue,
+        &env.topology.dead_letter_queue(),
+    ] {
         channel
             .queue_delete(q, QueueDeleteOptions::default())
             .await?;
