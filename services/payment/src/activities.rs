@@ -152,8 +152,9 @@ async fn settle_charge(
         Err(e) => {
             let mut error = gateway_error(&e);
             if matches!(e, GatewayError::Unavailable(_)) {
-                // Stripe may have charged before the answer was lost: a saga that gives the
-                // charge up must still run the refund, which settles the charge in doubt.
+                // Stripe may have charged before the answer was lost (not so for a 429): a saga
+                // that gives the charge up must still run the refund, which settles the charge
+                // in doubt.
                 error = error.with_outcome_unknown();
             }
             // A processing error is Stripe's definite "not charged", replayed for this key:
@@ -382,6 +383,7 @@ fn gateway_error(e: &GatewayError) -> ActivityError {
             ActivityError::retryable("card_processing_error", message)
         }
         GatewayError::Unavailable(_) => ActivityError::retryable("stripe_unavailable", message),
+        GatewayError::RateLimited(_) => ActivityError::retryable("stripe_rate_limited", message),
         GatewayError::CircuitOpen(_) => ActivityError::retryable("stripe_circuit_open", message),
         // A bad or revoked API key is fixed by an operator, not by compensating every order.
         GatewayError::Rejected {

@@ -35,10 +35,14 @@ pub enum GatewayError {
     /// idempotency key may succeed, and nothing was charged.
     #[error("card processing error: {message}")]
     CardProcessing { message: String },
-    /// No usable answer (5xx, 429, timeout, connection refused, an unreadable body): the outcome
-    /// is unknown, so a retry must reuse the same idempotency key.
+    /// No usable answer (5xx, 409 for a key still in use, timeout, a lost connection, an
+    /// unreadable body): Stripe may have acted, so the outcome is unknown and a retry must reuse
+    /// the same idempotency key.
     #[error("Stripe unavailable: {0}")]
     Unavailable(String),
+    /// Stripe answered 429: it did nothing with the request; retry later.
+    #[error("Stripe rate-limited the request: {0}")]
+    RateLimited(String),
     /// The breaker is open after too many failures: retry later.
     #[error(transparent)]
     CircuitOpen(#[from] Open),
@@ -66,7 +70,7 @@ pub enum GatewayError {
 impl GatewayError {
     /// Whether the failure says Stripe itself is unwell (what the breaker counts).
     fn is_outage(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::RateLimited(_))
     }
 }
 
@@ -198,7 +202,8 @@ fn classify(err: StripeError) -> GatewayError {
             let code = e.code.as_ref().map(|c| c.as_str().to_owned());
             let message = e.message.clone().unwrap_or_default();
             match (status, &e.type_) {
-                (429 | 500..=599, _) => {
+                (429, _) => GatewayError::RateLimited(message),
+                (500..=599, _) => {
                     GatewayError::Unavailable(format!("Stripe answered {status}: {message}"))
                 }
                 // Another request with the same key is still running at Stripe.

@@ -310,6 +310,10 @@ async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Resul
         (err.code.as_str(), err.retryable),
         ("stripe_unavailable", true)
     );
+    assert!(
+        err.outcome_unknown,
+        "a 500 may come after Stripe acted: a saga giving the charge up refunds it"
+    );
     assert!(w.sandbox.sandbox.ledger().payment_intents.is_empty());
     let row = store::by_key(&w.pool, &format!("{wf}/charge"))
         .await?
@@ -321,6 +325,33 @@ async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Resul
     let ledger = w.sandbox.sandbox.ledger();
     assert_eq!(ledger.charges.len(), 1);
     assert_eq!(ledger.charges[0].payment_intent, charge.payment_intent_id);
+    Ok(())
+}
+
+/// A 429 is Stripe saying it did nothing: retryable, and not of unknown outcome, so a saga that
+/// gives the charge up after 429s does not refund (or first make) a charge that never happened.
+#[tokio::test]
+async fn a_stripe_429_is_retryable_and_certainly_charged_nothing() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    w.sandbox.sandbox.set_faults(Faults {
+        rate_limit_requests: 1,
+        ..Faults::default()
+    });
+    let err = w
+        .charge()
+        .run(&task(wf, Phase::Forward), inp.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable, err.outcome_unknown),
+        ("stripe_rate_limited", true, false)
+    );
+    assert!(w.sandbox.sandbox.ledger().payment_intents.is_empty());
+    let charge = w.charge().run(&task(wf, Phase::Forward), inp).await?;
+    assert_eq!(w.sandbox.sandbox.ledger().charges.len(), 1);
+    assert!(!charge.payment_intent_id.is_empty());
     Ok(())
 }
 

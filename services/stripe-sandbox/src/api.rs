@@ -215,6 +215,15 @@ async fn api_call(
             );
             return respond(&answer, false);
         }
+        if faults.rate_limit_requests > 0 {
+            faults.rate_limit_requests -= 1;
+            let answer = Answer::error(
+                429,
+                "rate_limit_error",
+                "Too many requests hit the API too quickly. (sandbox fault)",
+            );
+            return respond(&answer, false);
+        }
         if faults.hang_requests > 0 {
             faults.hang_requests -= 1;
             Some(Duration::from_millis(faults.hang_ms))

@@ -79,6 +79,9 @@ pub struct Faults {
     /// charged and no idempotent result is saved, like a failing load balancer).
     #[serde(default)]
     pub fail_requests: u32,
+    /// Answer this many of the next requests with a 429 `rate_limit_error`, before they run.
+    #[serde(default)]
+    pub rate_limit_requests: u32,
     /// Answer this many of the next requests only after `hang_ms`; the request itself runs at
     /// once, so the client that gave up may find the result on its retry.
     #[serde(default)]
