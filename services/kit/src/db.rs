@@ -1,11 +1,14 @@
-//! Each service owns one Postgres database. [`connect_and_migrate`] creates it when missing (so
-//! `orderflow up` works on an empty server) and applies the service's migrations.
+//! Each service owns one database: Postgres in production, or an embedded SQLite file under
+//! `orderflow dev`. [`connect_and_migrate`] creates a Postgres database when missing (so
+//! `orderflow up` works on an empty server) and applies the service's migrations; [`Db`] is
+//! either backend, chosen by the URL's scheme ([`Db::connect`]), and each service's store matches
+//! on it to run its queries in the backend's dialect.
 
-use std::str::FromStr;
+use std::{path::Path, str::FromStr};
 
 use anyhow::Context as _;
 use sqlx::{
-    Connection as _, Executor as _, PgPool,
+    Connection as _, Executor as _, PgPool, SqlitePool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
 };
@@ -61,6 +64,93 @@ async fn ensure_database(opts: &PgConnectOptions) -> anyhow::Result<()> {
     }
     admin.close().await.ok();
     Ok(())
+}
+
+/// A service's database: one of the two real backends. Cloning is cheap (a pool handle).
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A service's migrations, one set per dialect (`migrations/<service>` and
+/// `migrations/sqlite/<service>`), so both backends hold the same tables.
+#[derive(Debug)]
+pub struct Migrations {
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+impl Db {
+    /// Connects and migrates by the URL's scheme: `postgres://…` (the database is created if
+    /// missing), `sqlite://<file>` (created if missing, WAL) or `sqlite::memory:`.
+    pub async fn connect(url: &str, migrations: &Migrations) -> anyhow::Result<Self> {
+        if url == "sqlite::memory:" {
+            Self::sqlite(None, migrations).await
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Self::sqlite(Some(Path::new(path)), migrations).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(
+                connect_and_migrate(url, &migrations.postgres).await?,
+            ))
+        } else {
+            anyhow::bail!(
+                "database URL `{url}`: expected postgres://…, sqlite://<file> or sqlite::memory:"
+            )
+        }
+    }
+
+    /// An embedded database: `file`, or memory with `None`, migrated.
+    pub async fn sqlite(file: Option<&Path>, migrations: &Migrations) -> anyhow::Result<Self> {
+        let pool = orderflow_activities::queue::sqlite_pool(file)
+            .await
+            .with_context(|| match file {
+                Some(f) => format!("opening {}", f.display()),
+                None => "opening an in-memory database".to_owned(),
+            })?;
+        migrations
+            .sqlite
+            .run(&pool)
+            .await
+            .context("migrating the embedded database")?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    /// Whether the database answers `select 1` (the readiness probe).
+    pub async fn ping(&self) -> bool {
+        match self {
+            Self::Postgres(p) => sqlx::query("select 1").execute(p).await.is_ok(),
+            Self::Sqlite(p) => sqlx::query("select 1").execute(p).await.is_ok(),
+        }
+    }
+
+    /// The Postgres pool, if that is the backend.
+    pub fn as_postgres(&self) -> Option<&PgPool> {
+        match self {
+            Self::Postgres(p) => Some(p),
+            Self::Sqlite(_) => None,
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(p) => p.close().await,
+            Self::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Self::Postgres(pool)
+    }
+}
+
+impl From<SqlitePool> for Db {
+    fn from(pool: SqlitePool) -> Self {
+        Self::Sqlite(pool)
+    }
 }
 
 /// `base` with its database name replaced by `database`: how `orderflow up` derives each

@@ -94,6 +94,14 @@ impl Readiness {
         })
     }
 
+    /// The service's database (either backend) answers `select 1`.
+    pub fn database(self, db: crate::db::Db) -> Self {
+        self.check("database", move || {
+            let db = db.clone();
+            async move { db.ping().await }
+        })
+    }
+
     /// RabbitMQ accepts a connection.
     pub fn amqp(self, url: String) -> Self {
         self.check("broker", move || {
