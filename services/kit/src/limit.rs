@@ -6,7 +6,14 @@
 //! If Redis does not answer within [`REDIS_TIMEOUT`] the request is let through and a warning
 //! logged: an outage of the limiter must not become an outage of logins and orders.
 
-use std::{convert::Infallible, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -162,15 +169,26 @@ end
 return {n, ttl}
 ";
 
-/// One named limit (`login`, `orders`) over Redis.
+/// One named limit (`login`, `orders`), counted in Redis (shared by every replica) or, for a
+/// single process such as `orderflow dev`, in the process ([`RateLimiter::in_process`]).
 #[derive(Clone)]
 pub struct RateLimiter {
     rule: Option<Rule>,
     name: &'static str,
     prefix: String,
-    client: Option<redis::Client>,
-    conn: Arc<OnceCell<ConnectionManager>>,
-    script: Arc<Script>,
+    counter: Counter,
+}
+
+/// Where a limit's windows are counted.
+#[derive(Clone)]
+enum Counter {
+    Redis {
+        client: Option<redis::Client>,
+        conn: Arc<OnceCell<ConnectionManager>>,
+        script: Arc<Script>,
+    },
+    /// Key to (count, window end).
+    Local(Arc<Mutex<HashMap<String, (u64, Instant)>>>),
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -192,7 +210,7 @@ impl RateLimiter {
         rule: Option<Rule>,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url).context("parsing the Redis URL")?;
-        Ok(Self::build(
+        Ok(Self::redis(
             Some(client),
             OnceCell::new(),
             prefix,
@@ -208,15 +226,26 @@ impl RateLimiter {
         name: &'static str,
         rule: Option<Rule>,
     ) -> Self {
-        Self::build(None, OnceCell::new_with(Some(conn)), prefix, name, rule)
+        Self::redis(None, OnceCell::new_with(Some(conn)), prefix, name, rule)
+    }
+
+    /// A limit counted in this process only: right for one process (`orderflow dev`), wrong
+    /// behind a load balancer, where each replica would allow the whole limit.
+    pub fn in_process(name: &'static str, rule: Option<Rule>) -> Self {
+        Self {
+            rule,
+            name,
+            prefix: String::new(),
+            counter: Counter::Local(Arc::default()),
+        }
     }
 
     /// No limit at all.
     pub fn off(name: &'static str) -> Self {
-        Self::build(None, OnceCell::new(), "", name, None)
+        Self::in_process(name, None)
     }
 
-    fn build(
+    fn redis(
         client: Option<redis::Client>,
         conn: OnceCell<ConnectionManager>,
         prefix: &str,
@@ -227,9 +256,11 @@ impl RateLimiter {
             rule,
             name,
             prefix: prefix.to_owned(),
-            client,
-            conn: Arc::new(conn),
-            script: Arc::new(Script::new(COUNT)),
+            counter: Counter::Redis {
+                client,
+                conn: Arc::new(conn),
+                script: Arc::new(Script::new(COUNT)),
+            },
         }
     }
 
@@ -264,22 +295,82 @@ impl RateLimiter {
     }
 
     async fn count(&self, key: &str, window: Duration) -> anyhow::Result<(u64, u64)> {
-        let conn = self
-            .conn
+        let (client, conn, script) = match &self.counter {
+            Counter::Local(windows) => return Ok(count_locally(windows, key, window)),
+            Counter::Redis {
+                client,
+                conn,
+                script,
+            } => (client, conn, script),
+        };
+        let conn = conn
             .get_or_try_init(|| async {
-                let client = self.client.clone().context("no Redis for this limit")?;
+                let client = client.clone().context("no Redis for this limit")?;
                 ConnectionManager::new(client)
                     .await
                     .context("connecting to Redis")
             })
             .await?;
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        let (n, ms_left): (u64, i64) = self
-            .script
+        let (n, ms_left): (u64, i64) = script
             .key(key)
             .arg(window_ms)
             .invoke_async(&mut conn.clone())
             .await?;
         Ok((n, u64::try_from(ms_left).unwrap_or(0)))
+    }
+}
+
+/// The Redis script's fixed window, in a map: (count, ms left). Windows that ended are dropped
+/// as they are met, and all of them when the map grows large, so it stays bounded.
+fn count_locally(
+    windows: &Mutex<HashMap<String, (u64, Instant)>>,
+    key: &str,
+    window: Duration,
+) -> (u64, u64) {
+    let now = Instant::now();
+    let mut windows = windows.lock().unwrap_or_else(|e| e.into_inner());
+    if windows.len() > 10_000 {
+        windows.retain(|_, (_, end)| *end > now);
+    }
+    let slot = windows.entry(key.to_owned()).or_insert((0, now + window));
+    if slot.1 <= now {
+        *slot = (0, now + window);
+    }
+    slot.0 += 1;
+    let (n, end) = *slot;
+    let left = end.saturating_duration_since(now).as_millis();
+    (n, u64::try_from(left).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_in_process_limit_counts_each_caller_per_window() {
+        let rule = Rule {
+            limit: 2,
+            window: Duration::from_millis(300),
+        };
+        let limiter = RateLimiter::in_process("login", Some(rule));
+        limiter.check("a").await.unwrap();
+        limiter.check("a").await.unwrap();
+        match limiter.check("a").await {
+            Err(ApiError::TooManyRequests { retry_after_secs }) => assert_eq!(retry_after_secs, 1),
+            other => panic!("third call in the window: {other:?}"),
+        }
+        limiter
+            .check("b")
+            .await
+            .expect("another caller has its own window");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        limiter.check("a").await.expect("a new window starts empty");
+        limiter.check("a").await.unwrap();
+        assert!(
+            limiter.check("a").await.is_err(),
+            "the new window is limited too"
+        );
+        assert!(RateLimiter::off("x").check("a").await.is_ok());
     }
 }
