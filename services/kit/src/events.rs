@@ -10,7 +10,10 @@ use futures::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
-use orderflow_activities::broker::{self, Topology};
+use orderflow_activities::{
+    broker::{self, Topology},
+    queue::{Consumer as _, Delivery as _, QueueError, TaskQueue},
+};
 pub use orderflow_core::WorkflowFinished;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +73,74 @@ where
         tokio::select! {
             () = stop.cancelled() => {}
             () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+        }
+    }
+}
+
+/// [`follow`] on any [`TaskQueue`]: how `orderflow dev` follows events on its embedded queue.
+/// The subscription names the queue and routing key; its broker URL is not used.
+pub async fn follow_on<Q, F, Fut, E>(
+    queue: Q,
+    sub: Subscription,
+    handle: F,
+    stop: CancellationToken,
+) where
+    Q: TaskQueue,
+    F: Fn(WorkflowFinished) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    while !stop.is_cancelled() {
+        if let Err(e) = consume_on(&queue, &sub, &handle, &stop).await {
+            tracing::warn!(error = %e, queue = %sub.queue(), "event consumer lost its queue");
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+        }
+    }
+}
+
+async fn consume_on<Q, F, Fut, E>(
+    queue: &Q,
+    sub: &Subscription,
+    handle: &F,
+    stop: &CancellationToken,
+) -> Result<(), QueueError>
+where
+    Q: TaskQueue,
+    F: Fn(WorkflowFinished) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let name = sub.queue();
+    queue.declare(&name).await?;
+    queue.bind_events(&name, &sub.routing_key).await?;
+    let mut deliveries = queue.consume(&name, PREFETCH).await?;
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = deliveries.next() => next?,
+        };
+        let event: WorkflowFinished = match serde_json::from_slice(delivery.body()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, queue = %name, "undecodable workflow event; dead-lettering it");
+                delivery.nack(false).await?;
+                continue;
+            }
+        };
+        let id = event.workflow_id;
+        match handle(event).await {
+            Ok(()) => delivery.ack().await?,
+            Err(e) => {
+                tracing::warn!(error = %e, workflow = %id, "handling a workflow event failed; it will be redelivered");
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                }
+                delivery.nack(true).await?;
+            }
         }
     }
 }
