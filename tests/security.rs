@@ -145,7 +145,7 @@ impl Stack {
             http::app(
                 "user",
                 orderflow_user::router(orderflow_user::AppState {
-                    pool: user_pool.clone(),
+                    db: user_pool.clone().into(),
                     keys: keys.clone(),
                     sessions: orderflow_user::sessions::Sessions::new(redis, &prefix)
                         .with_login_limit(Some(rule(LOGIN_LIMIT)), None),

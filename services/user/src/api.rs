@@ -21,13 +21,14 @@ use axum::{
 };
 use orderflow_service_kit::{
     ApiError,
-    auth::{AdminUser, AuthUser, JwtKeys, Role},
-    limit::{Peer, client_key},
+    auth::{ACCESS_TOKEN_TTL, AdminUser, AuthUser, JwtKeys, Role},
+    db::Db,
+    limit::{Peer, Rule, client_key},
     openapi::{AdminErrors, BearerErrors, BearerJwt, OtherErrors},
     problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::SqlitePool;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
@@ -35,6 +36,7 @@ use uuid::Uuid;
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 use crate::{
+    config::REFRESH_TTL,
     model::{Email, Name, Password},
     passwords,
     sessions::{SessionError, Sessions},
@@ -44,11 +46,27 @@ use crate::{
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub pool: PgPool,
+    /// The user database: Postgres, or SQLite under `orderflow dev`.
+    pub db: Db,
     pub keys: JwtKeys,
     pub sessions: Sessions,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+}
+
+impl AppState {
+    /// The service on one embedded database and no Redis (`orderflow dev`): users and sessions
+    /// in `pool` (migrated with [`crate::migrations`]), logins limited to `login_limit` per
+    /// client in this process, tokens living as long as [`crate::UserConfig::local`]'s.
+    pub fn embedded(pool: SqlitePool, keys: JwtKeys, login_limit: Option<Rule>) -> Self {
+        Self {
+            db: Db::Sqlite(pool.clone()),
+            keys,
+            sessions: Sessions::in_database(pool).with_login_limit(login_limit, None),
+            access_ttl: ACCESS_TOKEN_TTL,
+            refresh_ttl: REFRESH_TTL,
+        }
+    }
 }
 
 /// The user API's OpenAPI document, served at `/api/v1/openapi.json`.
@@ -90,8 +108,12 @@ fn internal(e: impl Into<anyhow::Error>) -> ApiError {
 
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
-        // Redis down means no session can be made or checked: a dependency outage, not a bug.
-        ApiError::Unavailable(e.into())
+        match e {
+            // Redis down means no session can be made or checked: a dependency outage, not a bug.
+            SessionError::Redis(_) => ApiError::Unavailable(e.into()),
+            // In the service's own database, like any other query of it.
+            SessionError::Db(e) => e.into(),
+        }
     }
 }
 
@@ -130,20 +152,14 @@ async fn register(State(s): State<AppState>, body: Body) -> Result<Response, Api
     let hash = passwords::hash(password.expose().to_owned())
         .await
         .map_err(internal)?;
-    let user = store::insert(
-        &s.pool,
-        email.as_str(),
-        &hash,
-        name.as_str(),
-        Role::Customer,
-    )
-    .await
-    .map_err(|e| match e {
-        StoreError::EmailTaken => {
-            ApiError::Conflict("an account with this email already exists".into())
-        }
-        StoreError::Db(e) => e.into(),
-    })?;
+    let user = store::insert(&s.db, email.as_str(), &hash, name.as_str(), Role::Customer)
+        .await
+        .map_err(|e| match e {
+            StoreError::EmailTaken => {
+                ApiError::Conflict("an account with this email already exists".into())
+            }
+            StoreError::Db(e) => e.into(),
+        })?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/users/{}", user.id))],
@@ -219,7 +235,7 @@ async fn login(
     if let Some(retry_after_secs) = s.sessions.locked_out(email).await? {
         return Err(ApiError::TooManyRequests { retry_after_secs });
     }
-    let found = store::credentials_by_email(&s.pool, email).await?;
+    let found = store::credentials_by_email(&s.db, email).await?;
     // Verify even when the account is missing, so both failures take as long.
     let stored = found.as_ref().map_or_else(
         || passwords::DUMMY_HASH.clone(),
@@ -278,7 +294,7 @@ async fn refresh(State(s): State<AppState>, body: Body) -> Result<Json<Tokens>, 
         .await?
         .ok_or(ApiError::Unauthorized)?;
     // The role is read again: a demotion takes effect at the next refresh.
-    let creds = store::credentials(&s.pool, user)
+    let creds = store::credentials(&s.db, user)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     Ok(Json(issue(&s, creds.id, creds.role).await?))
@@ -317,7 +333,7 @@ async fn logout(State(s): State<AppState>, body: Body) -> Result<StatusCode, Api
     )
 )]
 async fn me(State(s): State<AppState>, caller: AuthUser) -> Result<Json<User>, ApiError> {
-    store::get(&s.pool, caller.id())
+    store::get(&s.db, caller.id())
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("no such user".into()))
@@ -377,7 +393,7 @@ async fn update_me(
                 "is required to change the email or the password",
             )
         })?;
-        let creds = store::credentials(&s.pool, caller.id())
+        let creds = store::credentials(&s.db, caller.id())
             .await?
             .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
         if !passwords::verify(current, creds.password_hash)
@@ -403,7 +419,7 @@ async fn update_me(
         name: name.as_ref().map(Name::as_str),
         password_hash: hash.as_deref(),
     };
-    let user = store::update(&s.pool, caller.id(), &changes)
+    let user = store::update(&s.db, caller.id(), &changes)
         .await
         .map_err(|e| match e {
             StoreError::EmailTaken => {
@@ -443,7 +459,7 @@ async fn get_user(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
-    store::get(&s.pool, user_id(&id)?)
+    store::get(&s.db, user_id(&id)?)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))
@@ -478,7 +494,7 @@ async fn set_role(
 ) -> Result<Json<User>, ApiError> {
     let id = user_id(&id)?;
     let req: SetRole = parse_json(&body?)?;
-    store::set_role(&s.pool, id, req.role)
+    store::set_role(&s.db, id, req.role)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use orderflow_service_kit::{ServiceConfig, auth::ACCESS_TOKEN_TTL, config::ports};
 
+/// How long a refresh session lives since its last rotation unless configured: 30 days.
+pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The first admin, created (or promoted) at start.
 #[derive(Clone)]
 pub struct AdminSeed {
@@ -20,6 +23,16 @@ impl std::fmt::Debug for AdminSeed {
     }
 }
 
+/// Where refresh sessions and failed-login counts are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionBackend {
+    /// Redis at the service's `redis_url`, shared by every replica (`orderflow up`).
+    Redis,
+    /// The user database itself, which must then be SQLite (`orderflow dev`): no Redis needed,
+    /// right for one process only, since the login rate limit is counted in the process.
+    Database,
+}
+
 #[derive(Clone, Debug)]
 pub struct UserConfig {
     pub service: ServiceConfig,
@@ -29,6 +42,8 @@ pub struct UserConfig {
     pub access_ttl: Duration,
     /// Lifetime of a refresh session since its last rotation (30 days).
     pub refresh_ttl: Duration,
+    /// Redis unless set otherwise.
+    pub sessions: SessionBackend,
 }
 
 impl UserConfig {
@@ -40,7 +55,8 @@ impl UserConfig {
             service,
             admin: None,
             access_ttl: ACCESS_TOKEN_TTL,
-            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_ttl: REFRESH_TTL,
+            sessions: SessionBackend::Redis,
         }
     }
 }

@@ -1,9 +1,13 @@
-//! The `users` table. Functions take any executor so callers choose pool or transaction.
+//! The `users` table on either backend of [`Db`]: each function matches on the database and runs
+//! the query in its dialect ([`postgres`], [`sqlite`]), so callers see one store.
+
+mod postgres;
+mod sqlite;
 
 use chrono::{DateTime, Utc};
-use orderflow_service_kit::auth::Role;
+use orderflow_service_kit::{auth::Role, db::Db};
 use serde::Serialize;
-use sqlx::{PgExecutor, prelude::FromRow};
+use sqlx::prelude::FromRow;
 use uuid::Uuid;
 
 /// A user as the API shows it (never the hash).
@@ -34,63 +38,47 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
-fn map_unique(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.constraint() == Some("users_email_key") => {
-            StoreError::EmailTaken
-        }
-        _ => StoreError::Db(e),
-    }
-}
+/// The unique index on `lower(email)`, named alike in both dialects' migrations.
+const EMAIL_KEY: &str = "users_email_key";
 
-const COLUMNS: &str = "id, email, name, role, created_at, updated_at";
-
+/// Creates an account; [`StoreError::EmailTaken`] if the email, in any case, has one.
 pub async fn insert(
-    db: impl PgExecutor<'_>,
+    db: &Db,
     email: &str,
     password_hash: &str,
     name: &str,
     role: Role,
 ) -> Result<User, StoreError> {
-    sqlx::query_as(&format!(
-        "insert into users (id, email, password_hash, name, role) values ($1, $2, $3, $4, $5)
-         returning {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(email)
-    .bind(password_hash)
-    .bind(name)
-    .bind(role)
-    .fetch_one(db)
-    .await
-    .map_err(map_unique)
+    let id = Uuid::now_v7();
+    match db {
+        Db::Postgres(pool) => postgres::insert(pool, id, email, password_hash, name, role).await,
+        Db::Sqlite(pool) => sqlite::insert(pool, id, email, password_hash, name, role).await,
+    }
 }
 
-pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(&format!("select {COLUMNS} from users where id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::get(pool, id).await,
+        Db::Sqlite(pool) => sqlite::get(pool, id).await,
+    }
 }
 
+/// The account of `email`, compared case-insensitively.
 pub async fn credentials_by_email(
-    db: impl PgExecutor<'_>,
+    db: &Db,
     email: &str,
 ) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as("select id, role, password_hash from users where lower(email) = lower($1)")
-        .bind(email)
-        .fetch_optional(db)
-        .await
+    match db {
+        Db::Postgres(pool) => postgres::credentials_by_email(pool, email).await,
+        Db::Sqlite(pool) => sqlite::credentials_by_email(pool, email).await,
+    }
 }
 
-pub async fn credentials(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-) -> Result<Option<Credentials>, sqlx::Error> {
-    sqlx::query_as("select id, role, password_hash from users where id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
+pub async fn credentials(db: &Db, id: Uuid) -> Result<Option<Credentials>, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::credentials(pool, id).await,
+        Db::Sqlite(pool) => sqlite::credentials(pool, id).await,
+    }
 }
 
 /// The changes of one `PATCH /users/me`; `None` leaves a column as it is.
@@ -101,35 +89,16 @@ pub struct Changes<'a> {
     pub password_hash: Option<&'a str>,
 }
 
-pub async fn update(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    changes: &Changes<'_>,
-) -> Result<Option<User>, StoreError> {
-    sqlx::query_as(&format!(
-        "update users set email = coalesce($2, email), name = coalesce($3, name),
-                password_hash = coalesce($4, password_hash), updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(changes.email)
-    .bind(changes.name)
-    .bind(changes.password_hash)
-    .fetch_optional(db)
-    .await
-    .map_err(map_unique)
+pub async fn update(db: &Db, id: Uuid, changes: &Changes<'_>) -> Result<Option<User>, StoreError> {
+    match db {
+        Db::Postgres(pool) => postgres::update(pool, id, changes).await,
+        Db::Sqlite(pool) => sqlite::update(pool, id, changes).await,
+    }
 }
 
-pub async fn set_role(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    role: Role,
-) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "update users set role = $2, updated_at = now() where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(role)
-    .fetch_optional(db)
-    .await
+pub async fn set_role(db: &Db, id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::set_role(pool, id, role).await,
+        Db::Sqlite(pool) => sqlite::set_role(pool, id, role).await,
+    }
 }

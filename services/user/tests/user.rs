@@ -1,5 +1,6 @@
-//! The user service through its router, on a fresh database and the local Redis: registration,
-//! login, every kind of forged token, refresh rotation, logout, profile changes and roles.
+//! The user service through its router, on a fresh Postgres database and the local Redis, and
+//! again on an in-memory SQLite database with no Redis: registration, login, every kind of
+//! forged token, refresh rotation, logout, profile changes and roles.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use axum::{
 };
 use orderflow_service_kit::{
     auth::{Claims, JwtKeys, Role},
-    db,
+    db::{self, Db},
     http::{self, Readiness},
     kv,
 };
@@ -21,33 +22,82 @@ use uuid::Uuid;
 
 const SECRET: &str = "user-test-secret-user-test-secret-0123";
 
-struct App {
-    router: Router,
-    pool: sqlx::PgPool,
+/// Where a test's App keeps its users and sessions.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// A fresh Postgres database and the local Redis, as under `orderflow up`.
+    Postgres,
+    /// An in-memory SQLite database holding the sessions too, as under `orderflow dev`.
+    Sqlite,
 }
 
-async fn app() -> anyhow::Result<App> {
+struct App {
+    router: Router,
+    db: Db,
+}
+
+async fn app(backend: Backend) -> anyhow::Result<App> {
     orderflow_testkit::init_tracing();
-    let tag = Uuid::new_v4().simple().to_string();
-    let url = db::with_database(
-        &orderflow_testkit::pg_server(),
-        &format!("orderflow_user_test_{tag}"),
-    )?;
-    let pool = db::connect_and_migrate(&url, &orderflow_user::migrator()).await?;
-    let redis = kv::connect("redis://127.0.0.1:6379").await?;
-    let state = AppState {
-        pool: pool.clone(),
-        keys: JwtKeys::new(SECRET),
-        sessions: Sessions::new(redis.clone(), &format!("t{}.", &tag[..12])),
-        access_ttl: Duration::from_secs(900),
-        refresh_ttl: Duration::from_secs(3600),
+    let keys = JwtKeys::new(SECRET);
+    let (state, ready) = match backend {
+        Backend::Postgres => {
+            let tag = Uuid::new_v4().simple().to_string();
+            let url = db::with_database(
+                &orderflow_testkit::pg_server(),
+                &format!("orderflow_user_test_{tag}"),
+            )?;
+            let db = Db::connect(&url, &orderflow_user::migrations()).await?;
+            let redis = kv::connect("redis://127.0.0.1:6379").await?;
+            let state = AppState {
+                db: db.clone(),
+                keys,
+                sessions: Sessions::new(redis.clone(), &format!("t{}.", &tag[..12])),
+                access_ttl: Duration::from_secs(900),
+                refresh_ttl: Duration::from_secs(3600),
+            };
+            (state, Readiness::new().database(db).redis(redis))
+        }
+        Backend::Sqlite => {
+            let Db::Sqlite(pool) = Db::sqlite(None, &orderflow_user::migrations()).await? else {
+                unreachable!("Db::sqlite opens SQLite")
+            };
+            let state = AppState::embedded(pool, keys, None);
+            let ready = Readiness::new().database(state.db.clone());
+            (state, ready)
+        }
     };
-    let ready = Readiness::new().postgres(pool.clone()).redis(redis);
     Ok(App {
+        db: state.db.clone(),
         router: http::app("user", orderflow_user::router(state), ready),
-        pool,
     })
 }
+
+/// Runs each scenario once per backend: `<scenario>::postgres` and `<scenario>::sqlite`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn postgres() -> anyhow::Result<()> {
+                super::$scenario(super::app(super::Backend::Postgres).await?).await
+            }
+
+            #[tokio::test]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$scenario(super::app(super::Backend::Sqlite).await?).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    register_login_and_read_me,
+    bad_registrations_name_the_field_and_store_nothing,
+    forged_expired_and_foreign_tokens_are_rejected,
+    refresh_rotates_and_logout_revokes,
+    patch_me_changes_the_profile_and_a_new_password_ends_every_session,
+    the_seeded_admin_manages_roles_and_customers_cannot,
+    repeated_failed_logins_are_throttled,
+);
 
 struct Answer {
     status: StatusCode,
@@ -121,6 +171,14 @@ impl App {
         .await
     }
 
+    async fn count_users(&self) -> anyhow::Result<i64> {
+        const COUNT: &str = "select count(*) from users";
+        Ok(match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(COUNT).fetch_one(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(COUNT).fetch_one(p).await?,
+        })
+    }
+
     async fn login(&self, email: &str, password: &str) -> Answer {
         self.call(
             Method::POST,
@@ -139,9 +197,7 @@ fn token_of(a: &Answer, field: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn register_login_and_read_me() -> anyhow::Result<()> {
-    let app = app().await?;
+async fn register_login_and_read_me(app: App) -> anyhow::Result<()> {
     let created = app.register("Ann@Example.com", "correct horse").await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_eq!(created.body["role"], "customer");
@@ -175,9 +231,7 @@ async fn register_login_and_read_me() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_registrations_name_the_field_and_store_nothing() -> anyhow::Result<()> {
-    let app = app().await?;
+async fn bad_registrations_name_the_field_and_store_nothing(app: App) -> anyhow::Result<()> {
     let post = |body: String| app.raw(Method::POST, "/api/v1/users", None, Some(body));
     post(json!({"email": "not-an-email", "password": "long enough"}).to_string())
         .await
@@ -194,17 +248,12 @@ async fn bad_registrations_name_the_field_and_store_nothing() -> anyhow::Result<
     post("{\"email\": ".to_owned())
         .await
         .problem(StatusCode::BAD_REQUEST, Some("body"));
-    let (n,): (i64,) = sqlx::query_as("select count(*) from users")
-        .fetch_one(&app.pool)
-        .await?;
-    assert_eq!(n, 0);
+    assert_eq!(app.count_users().await?, 0);
     Ok(())
 }
 
-#[tokio::test]
-async fn forged_expired_and_foreign_tokens_are_rejected() -> anyhow::Result<()> {
+async fn forged_expired_and_foreign_tokens_are_rejected(app: App) -> anyhow::Result<()> {
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-    let app = app().await?;
     let created = app.register("bob@example.com", "correct horse").await;
     let id: Uuid = created.body["id"].as_str().unwrap().parse()?;
     let now = chrono::Utc::now().timestamp();
@@ -270,9 +319,7 @@ async fn forged_expired_and_foreign_tokens_are_rejected() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn refresh_rotates_and_logout_revokes() -> anyhow::Result<()> {
-    let app = app().await?;
+async fn refresh_rotates_and_logout_revokes(app: App) -> anyhow::Result<()> {
     app.register("cy@example.com", "correct horse").await;
     let first = app.login("cy@example.com", "correct horse").await;
     let r1 = token_of(&first, "refresh_token");
@@ -308,10 +355,9 @@ async fn refresh_rotates_and_logout_revokes() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn patch_me_changes_the_profile_and_a_new_password_ends_every_session() -> anyhow::Result<()>
-{
-    let app = app().await?;
+async fn patch_me_changes_the_profile_and_a_new_password_ends_every_session(
+    app: App,
+) -> anyhow::Result<()> {
     app.register("dee@example.com", "correct horse").await;
     let tokens = app.login("dee@example.com", "correct horse").await;
     let access = token_of(&tokens, "access_token");
@@ -372,12 +418,10 @@ async fn patch_me_changes_the_profile_and_a_new_password_ends_every_session() ->
     Ok(())
 }
 
-#[tokio::test]
-async fn the_seeded_admin_manages_roles_and_customers_cannot() -> anyhow::Result<()> {
-    let app = app().await?;
-    seed::ensure_admin(&app.pool, "root@example.com", "admin password").await?;
+async fn the_seeded_admin_manages_roles_and_customers_cannot(app: App) -> anyhow::Result<()> {
+    seed::ensure_admin(&app.db, "root@example.com", "admin password").await?;
     // Seeding again (a restart) changes nothing.
-    seed::ensure_admin(&app.pool, "root@example.com", "admin password").await?;
+    seed::ensure_admin(&app.db, "root@example.com", "admin password").await?;
     let admin = token_of(
         &app.login("root@example.com", "admin password").await,
         "access_token",
@@ -425,9 +469,7 @@ async fn the_seeded_admin_manages_roles_and_customers_cannot() -> anyhow::Result
     Ok(())
 }
 
-#[tokio::test]
-async fn repeated_failed_logins_are_throttled() -> anyhow::Result<()> {
-    let app = app().await?;
+async fn repeated_failed_logins_are_throttled(app: App) -> anyhow::Result<()> {
     app.register("fay@example.com", "correct horse").await;
     for _ in 0..orderflow_user::sessions::MAX_FAILURES {
         app.login("fay@example.com", "guess")
