@@ -481,3 +481,61 @@ async fn repeated_failed_logins_are_throttled(app: App) -> anyhow::Result<()> {
     locked.problem(StatusCode::TOO_MANY_REQUESTS, None);
     Ok(())
 }
+
+/// The service as `orderflow dev` starts it: a `sqlite://` URL and sessions in the database, with
+/// a Redis URL where nothing listens, so any use of Redis would fail. A restart keeps accounts
+/// and sessions.
+#[tokio::test]
+async fn a_sqlite_file_needs_no_redis_and_survives_a_restart() -> anyhow::Result<()> {
+    orderflow_testkit::init_tracing();
+    let file = std::env::temp_dir().join(format!("orderflow-user-{}.db", Uuid::new_v4().simple()));
+    let mut config = orderflow_user::UserConfig::local(SECRET);
+    config.service.database_url = format!("sqlite://{}", file.display());
+    config.service.redis_url = "redis://127.0.0.1:1".to_owned();
+    config.sessions = orderflow_user::SessionBackend::Database;
+    let start = || async {
+        let (state, ready) = orderflow_user::prepare(&config).await?;
+        anyhow::Ok(App {
+            db: state.db.clone(),
+            router: http::app("user", orderflow_user::router(state), ready),
+        })
+    };
+
+    let app = start().await?;
+    assert!(matches!(app.db, Db::Sqlite(_)));
+    let ready = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    let created = app.register("ida@example.com", "correct horse").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let tokens = app.login("ida@example.com", "correct horse").await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    app.db.close().await;
+
+    let app = start().await?;
+    let me = app
+        .call(
+            Method::GET,
+            "/api/v1/users/me",
+            Some(&token_of(&tokens, "access_token")),
+            None,
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.body["id"], created.body["id"]);
+    let refreshed = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": token_of(&tokens, "refresh_token")})),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    app.db.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = file.clone().into_os_string();
+        p.push(suffix);
+        std::fs::remove_file(p).ok();
+    }
+    Ok(())
+}
