@@ -5,8 +5,8 @@
 //! verifies) and a long-lived refresh token. The refresh token is a random secret naming a
 //! session kept in Redis, or in the user database itself when that is SQLite (`orderflow dev`):
 //! refreshing rotates it, logging out deletes it, and changing the password deletes all of the
-//! user's sessions. Roles are customer and admin; the first admin is seeded
-//! from the environment at start.
+//! user's sessions. Roles are customer and admin; the first admin is seeded from the environment
+//! at start.
 //!
 //! - [`config`]: [`UserConfig`] and its defaults.
 //! - [`model`]: checked input types ([`model::Email`], [`model::Password`], [`model::Name`]).
