@@ -7,7 +7,8 @@
 //!   derived from the step's key, (3) Stripe's PaymentIntent id and the outcome. A task that
 //!   finds the row `pending` (the last worker died between phases, or Stripe did not answer)
 //!   repeats phase 2 with the same key, and Stripe answers with the intent it already made, so
-//!   the card is charged once. A final outcome is cached in Redis, so repeats short-circuit.
+//!   the card is charged once. A final outcome is cached (in Redis, or in-process without
+//!   it), so repeats short-circuit.
 //! - **refund** refunds the step's payment once (Stripe `Idempotency-Key` = the compensation's
 //!   key, and the row moves `succeeded` to `refunded`). If the charge never reached this
 //!   service it leaves a `voided` row, so a charge task still on its way is refused; if the
@@ -22,7 +23,7 @@ use orderflow_activities::{
     contracts::{self, Charge, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND},
     worker::Handler,
 };
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 use tokio::time::Instant;
 
 use crate::{
@@ -36,7 +37,8 @@ use crate::{
 /// What both activities work with.
 #[derive(Clone, Debug)]
 pub struct Payments {
-    pub pool: PgPool,
+    /// The payment database, Postgres or embedded SQLite.
+    pub db: Db,
     pub gateway: Gateway,
     pub cache: OutcomeCache,
 }
@@ -75,15 +77,10 @@ impl Activity for ChargeActivity {
         }
         let req = ChargeRequest::from_saga(&input)
             .map_err(|e| ActivityError::permanent("bad_input", e.to_string()))?;
-        let payment = store::insert_or_get(
-            &p.pool,
-            key,
-            ctx.workflow_id.0,
-            &req,
-            PaymentStatus::Pending,
-        )
-        .await
-        .map_err(db_error)?;
+        let payment =
+            store::insert_or_get(&p.db, key, ctx.workflow_id.0, &req, PaymentStatus::Pending)
+                .await
+                .map_err(db_error)?;
         let result = settle_charge(p, payment, deadline(ctx)).await;
         let label = match &result {
             Ok(_) => "succeeded",
@@ -115,7 +112,7 @@ async fn settle_charge(
         .charge(&payment, &stripe_key, Some(deadline))
         .await
     {
-        Ok(intent) => store::mark_succeeded(&p.pool, payment.id, &intent).await,
+        Ok(intent) => store::mark_succeeded(&p.db, payment.id, &intent).await,
         Err(GatewayError::Declined {
             code,
             decline_code,
@@ -127,7 +124,7 @@ async fn settle_charge(
                 None => format!("{message} ({code})"),
             };
             store::mark_declined(
-                &p.pool,
+                &p.db,
                 payment.id,
                 payment_intent_id.as_deref(),
                 "card_declined",
@@ -141,7 +138,7 @@ async fn settle_charge(
         }) => {
             let detail = format!("the PaymentIntent ended `{status}`");
             store::mark_declined(
-                &p.pool,
+                &p.db,
                 payment.id,
                 Some(&payment_intent_id),
                 "payment_incomplete",
@@ -161,8 +158,7 @@ async fn settle_charge(
             // the next attempt needs a fresh key to be tried at all.
             let fresh_key = matches!(e, GatewayError::CardProcessing { .. });
             if let Err(db) =
-                store::note_failure(&p.pool, payment.id, &error.code, &error.message, fresh_key)
-                    .await
+                store::note_failure(&p.db, payment.id, &error.code, &error.message, fresh_key).await
             {
                 // Without a fresh key recorded, the next attempt replays the same answer: that
                 // costs a retry, never a second charge.
@@ -253,7 +249,7 @@ impl Activity for RefundActivity {
             // Leave a tombstone if the charge never got here, so it never will.
             Ok(req) => Some(
                 store::insert_or_get(
-                    &p.pool,
+                    &p.db,
                     &charge_key,
                     ctx.workflow_id.0,
                     &req,
@@ -263,9 +259,7 @@ impl Activity for RefundActivity {
                 .map_err(db_error)?,
             ),
             // Input no charge could accept was never charged; nothing to void either.
-            Err(_) => store::by_key(&p.pool, &charge_key)
-                .await
-                .map_err(db_error)?,
+            Err(_) => store::by_key(&p.db, &charge_key).await.map_err(db_error)?,
         };
         let Some(mut payment) = payment else {
             metrics::REFUNDS.with_label_values(&["noop"]).inc();
@@ -286,7 +280,7 @@ impl Activity for RefundActivity {
                 }
                 Err(_) => {}
             }
-            payment = store::get(&p.pool, payment.id)
+            payment = store::get(&p.db, payment.id)
                 .await
                 .map_err(db_error)?
                 .ok_or_else(|| ActivityError::retryable("database", "the payment vanished"))?;
@@ -343,7 +337,7 @@ async fn refund(
         Err(GatewayError::AlreadyRefunded) => None,
         Err(e) => return Err(gateway_error(&e)),
     };
-    let row = store::mark_refunded(&p.pool, payment.id, refund_id.as_deref())
+    let row = store::mark_refunded(&p.db, payment.id, refund_id.as_deref())
         .await
         .map_err(db_error)?
         .ok_or_else(|| ActivityError::retryable("database", "the payment vanished"))?;

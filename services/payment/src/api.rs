@@ -14,11 +14,11 @@ use axum::{
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
+    db::Db,
     openapi::{AdminErrors, BearerErrors, BearerJwt},
     problem::Problem,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
@@ -35,7 +35,8 @@ pub const MAX_LIMIT: i64 = 200;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    /// The payment database, Postgres or embedded SQLite.
+    pub db: Db,
     pub keys: JwtKeys,
     /// Verifies `Stripe-Signature`.
     pub webhook_secret: String,
@@ -113,13 +114,13 @@ async fn show(
 ) -> Result<Json<PaymentDetail>, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad("id", format!("`{id}` is not a payment id")))?;
-    let payment = store::get(&st.pool, id)
+    let payment = store::get(&st.db, id)
         .await?
         // Someone else's payment is as absent as a missing one, so ids cannot be probed.
         .filter(|p| user.is_admin() || p.user_id == user.id())
         .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;
     let events = match &payment.payment_intent_id {
-        Some(pi) => store::events_of(&st.pool, pi).await?,
+        Some(pi) => store::events_of(&st.db, pi).await?,
         None => Vec::new(),
     };
     Ok(Json(PaymentDetail {
@@ -199,7 +200,7 @@ async fn list(
         before,
         limit: limit + 1,
     };
-    let mut rows = store::list(&st.pool, &filter).await?;
+    let mut rows = store::list(&st.db, &filter).await?;
     // One row more than asked tells whether there is a next page, so the last page says so.
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);

@@ -3,14 +3,19 @@
 //! saga, whatever crashes, redeliveries or Stripe outages happen on the way.
 //!
 //! A charge is recorded in three phases (pending row with our id; the Stripe call with the step's
-//! idempotency key; Stripe's intent id), its final outcome is cached in Redis per key, Stripe
-//! outages trip a circuit breaker, and Stripe's signed webhooks are verified and recorded.
+//! idempotency key; Stripe's intent id), its final outcome is cached per key (in Redis, or in
+//! this process when no Redis is configured), Stripe outages trip a circuit breaker, and
+//! Stripe's signed webhooks are verified and recorded.
+//!
+//! The database is Postgres (`orderflow up`) or embedded SQLite (`orderflow dev`), chosen by
+//! the URL's scheme; [`connect`] builds the activities' [`Payments`] either way, and
+//! [`AppState`] with [`router`] serves the API on the same [`Db`].
 //!
 //! - [`model`]: [`model::ChargeRequest`] (only chargeable input builds one), payment statuses.
-//! - [`store`]: the `payments` and `stripe_events` tables.
+//! - [`store`]: the `payments` and `stripe_events` tables, on either backend.
 //! - [`gateway`]: Stripe calls through async-stripe, their timeouts and error classes.
 //! - [`breaker`]: the circuit breaker in front of Stripe.
-//! - [`cache`]: charge outcomes in Redis.
+//! - [`cache`]: charge outcomes in Redis or in-process.
 //! - [`activities`]: `payment.charge` and `payment.refund` for the worker runtime.
 //! - [`webhooks`]: `POST /api/v1/webhooks/stripe`.
 //! - [`api`]: the REST API (a payment for its payer or an admin, the admin list).
@@ -34,7 +39,7 @@ use anyhow::Context as _;
 use orderflow_activities::worker::{Handler, Worker};
 use orderflow_service_kit::{
     auth::JwtKeys,
-    db,
+    db::{Db, Migrations},
     http::{self, Readiness},
     kv,
     parts::Parts,
@@ -57,6 +62,17 @@ pub fn migrator() -> Migrator {
     m
 }
 
+/// Both dialects' migrations (`migrations/payment`, `migrations/sqlite/payment`), for
+/// [`Db::connect`].
+pub fn migrations() -> Migrations {
+    let mut sqlite = sqlx::migrate!("../../migrations/sqlite/payment");
+    sqlite.set_ignore_missing(true);
+    Migrations {
+        postgres: migrator(),
+        sqlite,
+    }
+}
+
 /// The whole HTTP app: `/api/v1` plus `/health`, `/ready`, `/metrics`.
 pub fn router(state: AppState, ready: Readiness) -> axum::Router {
     http::app(SERVICE, api::routes(state), ready)
@@ -67,36 +83,60 @@ pub fn handlers(payments: Arc<Payments>) -> Vec<Arc<dyn Handler>> {
     activities::handlers(payments)
 }
 
-/// Connects what the activities need: the migrated database, Stripe and Redis.
+/// Connects what the activities need: the migrated database (Postgres or SQLite, by the
+/// URL's scheme), Stripe, and the outcome cache ([`outcome_cache`]).
 pub async fn connect(config: &PaymentConfig) -> anyhow::Result<Arc<Payments>> {
-    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
-    let gateway = gateway::Gateway::new(&config.stripe).context("the Stripe client")?;
-    let redis = kv::connect(&config.service.redis_url).await?;
-    let cache = cache::OutcomeCache::new(redis, &config.service.queue_prefix, config.outcome_ttl);
-    Ok(Arc::new(Payments {
-        pool,
-        gateway,
-        cache,
-    }))
+    let db = Db::connect(&config.service.database_url, &migrations()).await?;
+    let cache = outcome_cache(config).await?;
+    payments(db, &config.stripe, cache)
+}
+
+/// What the activities need, on a database the caller opened (`orderflow dev` opens an
+/// embedded one per service).
+pub fn payments(
+    db: Db,
+    stripe: &StripeConfig,
+    cache: cache::OutcomeCache,
+) -> anyhow::Result<Arc<Payments>> {
+    let gateway = gateway::Gateway::new(stripe).context("the Stripe client")?;
+    Ok(Arc::new(Payments { db, gateway, cache }))
+}
+
+/// The outcome cache `config` asks for: in Redis at `redis_url`, or in this process when
+/// `redis_url` is empty (a service with no Redis, as under `orderflow dev`).
+pub async fn outcome_cache(config: &PaymentConfig) -> anyhow::Result<cache::OutcomeCache> {
+    Ok(if config.service.redis_url.is_empty() {
+        cache::OutcomeCache::in_process(config.outcome_ttl)
+    } else {
+        let redis = kv::connect(&config.service.redis_url).await?;
+        cache::OutcomeCache::new(redis, &config.service.queue_prefix, config.outcome_ttl)
+    })
+}
+
+/// The API's state on `db`: tokens checked with `config`'s JWT secret, webhooks with its
+/// Stripe webhook secret.
+pub fn app_state(db: Db, config: &PaymentConfig) -> AppState {
+    AppState {
+        db,
+        keys: JwtKeys::new(&config.service.jwt_secret),
+        webhook_secret: config.stripe.webhook_secret.clone(),
+    }
 }
 
 /// Migrates, then serves the API (webhooks included) and runs the charge and refund workers
 /// until `stop`. If one part fails the other is stopped too.
 pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let payments = connect(&config).await?;
-    let pool = payments.pool.clone();
-    let state = AppState {
-        pool: pool.clone(),
-        keys: JwtKeys::new(&config.service.jwt_secret),
-        webhook_secret: config.stripe.webhook_secret.clone(),
-    };
-    let redis = payments.cache.connection();
+    let db = payments.db.clone();
+    let state = app_state(db.clone(), &config);
     // Stripe is not probed: an outage there is the breaker's business, and the service still
     // answers its API and refuses charges fast meanwhile.
-    let ready = Readiness::new()
-        .postgres(pool.clone())
-        .amqp(config.service.amqp_url.clone())
-        .redis(redis);
+    let mut ready = Readiness::new()
+        .database(db.clone())
+        .amqp(config.service.amqp_url.clone());
+    if let Some(redis) = payments.cache.connection() {
+        ready = ready.redis(redis);
+    }
     let app = router(state, ready);
 
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
@@ -106,6 +146,6 @@ pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Resu
     parts.spawn_worker(worker);
     parts.spawn(http::serve(config.service.bind, app, parts.stop()));
     let outcome = parts.join().await;
-    pool.close().await;
+    db.close().await;
     outcome
 }

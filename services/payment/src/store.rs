@@ -1,149 +1,104 @@
-//! The payment database, one function per statement, each taking the pool from the caller.
+//! The payment database, one function per statement, each taking the [`Db`] from the caller and
+//! running the statement in its backend's dialect ([`postgres`] in production, [`sqlite`] under
+//! `orderflow dev`); both hold the same rows and keep the same promises.
 //!
 //! Every transition is a conditional `update ... where status = ...`, so a late or repeated
 //! writer (a redelivered task, a webhook racing phase 3) changes nothing it should not; the
 //! caller then reads the row to see what won.
 
+mod postgres;
+mod sqlite;
+
 use chrono::{DateTime, Utc};
+use orderflow_service_kit::db::Db;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::model::{ChargeRequest, Payment, PaymentStatus};
 
-const COLUMNS: &str = "id, idempotency_key, workflow_id, order_id, user_id, amount_minor, \
-     currency, payment_method, status, stripe_attempt, payment_intent_id, failure_code, \
-     failure_message, refund_id, refunded_at, created_at, updated_at";
-
 /// Phase 1: records the payment `status` under the step's key unless the step already has one,
 /// and returns the step's payment, new or old.
 pub async fn insert_or_get(
-    pool: &PgPool,
+    db: &Db,
     key: &str,
     workflow_id: Uuid,
     req: &ChargeRequest,
     status: PaymentStatus,
 ) -> Result<Payment, sqlx::Error> {
-    sqlx::query(
-        "insert into payments (id, idempotency_key, workflow_id, order_id, user_id, amount_minor,
-                               currency, payment_method, status)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         on conflict (idempotency_key) do nothing",
-    )
-    .bind(Uuid::now_v7())
-    .bind(key)
-    .bind(workflow_id)
-    .bind(req.order_id)
-    .bind(req.user_id)
-    .bind(req.amount_minor)
-    .bind(&req.currency)
-    .bind(&req.payment_method)
-    .bind(status.as_str())
-    .execute(pool)
-    .await?;
-    // A separate statement: one that also selected would not see a row another transaction
-    // committed while our insert waited on it.
-    by_key(pool, key).await?.ok_or(sqlx::Error::RowNotFound)
+    match db {
+        Db::Postgres(p) => postgres::insert_or_get(p, key, workflow_id, req, status).await,
+        Db::Sqlite(p) => sqlite::insert_or_get(p, key, workflow_id, req, status).await,
+    }
 }
 
-pub async fn by_key(pool: &PgPool, key: &str) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from payments where idempotency_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(pool)
-    .await
+/// The step's payment, by the step's idempotency key.
+pub async fn by_key(db: &Db, key: &str) -> Result<Option<Payment>, sqlx::Error> {
+    match db {
+        Db::Postgres(p) => postgres::by_key(p, key).await,
+        Db::Sqlite(p) => sqlite::by_key(p, key).await,
+    }
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!("select {COLUMNS} from payments where id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<Payment>, sqlx::Error> {
+    match db {
+        Db::Postgres(p) => postgres::get(p, id).await,
+        Db::Sqlite(p) => sqlite::get(p, id).await,
+    }
 }
 
 /// Phase 3 of a successful charge (or a webhook that saw it first): pending to succeeded with
 /// the intent's id. Returns the row as it is afterwards.
 pub async fn mark_succeeded(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     payment_intent_id: &str,
 ) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query(
-        "update payments set status = 'succeeded', payment_intent_id = $2,
-                failure_code = null, failure_message = null, updated_at = now()
-         where id = $1 and status = 'pending'",
-    )
-    .bind(id)
-    .bind(payment_intent_id)
-    .execute(pool)
-    .await?;
-    get(pool, id).await
+    match db {
+        Db::Postgres(p) => postgres::mark_succeeded(p, id, payment_intent_id).await,
+        Db::Sqlite(p) => sqlite::mark_succeeded(p, id, payment_intent_id).await,
+    }
 }
 
 /// Phase 3 of a declined charge.
 pub async fn mark_declined(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     payment_intent_id: Option<&str>,
     code: &str,
     message: &str,
 ) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query(
-        "update payments set status = 'declined',
-                payment_intent_id = coalesce($2, payment_intent_id),
-                failure_code = $3, failure_message = $4, updated_at = now()
-         where id = $1 and status = 'pending'",
-    )
-    .bind(id)
-    .bind(payment_intent_id)
-    .bind(code)
-    .bind(message)
-    .execute(pool)
-    .await?;
-    get(pool, id).await
+    match db {
+        Db::Postgres(p) => postgres::mark_declined(p, id, payment_intent_id, code, message).await,
+        Db::Sqlite(p) => sqlite::mark_declined(p, id, payment_intent_id, code, message).await,
+    }
 }
 
 /// Notes a failed attempt on a pending payment. `fresh_key`: Stripe's answer for the current
 /// key was definite (it will replay it), so the next attempt must use a new key to be tried
 /// again; never set after an unknown outcome.
 pub async fn note_failure(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     code: &str,
     message: &str,
     fresh_key: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update payments set failure_code = $2, failure_message = $3,
-                stripe_attempt = stripe_attempt + $4, updated_at = now()
-         where id = $1 and status = 'pending'",
-    )
-    .bind(id)
-    .bind(code)
-    .bind(message)
-    .bind(i32::from(fresh_key))
-    .execute(pool)
-    .await?;
-    Ok(())
+    match db {
+        Db::Postgres(p) => postgres::note_failure(p, id, code, message, fresh_key).await,
+        Db::Sqlite(p) => sqlite::note_failure(p, id, code, message, fresh_key).await,
+    }
 }
 
 /// The refund is done: succeeded to refunded.
 pub async fn mark_refunded(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     refund_id: Option<&str>,
 ) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query(
-        "update payments set status = 'refunded', refund_id = $2, refunded_at = now(),
-                updated_at = now()
-         where id = $1 and status = 'succeeded'",
-    )
-    .bind(id)
-    .bind(refund_id)
-    .execute(pool)
-    .await?;
-    get(pool, id).await
+    match db {
+        Db::Postgres(p) => postgres::mark_refunded(p, id, refund_id).await,
+        Db::Sqlite(p) => sqlite::mark_refunded(p, id, refund_id).await,
+    }
 }
 
 /// Filters of the admin list.
@@ -157,20 +112,11 @@ pub struct ListFilter {
 }
 
 /// Newest first (ids are UUIDv7, so id order is creation order).
-pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from payments
-         where ($1::text is null or status = $1)
-           and ($2::uuid is null or order_id = $2)
-           and ($3::uuid is null or id < $3)
-         order by id desc limit $4"
-    ))
-    .bind(f.status.map(PaymentStatus::as_str))
-    .bind(f.order_id)
-    .bind(f.before)
-    .bind(f.limit)
-    .fetch_all(pool)
-    .await
+pub async fn list(db: &Db, f: &ListFilter) -> Result<Vec<Payment>, sqlx::Error> {
+    match db {
+        Db::Postgres(p) => postgres::list(p, f).await,
+        Db::Sqlite(p) => sqlite::list(p, f).await,
+    }
 }
 
 /// One verified Stripe event.
@@ -183,18 +129,11 @@ pub struct StripeEvent<'a> {
 }
 
 /// Records `event` once; false if it was already recorded (a redelivery).
-pub async fn record_event(pool: &PgPool, event: &StripeEvent<'_>) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "insert into stripe_events (id, type, payment_intent_id, payload) values ($1, $2, $3, $4)
-         on conflict (id) do nothing",
-    )
-    .bind(event.id)
-    .bind(event.kind)
-    .bind(event.payment_intent_id)
-    .bind(&event.payload)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn record_event(db: &Db, event: &StripeEvent<'_>) -> Result<bool, sqlx::Error> {
+    match db {
+        Db::Postgres(p) => postgres::record_event(p, event).await,
+        Db::Sqlite(p) => sqlite::record_event(p, event).await,
+    }
 }
 
 /// A recorded event, for the admin API and tests.
@@ -208,15 +147,13 @@ pub struct RecordedEvent {
     pub received_at: DateTime<Utc>,
 }
 
+/// The events about one PaymentIntent, oldest first.
 pub async fn events_of(
-    pool: &PgPool,
+    db: &Db,
     payment_intent_id: &str,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, type, payment_intent_id, received_at from stripe_events
-         where payment_intent_id = $1 order by received_at, id",
-    )
-    .bind(payment_intent_id)
-    .fetch_all(pool)
-    .await
+    match db {
+        Db::Postgres(p) => postgres::events_of(p, payment_intent_id).await,
+        Db::Sqlite(p) => sqlite::events_of(p, payment_intent_id).await,
+    }
 }

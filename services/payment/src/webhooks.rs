@@ -76,7 +76,7 @@ pub async fn receive(
             .and_then(|s| Uuid::parse_str(s).ok());
         if let (Some(payment_id), Some(intent)) = (ours, payment_intent_id) {
             // Conditional on `pending`: a no-op when phase 3 got there first.
-            store::mark_succeeded(&st.pool, payment_id, intent)
+            store::mark_succeeded(&st.db, payment_id, intent)
                 .await
                 .map_err(|e| ApiError::Internal(e.into()))?;
         }
@@ -84,7 +84,7 @@ pub async fn receive(
     // Recorded after its effect, which is idempotent: if recording fails, Stripe's redelivery
     // applies it again harmlessly.
     let fresh = store::record_event(
-        &st.pool,
+        &st.db,
         &store::StripeEvent {
             id: event.id.as_str(),
             kind: &kind,

@@ -1,8 +1,14 @@
 //! The payment service on the real thing: the production async-stripe client against the local
 //! Stripe sandbox on port 0, a fresh Postgres database per test, the local Redis, and the
-//! service's HTTP app served on port 0 for webhooks.
+//! service's HTTP app served on port 0 for webhooks. The `on_sqlite_*` tests run the same
+//! activities and API on an embedded SQLite file with the in-process outcome cache, as
+//! `orderflow dev` does.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -25,14 +31,13 @@ use orderflow_payment::{
 };
 use orderflow_service_kit::{
     auth::{JwtKeys, Role},
-    db,
+    db::Db,
     http::Readiness,
     kv,
 };
 use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig, WebhookTarget};
 use orderflow_testkit::eventually;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -44,16 +49,30 @@ const WEBHOOK_SECRET: &str = "whsec_payment_tests";
 /// One test's world: its own payment database, Redis namespace, sandbox and service.
 struct World {
     payments: Arc<Payments>,
-    pool: PgPool,
+    db: Db,
     sandbox: RunningSandbox,
     state: AppState,
     /// Stops the service's HTTP server.
     stop: CancellationToken,
+    /// The SQLite file, removed with the world.
+    file: Option<PathBuf>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some(f) = &self.file {
+            remove_sqlite(f);
+        }
+    }
+}
+
+/// Removes a SQLite database and its WAL files.
+fn remove_sqlite(file: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
     }
 }
 
@@ -64,6 +83,8 @@ struct Setup {
     /// Whether the sandbox posts its webhooks to the service. Off by default: a webhook can
     /// settle a pending payment by itself, which would hide what the idempotency key does.
     webhooks: bool,
+    /// An embedded SQLite file and the in-process outcome cache instead of Postgres and Redis.
+    sqlite: bool,
 }
 
 impl World {
@@ -74,11 +95,17 @@ impl World {
     async fn with(setup: Setup) -> anyhow::Result<Self> {
         orderflow_testkit::init_tracing();
         let tag = Uuid::new_v4().simple().to_string();
-        let url = format!(
-            "{}/orderflow_test_payment_{tag}",
-            orderflow_testkit::pg_server()
-        );
-        let pool = db::connect_and_migrate(&url, &orderflow_payment::migrator()).await?;
+        let file = setup
+            .sqlite
+            .then(|| std::env::temp_dir().join(format!("orderflow-test-payment-{tag}.db")));
+        let url = match &file {
+            Some(f) => format!("sqlite://{}", f.display()),
+            None => format!(
+                "{}/orderflow_test_payment_{tag}",
+                orderflow_testkit::pg_server()
+            ),
+        };
+        let db = Db::connect(&url, &orderflow_payment::migrations()).await?;
         // The service listens first, so the sandbox can post its webhooks to it.
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let service_addr = listener.local_addr()?;
@@ -98,23 +125,26 @@ impl World {
         if let Some(t) = setup.request_timeout {
             stripe.request_timeout = t;
         }
-        let redis = kv::connect("redis://127.0.0.1:6379").await?;
-        let payments = Arc::new(Payments {
-            pool: pool.clone(),
-            gateway: Gateway::new(&stripe)?,
-            cache: OutcomeCache::new(
-                redis,
+        let cache = match setup.sqlite {
+            true => OutcomeCache::in_process(Duration::from_secs(600)),
+            false => OutcomeCache::new(
+                kv::connect("redis://127.0.0.1:6379").await?,
                 &format!("t{}.", &tag[..12]),
                 Duration::from_secs(600),
             ),
+        };
+        let payments = Arc::new(Payments {
+            db: db.clone(),
+            gateway: Gateway::new(&stripe)?,
+            cache,
         });
         let state = AppState {
-            pool: pool.clone(),
+            db: db.clone(),
             keys: JwtKeys::new(JWT_SECRET),
             webhook_secret: WEBHOOK_SECRET.into(),
         };
         let stop = CancellationToken::new();
-        let app = orderflow_payment::router(state.clone(), Readiness::new().postgres(pool.clone()));
+        let app = orderflow_payment::router(state.clone(), Readiness::new().database(db.clone()));
         tokio::spawn(orderflow_service_kit::http::serve_on(
             listener,
             app,
@@ -122,10 +152,11 @@ impl World {
         ));
         Ok(Self {
             payments,
-            pool,
+            db,
             sandbox,
             state,
             stop,
+            file,
         })
     }
 
@@ -188,9 +219,57 @@ fn pi_of(charge: &Charge) -> &str {
     &charge.payment_intent_id
 }
 
-#[tokio::test]
-async fn a_charge_succeeds_and_records_the_intent_in_three_phases() -> anyhow::Result<()> {
-    let w = World::new().await?;
+/// Each scenario twice: `postgres::<name>` on Postgres with Redis, as in production, and
+/// `sqlite::<name>` on an embedded SQLite file with the in-process cache, as under
+/// `orderflow dev`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Setup::default()).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Setup {
+                        sqlite: true,
+                        ..super::Setup::default()
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_charge_succeeds_and_records_the_intent_in_three_phases,
+    the_same_key_twice_makes_one_payment_intent,
+    a_declined_card_is_a_non_retryable_card_declined,
+    a_stripe_500_is_retryable_and_the_retry_charges_once,
+    a_stripe_429_is_retryable_and_certainly_charged_nothing,
+    a_lost_answer_times_out_retryably_and_the_retry_finds_the_same_intent,
+    a_processing_error_is_retried_under_a_fresh_key,
+    a_crash_between_the_phases_never_charges_twice,
+    a_refund_happens_exactly_once,
+    refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it,
+    refunding_an_in_doubt_charge_settles_it_then_refunds_it_once,
+    the_cache_answers_a_repeated_charge_without_the_database_or_stripe,
+    signed_webhooks_are_recorded_and_complete_a_pending_payment,
+    webhook_signatures_are_checked,
+    payments_are_shown_to_their_payer_and_listed_to_admins,
+    the_service_runs_ready_and_stops_on_its_token,
+);
+
+async fn a_charge_succeeds_and_records_the_intent_in_three_phases(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let charge = w
@@ -207,7 +286,7 @@ async fn a_charge_succeeds_and_records_the_intent_in_three_phases() -> anyhow::R
     assert_eq!(pi.metadata["order_id"], inp.order_id.to_string());
     assert_eq!(ledger.charges.len(), 1);
 
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Succeeded);
@@ -217,9 +296,8 @@ async fn a_charge_succeeds_and_records_the_intent_in_three_phases() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn the_same_key_twice_makes_one_payment_intent() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn the_same_key_twice_makes_one_payment_intent(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     // Two deliveries of the same task at once: both find the row pending and call Stripe with
@@ -240,7 +318,7 @@ async fn the_same_key_twice_makes_one_payment_intent() -> anyhow::Result<()> {
     assert_eq!(ledger.charges.len(), 1);
 
     // The key itself, through the production client: one intent whatever the number of calls.
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     for _ in 0..2 {
@@ -255,9 +333,8 @@ async fn the_same_key_twice_makes_one_payment_intent() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_declined_card_is_a_non_retryable_card_declined() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_declined_card_is_a_non_retryable_card_declined(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let err = w
         .charge()
@@ -267,7 +344,7 @@ async fn a_declined_card_is_a_non_retryable_card_declined() -> anyhow::Result<()
     assert_eq!(err.code, "card_declined");
     assert!(!err.retryable);
     assert!(err.message.contains("generic_decline"), "{}", err.message);
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Declined);
@@ -292,9 +369,8 @@ async fn a_declined_card_is_a_non_retryable_card_declined() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_stripe_500_is_retryable_and_the_retry_charges_once(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     w.sandbox.sandbox.set_faults(Faults {
@@ -315,7 +391,7 @@ async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Resul
         "a 500 may come after Stripe acted: a saga giving the charge up refunds it"
     );
     assert!(w.sandbox.sandbox.ledger().payment_intents.is_empty());
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Pending);
@@ -330,9 +406,10 @@ async fn a_stripe_500_is_retryable_and_the_retry_charges_once() -> anyhow::Resul
 
 /// A 429 is Stripe saying it did nothing: retryable, and not of unknown outcome, so a saga that
 /// gives the charge up after 429s does not refund (or first make) a charge that never happened.
-#[tokio::test]
-async fn a_stripe_429_is_retryable_and_certainly_charged_nothing() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_stripe_429_is_retryable_and_certainly_charged_nothing(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     w.sandbox.sandbox.set_faults(Faults {
@@ -355,12 +432,12 @@ async fn a_stripe_429_is_retryable_and_certainly_charged_nothing() -> anyhow::Re
     Ok(())
 }
 
-#[tokio::test]
-async fn a_lost_answer_times_out_retryably_and_the_retry_finds_the_same_intent()
--> anyhow::Result<()> {
+async fn a_lost_answer_times_out_retryably_and_the_retry_finds_the_same_intent(
+    setup: Setup,
+) -> anyhow::Result<()> {
     let w = World::with(Setup {
         request_timeout: Some(Duration::from_millis(300)),
-        ..Setup::default()
+        ..setup
     })
     .await?;
     let wf = Uuid::now_v7();
@@ -393,9 +470,8 @@ async fn a_lost_answer_times_out_retryably_and_the_retry_finds_the_same_intent()
     Ok(())
 }
 
-#[tokio::test]
-async fn a_processing_error_is_retried_under_a_fresh_key() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_processing_error_is_retried_under_a_fresh_key(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let err = w
         .charge()
@@ -409,7 +485,7 @@ async fn a_processing_error_is_retried_under_a_fresh_key() -> anyhow::Result<()>
         (err.code.as_str(), err.retryable),
         ("card_processing_error", true)
     );
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(
@@ -421,16 +497,15 @@ async fn a_processing_error_is_retried_under_a_fresh_key() -> anyhow::Result<()>
     Ok(())
 }
 
-#[tokio::test]
-async fn a_crash_between_the_phases_never_charges_twice() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_crash_between_the_phases_never_charges_twice(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let inp = input("pm_card_visa");
     let req = ChargeRequest::from_saga(&inp)?;
 
     // Died after phase 1: the row is pending, Stripe never heard of it.
     let wf1 = Uuid::now_v7();
     let key1 = format!("{wf1}/charge");
-    store::insert_or_get(&w.pool, &key1, wf1, &req, PaymentStatus::Pending).await?;
+    store::insert_or_get(&w.db, &key1, wf1, &req, PaymentStatus::Pending).await?;
     let c1 = w
         .charge()
         .run(&task(wf1, Phase::Forward), inp.clone())
@@ -439,7 +514,7 @@ async fn a_crash_between_the_phases_never_charges_twice() -> anyhow::Result<()> 
     // Died after phase 2: Stripe charged, the intent id never reached the table.
     let wf2 = Uuid::now_v7();
     let key2 = format!("{wf2}/charge");
-    let pending = store::insert_or_get(&w.pool, &key2, wf2, &req, PaymentStatus::Pending).await?;
+    let pending = store::insert_or_get(&w.db, &key2, wf2, &req, PaymentStatus::Pending).await?;
     let first = w
         .payments
         .gateway
@@ -456,9 +531,8 @@ async fn a_crash_between_the_phases_never_charges_twice() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn a_refund_happens_exactly_once() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn a_refund_happens_exactly_once(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let charge = w
@@ -482,16 +556,17 @@ async fn a_refund_happens_exactly_once() -> anyhow::Result<()> {
     assert_eq!(refunds.len(), 1);
     assert_eq!(refunds[0].amount, 2599);
     assert_eq!(Some(refunds[0].id.clone()), a.refund_id);
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Refunded);
     Ok(())
 }
 
-#[tokio::test]
-async fn refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let r = w
@@ -499,7 +574,7 @@ async fn refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it() -> anyh
         .run(&task(wf, Phase::Compensate), inp.clone())
         .await?;
     assert_eq!(r.refund_id, None);
-    let row = store::by_key(&w.pool, &format!("{wf}/charge"))
+    let row = store::by_key(&w.db, &format!("{wf}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Voided);
@@ -518,14 +593,15 @@ async fn refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it() -> anyh
     Ok(())
 }
 
-#[tokio::test]
-async fn refunding_an_in_doubt_charge_settles_it_then_refunds_it_once() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn refunding_an_in_doubt_charge_settles_it_then_refunds_it_once(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let req = ChargeRequest::from_saga(&inp)?;
     let pending = store::insert_or_get(
-        &w.pool,
+        &w.db,
         &format!("{wf}/charge"),
         wf,
         &req,
@@ -545,9 +621,10 @@ async fn refunding_an_in_doubt_charge_settles_it_then_refunds_it_once() -> anyho
     Ok(())
 }
 
-#[tokio::test]
-async fn redis_answers_a_repeated_charge_without_the_database_or_stripe() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn the_cache_answers_a_repeated_charge_without_the_database_or_stripe(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let first = w
@@ -555,8 +632,9 @@ async fn redis_answers_a_repeated_charge_without_the_database_or_stripe() -> any
         .run(&task(wf, Phase::Forward), inp.clone())
         .await?;
     let requests = w.sandbox.sandbox.requests();
-    // With the database closed and Stripe failing, only Redis can answer.
-    w.pool.close().await;
+    // With the database closed and Stripe failing, only the cache (Redis, or this process's
+    // without it) can answer.
+    w.db.close().await;
     w.sandbox.sandbox.set_faults(Faults {
         fail_requests: 100,
         ..Faults::default()
@@ -610,26 +688,27 @@ async fn the_breaker_opens_on_stripe_failures_and_refuses_fast() -> anyhow::Resu
     Ok(())
 }
 
-async fn events_of(pool: &PgPool, pi: &str) -> anyhow::Result<Vec<String>> {
-    Ok(store::events_of(pool, pi)
+async fn events_of(db: &Db, pi: &str) -> anyhow::Result<Vec<String>> {
+    Ok(store::events_of(db, pi)
         .await?
         .into_iter()
         .map(|e| e.kind)
         .collect())
 }
 
-#[tokio::test]
-async fn signed_webhooks_are_recorded_and_complete_a_pending_payment() -> anyhow::Result<()> {
+async fn signed_webhooks_are_recorded_and_complete_a_pending_payment(
+    setup: Setup,
+) -> anyhow::Result<()> {
     let w = World::with(Setup {
         webhooks: true,
-        ..Setup::default()
+        ..setup
     })
     .await?;
     let wf = Uuid::now_v7();
     let inp = input("pm_card_visa");
     let req = ChargeRequest::from_saga(&inp)?;
     let pending = store::insert_or_get(
-        &w.pool,
+        &w.db,
         &format!("{wf}/charge"),
         wf,
         &req,
@@ -643,15 +722,15 @@ async fn signed_webhooks_are_recorded_and_complete_a_pending_payment() -> anyhow
         .charge(&pending, &pending.stripe_key(), None)
         .await?;
     // The handler settles the payment, then records the event: wait for both.
-    let pool = w.pool.clone();
+    let db = w.db.clone();
     let (row, events) = eventually(
         Duration::from_secs(10),
         "the webhook to settle the payment and be recorded",
         || {
-            let (pool, intent) = (pool.clone(), intent.clone());
+            let (db, intent) = (db.clone(), intent.clone());
             async move {
-                let p = store::get(&pool, pending.id).await?.unwrap();
-                let events = events_of(&pool, &intent).await?;
+                let p = store::get(&db, pending.id).await?.unwrap();
+                let events = events_of(&db, &intent).await?;
                 Ok((p.status == PaymentStatus::Succeeded && !events.is_empty())
                     .then_some((p, events)))
             }
@@ -688,9 +767,8 @@ async fn problem(res: axum::response::Response) -> (StatusCode, Option<String>, 
     )
 }
 
-#[tokio::test]
-async fn webhook_signatures_are_checked() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn webhook_signatures_are_checked(setup: Setup) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let intent = orderflow_stripe_sandbox::ledger::PaymentIntent::example("pi_test_webhook");
     let event = orderflow_stripe_sandbox::ledger::event_json(
         "payment_intent.succeeded",
@@ -707,7 +785,7 @@ async fn webhook_signatures_are_checked() -> anyhow::Result<()> {
     let (status, ..) = problem(w.app().oneshot(webhook_request(&body, Some(&good))).await?).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        events_of(&w.pool, "pi_test_webhook").await?,
+        events_of(&w.db, "pi_test_webhook").await?,
         vec!["payment_intent.succeeded"]
     );
 
@@ -740,9 +818,10 @@ async fn get(app: axum::Router, uri: &str, token: Option<&str>) -> (StatusCode, 
     (status, body)
 }
 
-#[tokio::test]
-async fn payments_are_shown_to_their_payer_and_listed_to_admins() -> anyhow::Result<()> {
-    let w = World::new().await?;
+async fn payments_are_shown_to_their_payer_and_listed_to_admins(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let w = World::with(setup).await?;
     let inp = input("pm_card_visa");
     let charge = w
         .charge()
@@ -886,14 +965,14 @@ async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() ->
 
     let (paid, status) = saga.run("pm_card_visa").await?;
     assert_eq!(status, "completed");
-    let row = store::by_key(&w.pool, &format!("{paid}/charge"))
+    let row = store::by_key(&w.db, &format!("{paid}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Succeeded);
 
     let (declined, status) = saga.run("pm_card_chargeDeclined").await?;
     assert_eq!(status, "compensated");
-    let row = store::by_key(&w.pool, &format!("{declined}/charge"))
+    let row = store::by_key(&w.db, &format!("{declined}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Declined);
@@ -906,7 +985,7 @@ async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() ->
     .await?;
     let (refunded, status) = saga.run("pm_card_visa").await?;
     assert_eq!(status, "compensated");
-    let row = store::by_key(&w.pool, &format!("{refunded}/charge"))
+    let row = store::by_key(&w.db, &format!("{refunded}/charge"))
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Refunded);
@@ -921,8 +1000,8 @@ async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() ->
     Ok(())
 }
 
-#[tokio::test]
-async fn the_service_runs_ready_and_stops_on_its_token() -> anyhow::Result<()> {
+/// `run` as `orderflow up` calls it, and on SQLite with no Redis URL as `orderflow dev` may.
+async fn the_service_runs_ready_and_stops_on_its_token(setup: Setup) -> anyhow::Result<()> {
     orderflow_testkit::init_tracing();
     let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
     let tag = Uuid::new_v4().simple().to_string();
@@ -932,10 +1011,17 @@ async fn the_service_runs_ready_and_stops_on_its_token() -> anyhow::Result<()> {
         .port();
     let mut service = orderflow_service_kit::ServiceConfig::local("payment", port);
     service.bind = ([127, 0, 0, 1], port).into();
-    service.database_url = format!(
-        "{}/orderflow_test_payment_{tag}",
-        orderflow_testkit::pg_server()
-    );
+    let file = std::env::temp_dir().join(format!("orderflow-test-payment-{tag}.db"));
+    service.database_url = match setup.sqlite {
+        true => format!("sqlite://{}", file.display()),
+        false => format!(
+            "{}/orderflow_test_payment_{tag}",
+            orderflow_testkit::pg_server()
+        ),
+    };
+    if setup.sqlite {
+        service.redis_url = String::new();
+    }
     service.queue_prefix = format!("t{}.", &tag[..12]);
     service.jwt_secret = JWT_SECRET.into();
     let config =
@@ -968,5 +1054,13 @@ async fn the_service_runs_ready_and_stops_on_its_token() -> anyhow::Result<()> {
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), running).await???;
+    if setup.sqlite {
+        assert!(
+            file.exists(),
+            "the payments were kept in {}",
+            file.display()
+        );
+        remove_sqlite(&file);
+    }
     Ok(())
 }

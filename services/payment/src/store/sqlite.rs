@@ -1,0 +1,195 @@
+//! The payment database's statements on SQLite (`orderflow dev`), the same rows and
+//! transitions as on Postgres (`migrations/sqlite/payment`). Every statement is a single
+//! conditional write or a read, so none needs a transaction: SQLite runs one writer at a time,
+//! and a second writer waits out the busy timeout instead of failing.
+
+use chrono::{SecondsFormat, Utc};
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use super::{ListFilter, RecordedEvent, StripeEvent};
+use crate::model::{ChargeRequest, Payment, PaymentStatus};
+
+const COLUMNS: &str = "id, idempotency_key, workflow_id, order_id, user_id, amount_minor, \
+     currency, payment_method, status, stripe_attempt, payment_intent_id, failure_code, \
+     failure_message, refund_id, refunded_at, created_at, updated_at";
+
+/// The time now as the tables store it: RFC 3339 with six fractional digits and `Z`, one width
+/// so that text order is time order (SQLite has no clock of that precision).
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(super) async fn insert_or_get(
+    pool: &SqlitePool,
+    key: &str,
+    workflow_id: Uuid,
+    req: &ChargeRequest,
+    status: PaymentStatus,
+) -> Result<Payment, sqlx::Error> {
+    sqlx::query(
+        "insert into payments (id, idempotency_key, workflow_id, order_id, user_id, amount_minor,
+                               currency, payment_method, status, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+         on conflict (idempotency_key) do nothing",
+    )
+    .bind(Uuid::now_v7())
+    .bind(key)
+    .bind(workflow_id)
+    .bind(req.order_id)
+    .bind(req.user_id)
+    .bind(req.amount_minor)
+    .bind(&req.currency)
+    .bind(&req.payment_method)
+    .bind(status.as_str())
+    .bind(now())
+    .execute(pool)
+    .await?;
+    by_key(pool, key).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+pub(super) async fn by_key(pool: &SqlitePool, key: &str) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from payments where idempotency_key = ?1"
+    ))
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
+pub(super) async fn get(pool: &SqlitePool, id: Uuid) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(&format!("select {COLUMNS} from payments where id = ?1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(super) async fn mark_succeeded(
+    pool: &SqlitePool,
+    id: Uuid,
+    payment_intent_id: &str,
+) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query(
+        "update payments set status = 'succeeded', payment_intent_id = ?2,
+                failure_code = null, failure_message = null, updated_at = ?3
+         where id = ?1 and status = 'pending'",
+    )
+    .bind(id)
+    .bind(payment_intent_id)
+    .bind(now())
+    .execute(pool)
+    .await?;
+    get(pool, id).await
+}
+
+pub(super) async fn mark_declined(
+    pool: &SqlitePool,
+    id: Uuid,
+    payment_intent_id: Option<&str>,
+    code: &str,
+    message: &str,
+) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query(
+        "update payments set status = 'declined',
+                payment_intent_id = coalesce(?2, payment_intent_id),
+                failure_code = ?3, failure_message = ?4, updated_at = ?5
+         where id = ?1 and status = 'pending'",
+    )
+    .bind(id)
+    .bind(payment_intent_id)
+    .bind(code)
+    .bind(message)
+    .bind(now())
+    .execute(pool)
+    .await?;
+    get(pool, id).await
+}
+
+pub(super) async fn note_failure(
+    pool: &SqlitePool,
+    id: Uuid,
+    code: &str,
+    message: &str,
+    fresh_key: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update payments set failure_code = ?2, failure_message = ?3,
+                stripe_attempt = stripe_attempt + ?4, updated_at = ?5
+         where id = ?1 and status = 'pending'",
+    )
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .bind(i32::from(fresh_key))
+    .bind(now())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn mark_refunded(
+    pool: &SqlitePool,
+    id: Uuid,
+    refund_id: Option<&str>,
+) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query(
+        "update payments set status = 'refunded', refund_id = ?2, refunded_at = ?3,
+                updated_at = ?3
+         where id = ?1 and status = 'succeeded'",
+    )
+    .bind(id)
+    .bind(refund_id)
+    .bind(now())
+    .execute(pool)
+    .await?;
+    get(pool, id).await
+}
+
+pub(super) async fn list(pool: &SqlitePool, f: &ListFilter) -> Result<Vec<Payment>, sqlx::Error> {
+    // Ids are blobs of UUIDv7, which compare byte by byte, that is by creation time.
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from payments
+         where (?1 is null or status = ?1)
+           and (?2 is null or order_id = ?2)
+           and (?3 is null or id < ?3)
+         order by id desc limit ?4"
+    ))
+    .bind(f.status.map(PaymentStatus::as_str))
+    .bind(f.order_id)
+    .bind(f.before)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub(super) async fn record_event(
+    pool: &SqlitePool,
+    event: &StripeEvent<'_>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "insert into stripe_events (id, type, payment_intent_id, payload, received_at)
+         values (?1, ?2, ?3, ?4, ?5)
+         on conflict (id) do nothing",
+    )
+    .bind(event.id)
+    .bind(event.kind)
+    .bind(event.payment_intent_id)
+    .bind(event.payload.to_string())
+    .bind(now())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn events_of(
+    pool: &SqlitePool,
+    payment_intent_id: &str,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, type, payment_intent_id, received_at from stripe_events
+         where payment_intent_id = ?1 order by received_at, id",
+    )
+    .bind(payment_intent_id)
+    .fetch_all(pool)
+    .await
+}
