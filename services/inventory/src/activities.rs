@@ -9,7 +9,7 @@ use orderflow_activities::{
     contracts::{INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation},
     worker::Handler,
 };
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 
 use crate::{
     metrics,
@@ -28,7 +28,7 @@ pub mod codes {
 /// never settles.
 #[derive(Debug, Clone)]
 pub struct Reserve {
-    pub pool: PgPool,
+    pub db: Db,
     pub ttl: Duration,
 }
 
@@ -56,7 +56,7 @@ impl Activity for Reserve {
             items: &items,
             ttl: self.ttl,
         };
-        let outcome = reservations::reserve(&self.pool, &req).await;
+        let outcome = reservations::reserve(&self.db, &req).await;
         metrics::reserve_outcome(match &outcome {
             Ok(_) => "reserved",
             Err(ReserveError::OutOfStock(_)) => codes::OUT_OF_STOCK,
@@ -92,7 +92,7 @@ impl Activity for Reserve {
 /// already released, or that never happened, succeeds.
 #[derive(Debug, Clone)]
 pub struct Release {
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 #[async_trait]
@@ -108,7 +108,7 @@ impl Activity for Release {
         _input: serde_json::Value,
     ) -> Result<serde_json::Value, ActivityError> {
         let outcome = reservations::release(
-            &self.pool,
+            &self.db,
             &step_ref(ctx),
             &ctx.idempotency_key,
             "compensated",
@@ -140,12 +140,12 @@ fn db_error(e: sqlx::Error) -> ActivityError {
 }
 
 /// The inventory's activity handlers, for a worker.
-pub fn handlers(pool: PgPool, ttl: Duration) -> Vec<Arc<dyn Handler>> {
+pub fn handlers(db: Db, ttl: Duration) -> Vec<Arc<dyn Handler>> {
     vec![
         Arc::new(Reserve {
-            pool: pool.clone(),
+            db: db.clone(),
             ttl,
         }),
-        Arc::new(Release { pool }),
+        Arc::new(Release { db }),
     ]
 }

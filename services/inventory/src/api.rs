@@ -21,6 +21,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use orderflow_activities::contracts::Money;
+use orderflow_service_kit::db::Db;
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, JwtKeys},
@@ -28,7 +29,6 @@ use orderflow_service_kit::{
     problem::{Problem, parse_json},
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
@@ -48,7 +48,7 @@ pub const MAX_IDS: usize = 100;
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Db,
     pub keys: JwtKeys,
 }
 
@@ -165,7 +165,6 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let Query(q) = q?;
-    let mut conn = st.pool.acquire().await?;
     if let Some(ids) = q.ids.as_deref() {
         if q.cursor.is_some() || q.limit.is_some() {
             return Err(ApiError::bad(
@@ -174,7 +173,7 @@ async fn list(
             ));
         }
         let ids = parse_ids(ids)?;
-        let found = products::get_many(&mut conn, &ids).await?;
+        let found = products::get_many(&st.db, &ids).await?;
         let items = found.into_iter().map(ProductView::from).collect();
         return Ok(Json(ProductPage {
             items,
@@ -201,7 +200,7 @@ async fn list(
         })
         .transpose()?;
     // One row more than asked tells whether another page exists.
-    let mut rows = products::list(&mut conn, after.as_ref().map(Sku::as_str), limit + 1).await?;
+    let mut rows = products::list(&st.db, after.as_ref().map(Sku::as_str), limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more.then(|| rows.last().map(|p| p.id.clone())).flatten();
@@ -253,8 +252,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ProductView>, ApiError> {
     let sku = path_sku(&id)?;
-    let mut conn = st.pool.acquire().await?;
-    products::get(&mut conn, sku.as_str())
+    products::get(&st.db, sku.as_str())
         .await?
         .map(|p| Json(p.into()))
         .ok_or_else(|| ApiError::NotFound(format!("no product `{id}`")))
@@ -279,8 +277,7 @@ async fn stock(
     Path(id): Path<String>,
 ) -> Result<Json<AdminProductView>, ApiError> {
     let sku = path_sku(&id)?;
-    let mut conn = st.pool.acquire().await?;
-    products::get(&mut conn, sku.as_str())
+    products::get(&st.db, sku.as_str())
         .await?
         .map(|p| Json(p.into()))
         .ok_or_else(|| ApiError::NotFound(format!("no product `{id}`")))
@@ -347,8 +344,7 @@ async fn create(
         price: price("price", &b.price)?,
         on_hand: stock_count(b.on_hand).map_err(invalid("on_hand"))?,
     };
-    let mut conn = st.pool.acquire().await?;
-    let created = products::create(&mut conn, &product)
+    let created = products::create(&st.db, &product)
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("product `{}` exists", product.id)))?;
     let location = format!("/api/v1/products/{}", created.id);
@@ -420,8 +416,7 @@ async fn update(
             "nothing to change: give name, description, price or on_hand",
         ));
     }
-    let mut conn = st.pool.acquire().await?;
-    products::update(&mut conn, sku.as_str(), &changes)
+    products::update(&st.db, sku.as_str(), &changes)
         .await?
         .map(|p| Json(p.into()))
         .ok_or_else(|| ApiError::NotFound(format!("no product `{id}`")))
@@ -481,8 +476,7 @@ async fn reservations_of(
         .ok_or_else(|| ApiError::bad("workflow_id", "the saga's workflow id is required"))?;
     let workflow_id = Uuid::parse_str(&raw)
         .map_err(|_| ApiError::bad("workflow_id", format!("`{raw}` is not a UUID")))?;
-    let mut conn = st.pool.acquire().await?;
-    let found = reservations::for_workflow(&mut conn, workflow_id).await?;
+    let found = reservations::for_workflow(&st.db, workflow_id).await?;
     let items = found
         .into_iter()
         .map(|r| ReservationView {

@@ -8,7 +8,8 @@
 //!
 //! - [`model`]: checked domain types (`Sku`, `Price`, `Stock`, reservation status).
 //! - [`store`]: the tables, one module each: [`store::products`], [`store::reservations`]
-//!   (reserve, release, settle, sweep; the lock order that keeps them deadlock-free).
+//!   (reserve, release, settle, sweep), on Postgres or on embedded SQLite (`orderflow dev`), as
+//!   the service's [`Db`] is.
 //! - [`activities`]: `inventory.reserve` and `inventory.release` for the worker runtime.
 //! - [`settle`]: follows `WorkflowFinished` events to commit or release a saga's reservations.
 //! - [`sweeper`]: releases reservations whose saga never settled within the TTL.
@@ -33,12 +34,12 @@ use anyhow::Context as _;
 use orderflow_activities::worker::{Handler, Worker};
 use orderflow_service_kit::{
     auth::JwtKeys,
-    db,
+    db::{Db, Migrations},
     events::{self, Subscription},
     http::{self, Readiness},
     parts::Parts,
 };
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
 pub use activities::handlers as activity_handlers;
@@ -57,14 +58,23 @@ pub fn migrator() -> Migrator {
     m
 }
 
+/// The inventory database's migrations on both backends (`migrations/inventory` and
+/// `migrations/sqlite/inventory`).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: migrator(),
+        sqlite: sqlx::migrate!("../../migrations/sqlite/inventory"),
+    }
+}
+
 /// The whole HTTP app: `/api/v1` plus `/health`, `/ready`, `/metrics`.
 pub fn router(state: AppState, ready: Readiness) -> axum::Router {
     http::app(SERVICE, api::routes(state), ready)
 }
 
 /// The activity handlers for a worker (reserve with the configured hold time, release).
-pub fn handlers(pool: PgPool, config: &InventoryConfig) -> Vec<Arc<dyn Handler>> {
-    activities::handlers(pool, config.reservation_ttl)
+pub fn handlers(db: Db, config: &InventoryConfig) -> Vec<Arc<dyn Handler>> {
+    activities::handlers(db, config.reservation_ttl)
 }
 
 /// What the service follows: the order saga's end.
@@ -77,12 +87,13 @@ pub fn subscription(config: &InventoryConfig) -> Subscription {
     }
 }
 
-/// Migrates, then serves the API, runs the activity workers, follows finished sagas and sweeps
+/// Connects to the database the URL names (Postgres, or an embedded SQLite file or memory) and
+/// migrates it, then serves the API, runs the activity workers, follows finished sagas and sweeps
 /// expired reservations, until `stop`. If one part fails the others are stopped too.
 pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
+    let db = Db::connect(&config.service.database_url, &migrations()).await?;
     if config.seed_demo_products {
-        let n = seed_demo_products(&pool)
+        let n = seed_demo_products(&db)
             .await
             .context("seeding demo products")?;
         if n > 0 {
@@ -90,17 +101,17 @@ pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Re
         }
     }
     let state = AppState {
-        pool: pool.clone(),
+        db: db.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
     };
     let ready = Readiness::new()
-        .postgres(pool.clone())
+        .database(db.clone())
         .amqp(config.service.amqp_url.clone());
     let app = router(state, ready);
 
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
         .handlers(
-            handlers(pool.clone(), &config),
+            handlers(db.clone(), &config),
             config.service.worker_concurrency,
         )
         .build();
@@ -110,17 +121,17 @@ pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Re
     parts.spawn_infallible(events::follow(
         sub,
         {
-            let pool = pool.clone();
+            let db = db.clone();
             move |event| {
-                let pool = pool.clone();
-                async move { settle::on_workflow_finished(&pool, &event).await }
+                let db = db.clone();
+                async move { settle::on_workflow_finished(&db, &event).await }
             }
         },
         parts.stop(),
     ));
-    parts.spawn_infallible(sweeper::run(pool.clone(), every, parts.stop()));
+    parts.spawn_infallible(sweeper::run(db.clone(), every, parts.stop()));
     parts.spawn(http::serve(config.service.bind, app, parts.stop()));
     let outcome = parts.join().await;
-    pool.close().await;
+    db.close().await;
     outcome
 }

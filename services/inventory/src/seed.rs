@@ -1,6 +1,6 @@
 //! A small demo catalogue, so `orderflow up` can take orders on a fresh database.
 
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 
 use crate::{
     model::{Price, ProductName, Sku},
@@ -24,9 +24,8 @@ const DEMO: &[(&str, &str, &str, i64, i32)] = &[
 
 /// Inserts the demo products if the catalogue is empty; returns how many it inserted. Running it
 /// twice (or from two processes) inserts them once: ids are fixed and inserts skip taken ones.
-pub async fn seed_demo_products(pool: &PgPool) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if products::count(&mut tx).await? > 0 {
+pub async fn seed_demo_products(db: &Db) -> Result<usize, sqlx::Error> {
+    if products::count(db).await? > 0 {
         return Ok(0);
     }
     let mut inserted = 0;
@@ -38,10 +37,9 @@ pub async fn seed_demo_products(pool: &PgPool) -> Result<usize, sqlx::Error> {
             price: Price::new(*price, "EUR").expect("demo prices are valid"),
             on_hand: *on_hand,
         };
-        if products::create(&mut tx, &product).await?.is_some() {
+        if products::create(db, &product).await?.is_some() {
             inserted += 1;
         }
     }
-    tx.commit().await?;
     Ok(inserted)
 }

@@ -3,7 +3,7 @@
 //! terminated saga compensates nothing, and a held unit no order will take is a lost sale).
 
 use orderflow_core::{WorkflowFinished, WorkflowStatus};
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 
 use crate::{metrics, model::ReservationStatus, store::reservations};
 
@@ -12,10 +12,7 @@ pub const EVENTS_QUEUE: &str = "inventory.workflow-events";
 
 /// Applies one finished saga to its reservations. Idempotent: a redelivered event finds nothing
 /// left in `reserved`.
-pub async fn on_workflow_finished(
-    pool: &PgPool,
-    event: &WorkflowFinished,
-) -> Result<(), sqlx::Error> {
+pub async fn on_workflow_finished(db: &Db, event: &WorkflowFinished) -> Result<(), sqlx::Error> {
     let (to, reason) = match event.status {
         WorkflowStatus::Completed => (ReservationStatus::Committed, "saga_completed"),
         WorkflowStatus::Compensated => (ReservationStatus::Released, "saga_compensated"),
@@ -26,7 +23,7 @@ pub async fn on_workflow_finished(
             return Ok(());
         }
     };
-    let n = reservations::settle_workflow(pool, event.workflow_id.0, to, reason).await?;
+    let n = reservations::settle_workflow(db, event.workflow_id.0, to, reason).await?;
     if n > 0 {
         metrics::settled(reason, n);
         tracing::debug!(workflow_id = %event.workflow_id, settled = n, reason, "reservations settled");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::{metrics, store::reservations};
@@ -15,10 +15,10 @@ const BATCH: i64 = 500;
 /// Sweeps until `stop`: releases everything expired, then waits for the next known expiry or
 /// `interval`, whichever comes first. A reservation made while it waits is found by the next
 /// wake-up, so it is released at most `interval` after it expired.
-pub async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
+pub async fn run(db: Db, interval: Duration, stop: CancellationToken) {
     while !stop.is_cancelled() {
-        let wait = match sweep_once(&pool).await {
-            Ok(_) => match reservations::next_expiry(&pool).await {
+        let wait = match sweep_once(&db).await {
+            Ok(_) => match reservations::next_expiry(&db).await {
                 Ok(Some(at)) => (at - Utc::now())
                     .to_std()
                     .unwrap_or_default()
@@ -43,10 +43,10 @@ pub async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
 }
 
 /// Releases every reservation expired by now; returns how many.
-pub async fn sweep_once(pool: &PgPool) -> Result<usize, sqlx::Error> {
+pub async fn sweep_once(db: &Db) -> Result<usize, sqlx::Error> {
     let mut total = 0;
     loop {
-        let n = reservations::sweep_expired(pool, BATCH).await?;
+        let n = reservations::sweep_expired(db, BATCH).await?;
         total += n;
         if n > 0 {
             metrics::settled("expired", n);

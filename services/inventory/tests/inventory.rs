@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use chrono::Utc;
 use futures::StreamExt as _;
 use orderflow_activities::{
@@ -29,10 +29,11 @@ use orderflow_inventory::{
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
+    db::Db,
     events::{self, Subscription},
     http::Readiness,
 };
-use orderflow_service_testkit::{Api, fresh_db};
+use orderflow_service_testkit::{Api, fresh_db, raw};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -48,9 +49,8 @@ async fn inventory_db() -> anyhow::Result<PgPool> {
 }
 
 async fn add_product(pool: &PgPool, id: &str, on_hand: i32) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
     products::create(
-        &mut conn,
+        &Db::from(pool.clone()),
         &NewProduct {
             id: Sku::parse(id)?,
             name: ProductName::parse(id)?,
@@ -65,8 +65,7 @@ async fn add_product(pool: &PgPool, id: &str, on_hand: i32) -> anyhow::Result<()
 }
 
 async fn stock(pool: &PgPool, id: &str) -> anyhow::Result<Stock> {
-    let mut conn = pool.acquire().await?;
-    Ok(products::get(&mut conn, id)
+    Ok(products::get(&Db::from(pool.clone()), id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no product {id}"))?
         .stock)
@@ -125,7 +124,7 @@ async fn a_reservation_takes_every_item_or_none() -> anyhow::Result<()> {
     add_product(&pool, "mug", 5).await?;
     add_product(&pool, "pot", 1).await?;
     let reserve = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: HOLD,
     };
 
@@ -181,7 +180,7 @@ async fn a_repeated_reserve_returns_the_first_reservation() -> anyhow::Result<()
     let pool = inventory_db().await?;
     add_product(&pool, "mug", 10).await?;
     let reserve = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: HOLD,
     };
     let wf = Uuid::now_v7();
@@ -210,10 +209,12 @@ async fn release_is_idempotent_and_beats_a_late_reserve() -> anyhow::Result<()> 
     let pool = inventory_db().await?;
     add_product(&pool, "mug", 10).await?;
     let reserve = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: HOLD,
     };
-    let release = Release { pool: pool.clone() };
+    let release = Release {
+        db: Db::from(pool.clone()),
+    };
 
     let wf = Uuid::now_v7();
     reserve
@@ -257,7 +258,7 @@ async fn a_finished_saga_commits_or_releases_its_units_once() -> anyhow::Result<
     let pool = inventory_db().await?;
     add_product(&pool, "mug", 10).await?;
     let reserve = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: HOLD,
     };
     let (done, failed, stuck) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -270,18 +271,31 @@ async fn a_finished_saga_commits_or_releases_its_units_once() -> anyhow::Result<
 
     // Events are delivered at least once: each is applied twice here.
     for _ in 0..2 {
-        settle::on_workflow_finished(&pool, &finished(done, WorkflowStatus::Completed)).await?;
-        settle::on_workflow_finished(&pool, &finished(failed, WorkflowStatus::Terminated)).await?;
+        settle::on_workflow_finished(
+            &Db::from(pool.clone()),
+            &finished(done, WorkflowStatus::Completed),
+        )
+        .await?;
+        settle::on_workflow_finished(
+            &Db::from(pool.clone()),
+            &finished(failed, WorkflowStatus::Terminated),
+        )
+        .await?;
         // Needs attention is not an end: an operator may still resume the saga.
-        settle::on_workflow_finished(&pool, &finished(stuck, WorkflowStatus::NeedsAttention))
-            .await?;
+        settle::on_workflow_finished(
+            &Db::from(pool.clone()),
+            &finished(stuck, WorkflowStatus::NeedsAttention),
+        )
+        .await?;
     }
     assert_eq!(stock(&pool, "mug").await?, stock_of(6, 2, 2));
 
     // A release after the commit (a confused operator's retry) changes nothing.
-    let out = Release { pool: pool.clone() }
-        .run(&ctx(done, Phase::Compensate), json!({}))
-        .await?;
+    let out = Release {
+        db: Db::from(pool.clone()),
+    }
+    .run(&ctx(done, Phase::Compensate), json!({}))
+    .await?;
     assert_eq!(out["outcome"], "already_settled");
     assert_eq!(stock(&pool, "mug").await?, stock_of(6, 2, 2));
     Ok(())
@@ -292,11 +306,11 @@ async fn the_sweeper_releases_expired_reservations_only() -> anyhow::Result<()> 
     let pool = inventory_db().await?;
     add_product(&pool, "mug", 10).await?;
     let expiring = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: Duration::ZERO,
     };
     let holding = Reserve {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         ttl: HOLD,
     };
     expiring
@@ -311,15 +325,15 @@ async fn the_sweeper_releases_expired_reservations_only() -> anyhow::Result<()> 
         .await?;
     assert_eq!(stock(&pool, "mug").await?, stock_of(4, 6, 0));
 
-    assert_eq!(sweeper::sweep_once(&pool).await?, 2);
-    assert_eq!(sweeper::sweep_once(&pool).await?, 0);
+    assert_eq!(sweeper::sweep_once(&Db::from(pool.clone())).await?, 2);
+    assert_eq!(sweeper::sweep_once(&Db::from(pool.clone())).await?, 0);
     assert_eq!(stock(&pool, "mug").await?, stock_of(8, 2, 0));
 
     // The running sweeper does the same on its own. The short interval stands in for the
     // production ratio, a TTL far longer than the interval.
     let stop = CancellationToken::new();
     tokio::spawn(sweeper::run(
-        pool.clone(),
+        Db::from(pool.clone()),
         Duration::from_millis(100),
         stop.clone(),
     ));
@@ -368,7 +382,7 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
             let pool = pool.clone();
             move |e: WorkflowFinished| {
                 let pool = pool.clone();
-                async move { settle::on_workflow_finished(&pool, &e).await }
+                async move { settle::on_workflow_finished(&Db::from(pool.clone()), &e).await }
             }
         },
         stop.clone(),
@@ -392,8 +406,10 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let mut worker = Worker::builder(amqp_url(), env.topology.clone())
-        .handlers(orderflow_inventory::handlers(pool.clone(), &config), 16);
+    let mut worker = Worker::builder(amqp_url(), env.topology.clone()).handlers(
+        orderflow_inventory::handlers(Db::from(pool.clone()), &config),
+        16,
+    );
     for name in [
         PAYMENT_CHARGE,
         PAYMENT_REFUND,
@@ -493,20 +509,21 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
 /// The service's whole router on a fresh database.
 async fn api() -> anyhow::Result<Api> {
     let pool = inventory_db().await?;
+    let db = Db::from(pool.clone());
     let state = AppState {
-        pool: pool.clone(),
+        db: db.clone(),
         keys: JwtKeys::new(SECRET),
     };
-    let app = orderflow_inventory::router(state, Readiness::new().postgres(pool.clone()));
+    let app = orderflow_inventory::router(state, Readiness::new().database(db));
     Ok(Api::new(app, pool, SECRET))
 }
 
 #[tokio::test]
 async fn the_catalogue_is_public_and_paged() -> anyhow::Result<()> {
     let api = api().await?;
-    assert_eq!(seed_demo_products(&api.pool).await?, 5);
+    assert_eq!(seed_demo_products(&Db::from(api.pool.clone())).await?, 5);
     // Seeding only fills an empty catalogue.
-    assert_eq!(seed_demo_products(&api.pool).await?, 0);
+    assert_eq!(seed_demo_products(&Db::from(api.pool.clone())).await?, 0);
 
     let (status, _, page) = api
         .call("GET", "/api/v1/products?limit=2", None, None)
@@ -621,9 +638,8 @@ async fn only_admins_change_the_catalogue() -> anyhow::Result<()> {
         .call("POST", "/api/v1/products", Some(&customer), Some(body))
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let mut conn = api.pool.acquire().await?;
     assert_eq!(
-        products::count(&mut conn).await?,
+        products::count(&Db::from(api.pool.clone())).await?,
         0,
         "refused writes persist nothing"
     );
@@ -783,8 +799,7 @@ async fn bad_product_input_names_the_field_and_persists_nothing() -> anyhow::Res
         assert_eq!(ctype, "application/problem+json", "{method} {body}");
         assert_eq!(problem["field"], field, "{method} {body}: {problem}");
     }
-    let mut conn = api.pool.acquire().await?;
-    assert_eq!(products::count(&mut conn).await?, 1);
+    assert_eq!(products::count(&Db::from(api.pool.clone())).await?, 1);
     assert_eq!(stock(&api.pool, "mug").await?, stock_of(5, 0, 0));
     Ok(())
 }
@@ -795,7 +810,7 @@ async fn admins_can_see_what_a_saga_holds() -> anyhow::Result<()> {
     add_product(&api.pool, "mug", 5).await?;
     let wf = Uuid::now_v7();
     Reserve {
-        pool: api.pool.clone(),
+        db: Db::from(api.pool.clone()),
         ttl: HOLD,
     }
     .run(&ctx(wf, Phase::Forward), order(&[("mug", 2)]))
@@ -840,5 +855,128 @@ async fn admins_can_see_what_a_saga_holds() -> anyhow::Result<()> {
     assert_eq!(status, StatusCode::OK);
     let (status, _, ready) = api.call("GET", "/ready", None, None).await?;
     assert_eq!((status, &ready["database"]), (StatusCode::OK, &json!(true)));
+    Ok(())
+}
+
+/// The same API on the embedded database `orderflow dev` gives the service: the catalogue, an
+/// admin's new product, a saga's reservation and readiness.
+#[tokio::test]
+async fn the_api_answers_on_sqlite() -> anyhow::Result<()> {
+    let db = Db::sqlite(None, &orderflow_inventory::migrations()).await?;
+    let app = orderflow_inventory::router(
+        AppState {
+            db: db.clone(),
+            keys: JwtKeys::new(SECRET),
+        },
+        Readiness::new().database(db.clone()),
+    );
+    let admin = JwtKeys::new(SECRET).issue(Uuid::new_v4(), Role::Admin, HOLD)?;
+    assert_eq!(seed_demo_products(&db).await?, 5);
+    assert_eq!(seed_demo_products(&db).await?, 0);
+
+    let page = raw(
+        &app,
+        Method::GET,
+        "/api/v1/products?limit=2",
+        None,
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body["items"][0]["id"], "sku-1");
+    assert_eq!(page.body["items"][0]["available"], 100);
+    assert_eq!(page.body["next_cursor"], "sku-2");
+    let found = raw(
+        &app,
+        Method::GET,
+        "/api/v1/products?ids=sku-3,nope,sku-1",
+        None,
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(found.body["items"].as_array().map(Vec::len), Some(2));
+
+    let body = r#"{"id":"kettle","name":"Kettle","price":{"amount_minor":4500,"currency":"EUR"},"on_hand":7}"#;
+    let created = raw(
+        &app,
+        Method::POST,
+        "/api/v1/products",
+        Some(&admin),
+        &[],
+        Some(body.into()),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["stock"],
+        json!({"on_hand": 7, "reserved": 0, "sold": 0})
+    );
+    let again = raw(
+        &app,
+        Method::POST,
+        "/api/v1/products",
+        Some(&admin),
+        &[],
+        Some(body.into()),
+    )
+    .await;
+    again.problem(StatusCode::CONFLICT, None);
+    let patched = raw(
+        &app,
+        Method::PATCH,
+        "/api/v1/products/kettle",
+        Some(&admin),
+        &[],
+        Some(r#"{"on_hand":20}"#.into()),
+    )
+    .await;
+    assert_eq!(
+        (patched.status, &patched.body["available"]),
+        (StatusCode::OK, &json!(20))
+    );
+
+    let wf = Uuid::now_v7();
+    Reserve {
+        db: db.clone(),
+        ttl: HOLD,
+    }
+    .run(&ctx(wf, Phase::Forward), order(&[("kettle", 2)]))
+    .await?;
+    let held = raw(
+        &app,
+        Method::GET,
+        &format!("/api/v1/reservations?workflow_id={wf}"),
+        Some(&admin),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    assert_eq!(held.body["items"][0]["workflow_id"], wf.to_string());
+    assert_eq!(held.body["items"][0]["status"], "reserved");
+    assert_eq!(
+        held.body["items"][0]["items"],
+        json!([{"product_id": "kettle", "quantity": 2}])
+    );
+    let stock = raw(
+        &app,
+        Method::GET,
+        "/api/v1/products/kettle/stock",
+        Some(&admin),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        stock.body["stock"],
+        json!({"on_hand": 18, "reserved": 2, "sold": 0})
+    );
+    let ready = raw(&app, Method::GET, "/ready", None, &[], None).await;
+    assert_eq!(
+        (ready.status, &ready.body["database"]),
+        (StatusCode::OK, &json!(true))
+    );
     Ok(())
 }

@@ -1,11 +1,15 @@
 //! The `products` table: catalogue and stock counters.
 
+mod postgres;
+mod sqlite;
+
 use chrono::{DateTime, Utc};
 use orderflow_activities::contracts::Money;
-use sqlx::PgConnection;
+use orderflow_service_kit::db::Db;
 
 use crate::model::{Price, Product, ProductName, Sku, Stock};
 
+/// A product as both backends return it.
 #[derive(sqlx::FromRow)]
 struct Row {
     id: String,
@@ -45,40 +49,28 @@ const COLUMNS: &str = "id, name, description, price_minor, currency, on_hand, re
                        created_at, updated_at";
 
 /// A page of products in id order, starting after `after`.
-pub async fn list(
-    conn: &mut PgConnection,
-    after: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "select {COLUMNS} from products where $1::text is null or id > $1 order by id limit $2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+pub async fn list(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<Product>, sqlx::Error> {
+    let rows = match db {
+        Db::Postgres(pool) => postgres::list(pool, after, limit).await?,
+        Db::Sqlite(pool) => sqlite::list(pool, after, limit).await?,
+    };
     Ok(rows.into_iter().map(Product::from).collect())
 }
 
 /// The products among `ids` that exist, in id order.
-pub async fn get_many(
-    conn: &mut PgConnection,
-    ids: &[String],
-) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "select {COLUMNS} from products where id = any($1) order by id"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
+pub async fn get_many(db: &Db, ids: &[String]) -> Result<Vec<Product>, sqlx::Error> {
+    let rows = match db {
+        Db::Postgres(pool) => postgres::get_many(pool, ids).await?,
+        Db::Sqlite(pool) => sqlite::get_many(pool, ids).await?,
+    };
     Ok(rows.into_iter().map(Product::from).collect())
 }
 
-pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(&format!("select {COLUMNS} from products where id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+pub async fn get(db: &Db, id: &str) -> Result<Option<Product>, sqlx::Error> {
+    let row = match db {
+        Db::Postgres(pool) => postgres::get(pool, id).await?,
+        Db::Sqlite(pool) => sqlite::get(pool, id).await?,
+    };
     Ok(row.map(Product::from))
 }
 
@@ -93,24 +85,11 @@ pub struct NewProduct {
 }
 
 /// Inserts the product; `None` if the id is taken.
-pub async fn create(
-    conn: &mut PgConnection,
-    p: &NewProduct,
-) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "insert into products (id, name, description, price_minor, currency, on_hand)
-         values ($1, $2, $3, $4, $5, $6)
-         on conflict (id) do nothing
-         returning {COLUMNS}"
-    ))
-    .bind(p.id.as_str())
-    .bind(p.name.as_str())
-    .bind(&p.description)
-    .bind(p.price.amount_minor())
-    .bind(p.price.currency())
-    .bind(p.on_hand)
-    .fetch_optional(conn)
-    .await?;
+pub async fn create(db: &Db, p: &NewProduct) -> Result<Option<Product>, sqlx::Error> {
+    let row = match db {
+        Db::Postgres(pool) => postgres::create(pool, p).await?,
+        Db::Sqlite(pool) => sqlite::create(pool, p).await?,
+    };
     Ok(row.map(Product::from))
 }
 
@@ -127,36 +106,30 @@ pub struct ProductChanges {
 
 /// Applies `changes`; `None` if there is no such product.
 pub async fn update(
-    conn: &mut PgConnection,
+    db: &Db,
     id: &str,
     changes: &ProductChanges,
 ) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "update products set
-             name = coalesce($2, name),
-             description = coalesce($3, description),
-             price_minor = coalesce($4, price_minor),
-             currency = coalesce($5, currency),
-             on_hand = coalesce($6, on_hand),
-             updated_at = now()
-         where id = $1
-         returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(changes.name.as_ref().map(ProductName::as_str))
-    .bind(changes.description.as_deref())
-    .bind(changes.price.as_ref().map(Price::amount_minor))
-    .bind(changes.price.as_ref().map(Price::currency))
-    .bind(changes.on_hand)
-    .fetch_optional(conn)
-    .await?;
+    let row = match db {
+        Db::Postgres(pool) => postgres::update(pool, id, changes).await?,
+        Db::Sqlite(pool) => sqlite::update(pool, id, changes).await?,
+    };
     Ok(row.map(Product::from))
 }
 
 /// How many products there are.
-pub async fn count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    let (n,): (i64,) = sqlx::query_as("select count(*) from products")
-        .fetch_one(conn)
-        .await?;
+pub async fn count(db: &Db) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as("select count(*) from products")
+                .fetch_one(pool)
+                .await?
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_as("select count(*) from products")
+                .fetch_one(pool)
+                .await?
+        }
+    };
     Ok(n)
 }
