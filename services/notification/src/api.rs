@@ -16,11 +16,11 @@ use axum::{
 use orderflow_service_kit::{
     ApiError,
     auth::{AdminUser, AuthUser, JwtKeys},
+    db::Db,
     openapi::{AdminErrors, BearerErrors, BearerJwt},
     problem::{Problem, parse_json, text_param},
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
@@ -32,7 +32,7 @@ use crate::{
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Db,
     pub keys: JwtKeys,
 }
 
@@ -172,8 +172,7 @@ async fn list(
         // One row more than asked tells whether another page exists.
         limit: limit + 1,
     };
-    let mut conn = st.pool.acquire().await?;
-    let mut rows = store::list(&mut conn, &filter).await?;
+    let mut rows = store::list(&st.db, &filter).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more.then(|| rows.last().map(|n| n.id)).flatten();
@@ -203,9 +202,8 @@ async fn show(
 ) -> Result<Json<NotificationDetail>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no notification `{id}`"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let mut conn = st.pool.acquire().await?;
-    let n = store::get(&mut conn, uuid).await?.ok_or_else(not_found)?;
-    let attempts = store::attempts(&mut conn, uuid).await?;
+    let n = store::get(&st.db, uuid).await?.ok_or_else(not_found)?;
+    let attempts = store::attempts(&st.db, uuid).await?;
     Ok(Json(NotificationDetail {
         notification: n,
         attempt_log: attempts,
@@ -243,8 +241,7 @@ async fn outbox(
     let Query(q) = q?;
     let limit = limit(q.limit.as_deref())?;
     let before = uuid_param("cursor", q.cursor.as_deref())?;
-    let mut conn = st.pool.acquire().await?;
-    let mut rows = store::outbox(&mut conn, before, limit + 1).await?;
+    let mut rows = store::outbox(&st.db, before, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more
@@ -268,8 +265,7 @@ async fn outbox(
     )
 )]
 async fn my_contact(user: AuthUser, State(st): State<AppState>) -> Result<Json<Contact>, ApiError> {
-    let mut conn = st.pool.acquire().await?;
-    Ok(Json(store::contact(&mut conn, user.id()).await?))
+    Ok(Json(store::contact(&st.db, user.id()).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -314,7 +310,6 @@ async fn set_my_contact(
             .transpose()
             .map_err(|e| ApiError::unprocessable("push_token", e.to_string()))?,
     };
-    let mut conn = st.pool.acquire().await?;
-    store::set_contact(&mut conn, user.id(), &contact).await?;
+    store::set_contact(&st.db, user.id(), &contact).await?;
     Ok(Json(contact))
 }

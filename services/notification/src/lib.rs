@@ -6,7 +6,8 @@
 //! - [`providers`]: the delivery traits and their implementations: SMTP email (lettre), HTTP SMS
 //!   and push, and the outbox that only records messages (`orderflow up` without providers).
 //! - [`templates`]: the message templates (minijinja), compiled in.
-//! - [`store`]: the notification log, attempts, outbox and contacts tables.
+//! - [`store`]: the notification log, attempts, outbox and contacts tables, on Postgres or on
+//!   embedded SQLite (`orderflow dev`), whichever [`Db`] the service was given.
 //! - [`api`]: the REST API (admin log and outbox, the user's contact details).
 //! - [`model`]: channels, statuses and checked contact details.
 //! - [`config`]: [`NotificationConfig`] and its defaults.
@@ -27,11 +28,11 @@ use anyhow::Context as _;
 use orderflow_activities::worker::{Handler, Worker};
 use orderflow_service_kit::{
     auth::JwtKeys,
-    db,
+    db::{Db, Migrations},
     http::{self, Readiness},
     parts::Parts,
 };
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
 pub use api::AppState;
@@ -51,14 +52,25 @@ pub fn migrator() -> Migrator {
     m
 }
 
+/// The notification database's migrations on both backends (`migrations/notification`,
+/// `migrations/sqlite/notification`).
+pub fn migrations() -> Migrations {
+    let mut sqlite = sqlx::migrate!("../../migrations/sqlite/notification");
+    sqlite.set_ignore_missing(true);
+    Migrations {
+        postgres: migrator(),
+        sqlite,
+    }
+}
+
 /// The whole HTTP app: `/api/v1` plus `/health`, `/ready`, `/metrics`.
 pub fn router(state: AppState, ready: Readiness) -> axum::Router {
     http::app(SERVICE, api::routes(state), ready)
 }
 
 /// The providers `config` asks for; the outbox stands in for each one left unset.
-pub fn providers(pool: PgPool, config: &NotificationConfig) -> anyhow::Result<Providers> {
-    let outbox = Arc::new(Outbox::new(pool, &config.email_from).context("email_from")?);
+pub fn providers(db: impl Into<Db>, config: &NotificationConfig) -> anyhow::Result<Providers> {
+    let outbox = Arc::new(Outbox::new(db, &config.email_from).context("email_from")?);
     let http = |url: &Option<String>| -> anyhow::Result<Option<Arc<HttpProvider>>> {
         url.as_ref()
             .map(|u| {
@@ -87,15 +99,18 @@ pub fn providers(pool: PgPool, config: &NotificationConfig) -> anyhow::Result<Pr
 }
 
 /// The activity handlers for a worker.
-pub fn handlers(pool: PgPool, providers: Providers) -> Vec<Arc<dyn Handler>> {
-    vec![Arc::new(Send { pool, providers })]
+pub fn handlers(db: impl Into<Db>, providers: Providers) -> Vec<Arc<dyn Handler>> {
+    vec![Arc::new(Send {
+        db: db.into(),
+        providers,
+    })]
 }
 
 /// Migrates, then serves the API and runs the `notification.send` worker until `stop`. If one
-/// part fails the other is stopped too.
+/// part fails the other is stopped too. The database is Postgres or SQLite by the URL's scheme.
 pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
-    let providers = providers(pool.clone(), &config)?;
+    let db = Db::connect(&config.service.database_url, &migrations()).await?;
+    let providers = providers(db.clone(), &config)?;
     tracing::info!(
         email = providers.email.name(),
         sms = providers.sms.name(),
@@ -103,15 +118,15 @@ pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow:
         "notification providers"
     );
     let state = AppState {
-        pool: pool.clone(),
+        db: db.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
     };
     let ready = Readiness::new()
-        .postgres(pool.clone())
+        .database(db.clone())
         .amqp(config.service.amqp_url.clone());
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
         .handlers(
-            handlers(pool.clone(), providers),
+            handlers(db.clone(), providers),
             config.service.worker_concurrency,
         )
         .build();
@@ -123,6 +138,6 @@ pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow:
         parts.stop(),
     ));
     let outcome = parts.join().await;
-    pool.close().await;
+    db.close().await;
     outcome
 }

@@ -9,8 +9,8 @@ use orderflow_activities::{
     Activity, ActivityError, TaskContext,
     contracts::{NOTIFICATION_SEND, Notification, OrderSagaInput},
 };
+use orderflow_service_kit::db::Db;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     providers::{
         Delivery, DeliveryError, Email, EmailProvider, Push, PushProvider, Sms, SmsProvider,
     },
-    store::{self, AttemptOutcome, NewNotification},
+    store::{self, AttemptOutcome, Claimed, NewNotification},
     templates::{self, Rendered},
 };
 
@@ -44,7 +44,7 @@ pub struct Providers {
 /// The `notification.send` activity.
 #[derive(Debug, Clone)]
 pub struct Send {
-    pub pool: PgPool,
+    pub db: Db,
     pub providers: Providers,
 }
 
@@ -75,11 +75,9 @@ impl Activity for Send {
     ) -> Result<Notification, ActivityError> {
         let rendered = templates::order_confirmation(&input)
             .map_err(|e| ActivityError::permanent(codes::TEMPLATE, e.to_string()))?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let contact = store::contact(&mut conn, input.user_id)
+        let contact = store::contact(&self.db, input.user_id)
             .await
             .map_err(db_error)?;
-        drop(conn);
         let mut outgoing = vec![Outgoing {
             channel: Channel::Email,
             recipient: input.email.clone(),
@@ -129,10 +127,13 @@ impl Activity for Send {
 impl Send {
     /// Delivers one channel's message at most once per idempotency key.
     ///
-    /// The message row stays locked while the provider is called, so duplicates of the task wait
-    /// and then find it sent. A crash after the provider took the message but before the commit
-    /// sends it once more on the retry: no SMTP server can dedupe for us, but the stable
-    /// `Message-ID` (and the `Idempotency-Key` of the HTTP providers) lets the receiving side.
+    /// The message stays claimed while the provider is called, so duplicates of the task wait
+    /// and then find it sent. A crash after the provider took the message but before the outcome
+    /// was stored sends it once more on the retry: no SMTP server can dedupe for us, but the
+    /// stable `Message-ID` (and the `Idempotency-Key` of the HTTP providers) lets the receiving
+    /// side. That is why [`store::claim`] commits the message's row, and so its id, before the
+    /// provider is called (the fault suite's Postgres crash found two confirmations with two
+    /// Message-IDs when the row rolled back with the crash).
     async fn deliver(&self, ctx: &TaskContext, out: &Outgoing<'_>) -> Result<Outcome, sqlx::Error> {
         let provider = match out.channel {
             Channel::Email => self.providers.email.name(),
@@ -154,28 +155,25 @@ impl Send {
             body_html: (out.channel == Channel::Email).then_some(out.rendered.html.as_str()),
             provider,
         };
-        // The message's row (and so its id, the Message-ID) is committed before the provider is
-        // called: a crash after the provider took the message but before the outcome is stored
-        // must leave the retry the same id to send with, not roll the row back and let the
-        // retry mint another (the fault suite's Postgres crash found two confirmations with two
-        // Message-IDs).
-        let mut tx = self.pool.begin().await?;
-        store::claim(&mut tx, &new).await?;
-        tx.commit().await?;
-        let mut tx = self.pool.begin().await?;
-        let row = store::claim(&mut tx, &new).await?;
-        match row.status() {
-            NotificationStatus::Sent => {
-                tx.commit().await?;
-                return Ok(Outcome::Sent(row.id));
+        let claim = match store::claim(&self.db, &new).await? {
+            Claimed::Held(claim) => claim,
+            Claimed::Settled(row) => {
+                return Ok(match row.status() {
+                    NotificationStatus::Sent => Outcome::Sent(row.id),
+                    NotificationStatus::Failed => {
+                        Outcome::Failed(row.id, row.last_error.unwrap_or_default())
+                    }
+                    // Not what `claim` settles on; the saga's retry looks again.
+                    NotificationStatus::Pending => Outcome::Delayed("not settled yet".into()),
+                });
             }
-            NotificationStatus::Failed => {
-                tx.commit().await?;
-                let why = row.last_error.unwrap_or_default();
-                return Ok(Outcome::Failed(row.id, why));
+            Claimed::Busy => {
+                return Ok(Outcome::Delayed(
+                    "another delivery of this message is under way".into(),
+                ));
             }
-            NotificationStatus::Pending => {}
-        }
+        };
+        let row = claim.notification().clone();
         // The stored message, not today's rendering: a retry sends what the first attempt did.
         let sent = match out.channel {
             Channel::Email => {
@@ -211,16 +209,15 @@ impl Send {
                 provider_message_id,
                 detail,
             }) => {
-                store::record_attempt(
-                    &mut tx,
-                    row.id,
-                    provider,
-                    AttemptOutcome::Sent,
-                    provider_message_id.as_deref(),
-                    None,
-                    &detail,
-                )
-                .await?;
+                claim
+                    .record_attempt(
+                        provider,
+                        AttemptOutcome::Sent,
+                        provider_message_id.as_deref(),
+                        None,
+                        &detail,
+                    )
+                    .await?;
                 Outcome::Sent(row.id)
             }
             Err(e) => {
@@ -235,20 +232,18 @@ impl Send {
                     ),
                 };
                 let why = e.to_string();
-                store::record_attempt(
-                    &mut tx,
-                    row.id,
-                    provider,
-                    outcome,
-                    None,
-                    Some(&why),
-                    &json!({ "error": why }),
-                )
-                .await?;
+                claim
+                    .record_attempt(
+                        provider,
+                        outcome,
+                        None,
+                        Some(&why),
+                        &json!({ "error": why }),
+                    )
+                    .await?;
                 result
             }
         };
-        tx.commit().await?;
         crate::metrics::delivery(out.channel, provider, outcome_label(&outcome));
         Ok(outcome)
     }

@@ -31,6 +31,7 @@ use orderflow_notification::{
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
+    db::Db,
     http::Readiness,
 };
 use orderflow_service_testkit::{Api, SmtpServer, free_port, fresh_db};
@@ -100,9 +101,8 @@ fn order(email: &str) -> OrderSagaInput {
 }
 
 async fn rows(pool: &PgPool) -> anyhow::Result<Vec<store::Notification>> {
-    let mut conn = pool.acquire().await?;
     Ok(store::list(
-        &mut conn,
+        &Db::from(pool.clone()),
         &store::ListFilter {
             limit: 100,
             ..Default::default()
@@ -117,7 +117,7 @@ async fn the_confirmation_reaches_the_smtp_server_once() -> anyhow::Result<()> {
     let port = free_port().await?;
     let server = SmtpServer::start(port).await?;
     let send = Send {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         providers: providers(&pool, smtp(port)),
     };
     let wf = Uuid::now_v7();
@@ -161,7 +161,7 @@ async fn smtp_down_is_retryable_and_the_message_goes_out_once_it_is_back() -> an
     let pool = notification_db().await?;
     let port = free_port().await?;
     let send = Send {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         providers: providers(&pool, smtp(port)),
     };
     let wf = Uuid::now_v7();
@@ -185,8 +185,7 @@ async fn smtp_down_is_retryable_and_the_message_goes_out_once_it_is_back() -> an
     assert_eq!(server.messages()?.len(), 1);
     let logged = rows(&pool).await?;
     assert_eq!((logged[0].status.as_str(), logged[0].attempts), ("sent", 2));
-    let mut conn = pool.acquire().await?;
-    let log: Vec<String> = store::attempts(&mut conn, logged[0].id)
+    let log: Vec<String> = store::attempts(&Db::from(pool.clone()), logged[0].id)
         .await?
         .into_iter()
         .map(|a| a.outcome)
@@ -201,7 +200,7 @@ async fn a_bad_address_is_a_permanent_failure_logged_once() -> anyhow::Result<()
     let port = free_port().await?;
     let server = SmtpServer::start(port).await?;
     let send = Send {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         providers: providers(&pool, smtp(port)),
     };
     let wf = Uuid::now_v7();
@@ -269,7 +268,7 @@ async fn sms_and_push_go_to_the_http_provider_where_the_user_asked() -> anyhow::
         Duration::from_secs(5),
     )?);
     let send = Send {
-        pool: pool.clone(),
+        db: Db::from(pool.clone()),
         providers: Providers {
             email: Arc::new(Outbox::new(pool.clone(), FROM)?),
             sms: http.clone(),
@@ -277,9 +276,8 @@ async fn sms_and_push_go_to_the_http_provider_where_the_user_asked() -> anyhow::
         },
     };
     let input = order("buyer@example.com");
-    let mut conn = pool.acquire().await?;
     store::set_contact(
-        &mut conn,
+        &Db::from(pool.clone()),
         input.user_id,
         &Contact {
             phone: Some("+4915112345678".into()),
@@ -349,7 +347,7 @@ async fn api() -> anyhow::Result<Api> {
     let pool = notification_db().await?;
     let app = orderflow_notification::router(
         AppState {
-            pool: pool.clone(),
+            db: Db::from(pool.clone()),
             keys: JwtKeys::new(SECRET),
         },
         Readiness::new().postgres(pool.clone()),
@@ -361,7 +359,7 @@ async fn api() -> anyhow::Result<Api> {
 async fn admins_read_the_log_and_the_outbox() -> anyhow::Result<()> {
     let api = api().await?;
     let send = Send {
-        pool: api.pool.clone(),
+        db: Db::from(api.pool.clone()),
         providers: {
             let outbox = Arc::new(Outbox::new(api.pool.clone(), FROM)?);
             Providers {
@@ -497,9 +495,9 @@ async fn users_set_where_else_their_order_messages_go() -> anyhow::Result<()> {
         .call("GET", "/api/v1/contacts/me", Some(&token), None)
         .await?;
     assert_eq!(got, saved);
-    let mut conn = api.pool.acquire().await?;
+    let db = Db::from(api.pool.clone());
     assert_eq!(
-        store::contact(&mut conn, user).await?.push_token.as_deref(),
+        store::contact(&db, user).await?.push_token.as_deref(),
         Some("tok-1")
     );
 
@@ -517,7 +515,7 @@ async fn users_set_where_else_their_order_messages_go() -> anyhow::Result<()> {
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
     assert_eq!(
-        store::contact(&mut conn, user).await?.phone.as_deref(),
+        store::contact(&db, user).await?.phone.as_deref(),
         Some("+4915112345678")
     );
     let (status, _, _) = api

@@ -1,30 +1,32 @@
 //! The outbox provider: "delivers" by recording the message in the service's own database, as it
 //! would have gone out. `orderflow up` uses it when no SMTP server or SMS/push API is configured,
-//! so the whole saga runs on one machine and every message can still be read.
+//! so the whole saga runs on one machine and every message can still be read; under
+//! `orderflow dev` every message goes here, in the embedded database, and the admin API's
+//! `GET /outbox` lists them.
 
 use async_trait::async_trait;
 use lettre::message::Mailbox;
+use orderflow_service_kit::db::Db;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
     Delivery, DeliveryError, Email, EmailProvider, Push, PushProvider, Sms, SmsProvider,
     smtp::{SmtpConfigError, build_message, parse_from},
 };
-use crate::model::Channel;
+use crate::{model::Channel, store};
 
 /// Records messages in `outbox_messages`.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    pool: PgPool,
+    db: Db,
     from: Mailbox,
 }
 
 impl Outbox {
-    pub fn new(pool: PgPool, from: &str) -> Result<Self, SmtpConfigError> {
+    pub fn new(db: impl Into<Db>, from: &str) -> Result<Self, SmtpConfigError> {
         Ok(Self {
-            pool,
+            db: db.into(),
             from: parse_from(from)?,
         })
     }
@@ -37,18 +39,9 @@ impl Outbox {
         content: &str,
     ) -> Result<Delivery, DeliveryError> {
         // Keyed by the notification: a repeat records nothing new.
-        sqlx::query(
-            "insert into outbox_messages (notification_id, channel, recipient, content)
-             values ($1, $2, $3, $4)
-             on conflict (notification_id) do nothing",
-        )
-        .bind(id)
-        .bind(channel.as_str())
-        .bind(recipient)
-        .bind(content)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| DeliveryError::Transient(format!("recording in the outbox: {e}")))?;
+        store::record_outbox(&self.db, id, channel, recipient, content)
+            .await
+            .map_err(|e| DeliveryError::Transient(format!("recording in the outbox: {e}")))?;
         Ok(Delivery {
             provider_message_id: Some(id.to_string()),
             detail: json!({ "recorded_in": "outbox_messages" }),
