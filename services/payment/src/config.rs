@@ -56,8 +56,9 @@ impl StripeConfig {
 pub struct PaymentConfig {
     pub service: ServiceConfig,
     pub stripe: StripeConfig,
-    /// How long Redis remembers a charge's outcome. Stripe keeps idempotency keys for 24 hours;
-    /// after that the database still answers.
+    /// How long the outcome cache (Redis, or in-process when `service.redis_url` is empty)
+    /// remembers a charge's outcome. Stripe keeps idempotency keys for 24 hours; after that the
+    /// database still answers.
     pub outcome_ttl: Duration,
 }
 
