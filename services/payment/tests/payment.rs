@@ -25,7 +25,6 @@ use orderflow_payment::{
     activities::{ChargeActivity, RefundActivity},
     breaker::BreakerConfig,
     cache::OutcomeCache,
-    gateway::Gateway,
     model::{ChargeRequest, PaymentStatus},
     store,
 };
@@ -133,11 +132,7 @@ impl World {
                 Duration::from_secs(600),
             ),
         };
-        let payments = Arc::new(Payments {
-            db: db.clone(),
-            gateway: Gateway::new(&stripe)?,
-            cache,
-        });
+        let payments = orderflow_payment::payments(db.clone(), &stripe, cache)?;
         let state = AppState {
             db: db.clone(),
             keys: JwtKeys::new(JWT_SECRET),
