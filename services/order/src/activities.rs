@@ -15,7 +15,7 @@ use orderflow_activities::{
     contracts::{ORDER_CANCEL, ORDER_CREATE, OrderConfirmation, OrderSagaInput},
     worker::Handler,
 };
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 
 use crate::{
     model::OrderStatus,
@@ -30,7 +30,7 @@ fn db_error(e: sqlx::Error) -> ActivityError {
 /// `order.create`.
 #[derive(Clone, Debug)]
 pub struct CreateOrder {
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 #[async_trait]
@@ -54,7 +54,7 @@ impl Activity for CreateOrder {
             })
             .collect();
         let status = store::confirm(
-            &self.pool,
+            &self.db,
             &ConfirmRow {
                 id: input.order_id,
                 user_id: input.user_id,
@@ -86,7 +86,7 @@ impl Activity for CreateOrder {
 /// `order.cancel`.
 #[derive(Clone, Debug)]
 pub struct CancelOrder {
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 #[async_trait]
@@ -101,7 +101,7 @@ impl Activity for CancelOrder {
         input: OrderSagaInput,
     ) -> Result<OrderConfirmation, ActivityError> {
         // A missing order (create never ran) has nothing to undo.
-        store::cancel_for_compensation(&self.pool, input.order_id)
+        store::cancel_for_compensation(&self.db, input.order_id)
             .await
             .map_err(db_error)?;
         Ok(OrderConfirmation {
@@ -112,9 +112,9 @@ impl Activity for CancelOrder {
 }
 
 /// The order service's activities, for a worker.
-pub fn handlers(pool: PgPool) -> Vec<Arc<dyn Handler>> {
+pub fn handlers(db: Db) -> Vec<Arc<dyn Handler>> {
     vec![
-        Arc::new(CreateOrder { pool: pool.clone() }),
-        Arc::new(CancelOrder { pool }),
+        Arc::new(CreateOrder { db: db.clone() }),
+        Arc::new(CancelOrder { db }),
     ]
 }

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use orderflow_service_kit::{
     ApiError,
     auth::{AuthUser, JwtKeys},
+    db::Db,
     limit::RateLimiter,
     openapi::{BearerErrors, BearerJwt, MoneyView},
     problem::{Problem, parse_json},
@@ -31,7 +32,6 @@ use orderflow_service_kit::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use sqlx::PgPool;
 use tokio::sync::Notify;
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -40,13 +40,14 @@ use crate::{
     clients::{CallError, Clients},
     model::{CancelCode, NewOrder, OrderRequest, OrderStatus, ShippingAddress},
     starter,
-    store::{self, NewOrderRow, Order, PricedLine},
+    store::{self, NewOrderRow, Order, PricedLine, Tx},
 };
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub pool: PgPool,
+    /// The order database, on either backend.
+    pub db: Db,
     pub keys: JwtKeys,
     pub clients: Clients,
     /// Wakes the background starter (after a start that had to be deferred).
@@ -225,7 +226,7 @@ async fn place(
         .map(|b| format!("{b:02x}"))
         .collect();
     let user = caller.id();
-    if let Some(existing) = store::by_key(&s.pool, user, &key).await? {
+    if let Some(existing) = store::by_key(&s.db, user, &key).await? {
         return replay(&existing, &hash);
     }
 
@@ -273,7 +274,7 @@ async fn place(
     })?;
 
     let id = Uuid::now_v7();
-    let mut tx = s.pool.begin().await?;
+    let mut tx = Tx::begin(&s.db).await?;
     let inserted = store::insert_with_intent(
         &mut tx,
         &NewOrderRow {
@@ -296,20 +297,20 @@ async fn place(
     }
     if inserted.is_none() {
         // A concurrent request with the same key won the insert.
-        let existing = store::by_key(&s.pool, user, &key)
+        let existing = store::by_key(&s.db, user, &key)
             .await?
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("order for key vanished")))?;
         return replay(&existing, &hash);
     }
     // The order is safe now; starting its saga here is only the fast path.
-    match starter::start_one(&s.pool, &s.clients, Some(id), s.start_backoff_cap).await {
+    match starter::start_one(&s.db, &s.clients, Some(id), s.start_backoff_cap).await {
         Ok(starter::Attempt::Deferred { .. }) => s.wake.notify_one(),
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(order = %id, error = %e, "saga start left to the background starter")
         }
     }
-    let stored = store::get(&s.pool, id)
+    let stored = store::get(&s.db, id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("order {id} vanished")))?;
     Ok(accepted(&stored))
@@ -323,7 +324,7 @@ fn order_id(raw: &str) -> Result<Uuid, ApiError> {
 /// The order if the caller may see it. Someone else's order is "not found", exactly like a
 /// missing one, so order ids cannot be probed.
 async fn visible(s: &AppState, caller: &AuthUser, id: Uuid) -> Result<Order, ApiError> {
-    store::get(&s.pool, id)
+    store::get(&s.db, id)
         .await?
         .filter(|o| o.user_id == caller.id() || caller.is_admin())
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
@@ -400,7 +401,7 @@ async fn list(
         })
         .transpose()?;
     // One more than asked says whether there is a next page, so the last page has no cursor.
-    let mut rows = store::list_for_user(&s.pool, caller.id(), before, limit + 1).await?;
+    let mut rows = store::list_for_user(&s.db, caller.id(), before, limit + 1).await?;
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     let next = more.then(|| rows.last().map(|o| o.id)).flatten();
@@ -434,7 +435,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let order = store::get(&s.pool, id)
+    let order = store::get(&s.db, id)
         .await?
         .filter(|o| o.user_id == caller.id())
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
@@ -447,7 +448,7 @@ async fn cancel(
         }
         OrderStatus::Pending => {}
     }
-    let mut tx = s.pool.begin().await?;
+    let mut tx = Tx::begin(&s.db).await?;
     // Waits for a saga start in progress (it holds the intent's lock), so the answer below is
     // either "never started" or "started, with this workflow id".
     if store::cancel_unstarted(
@@ -459,11 +460,11 @@ async fn cancel(
     .await?
     {
         tx.commit().await?;
-        let o = store::get(&s.pool, id).await?.unwrap_or(order);
+        let o = store::get(&s.db, id).await?.unwrap_or(order);
         return Ok(Json(view(&o)).into_response());
     }
-    store::mark_cancel_requested(&mut *tx, id).await?;
-    let current = store::get(&mut *tx, id).await?.unwrap_or(order);
+    store::mark_cancel_requested(&mut tx, id).await?;
+    let current = store::get_for_update(&mut tx, id).await?.unwrap_or(order);
     tx.commit().await?;
     let Some(workflow) = current.workflow_id else {
         return Err(ApiError::Internal(anyhow::anyhow!(

@@ -3,12 +3,12 @@
 //! the customer or an operator).
 
 use orderflow_core::{WorkflowFinished, WorkflowStatus};
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 use uuid::Uuid;
 
 use crate::{
     model::CancelCode,
-    store::{self, Outcome},
+    store::{self, Outcome, Tx},
 };
 
 /// Error codes of the saga's activities that mean the payment was refused.
@@ -67,10 +67,7 @@ fn status_name(s: WorkflowStatus) -> String {
 /// Applies one `WorkflowFinished` to its order. Events of other workflow types or without an
 /// order id are ignored; an order this service never stored is ignored too (its saga was started
 /// directly on the engine and failed before `order.create`).
-pub async fn on_workflow_finished(
-    pool: &PgPool,
-    event: &WorkflowFinished,
-) -> Result<(), sqlx::Error> {
+pub async fn on_workflow_finished(db: &Db, event: &WorkflowFinished) -> Result<(), sqlx::Error> {
     if event.workflow_type != "order" {
         return Ok(());
     }
@@ -83,13 +80,14 @@ pub async fn on_workflow_finished(
         tracing::warn!(workflow = %event.workflow_id, "an order saga without an order_id business key");
         return Ok(());
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let Some(current) = store::get_for_update(&mut tx, order).await? else {
+        tx.rollback().await?;
         return Ok(());
     };
     let outcome = outcome(event, current.cancel_requested_at.is_some());
     store::apply_finished(
-        &mut *tx,
+        &mut tx,
         order,
         event.workflow_id.0,
         &status_name(event.status),

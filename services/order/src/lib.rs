@@ -10,7 +10,7 @@
 //!
 //! - [`config`]: [`OrderConfig`] and its defaults.
 //! - [`model`]: checked order input, order statuses and cancellation codes.
-//! - [`store`]: the `orders` and `saga_starts` tables.
+//! - [`store`]: the `orders` and `saga_starts` tables, on Postgres or embedded SQLite.
 //! - [`clients`]: the inventory, user and engine REST APIs.
 //! - [`starter`]: turns stored intents into started sagas, inline and in the background.
 //! - [`activities`]: `order.create` and `order.cancel` for the worker runtime.
@@ -33,12 +33,12 @@ use anyhow::Context as _;
 use orderflow_activities::worker::Worker;
 use orderflow_service_kit::{
     auth::JwtKeys,
-    db,
+    db::{Db, Migrations},
     events::{self, Subscription},
     http::{self, Readiness},
     parts::Parts,
 };
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,17 @@ pub fn migrator() -> Migrator {
     m
 }
 
+/// The order database's migrations for both backends: `migrations/order/` on Postgres and
+/// `migrations/sqlite/order/` on SQLite.
+pub fn migrations() -> Migrations {
+    let mut sqlite = sqlx::migrate!("../../migrations/sqlite/order");
+    sqlite.set_ignore_missing(true);
+    Migrations {
+        postgres: migrator(),
+        sqlite,
+    }
+}
+
 /// The order service follows the end of every order saga.
 pub fn subscription(config: &OrderConfig) -> Subscription {
     Subscription {
@@ -66,8 +77,8 @@ pub fn subscription(config: &OrderConfig) -> Subscription {
     }
 }
 
-/// The handler state for `config`, over `pool`.
-pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
+/// The handler state for `config`, over `db`.
+pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     metrics::register();
     let clients = clients::Clients::new(
         &config.inventory_url,
@@ -77,7 +88,7 @@ pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
     )
     .context("building the HTTP client")?;
     Ok(AppState {
-        pool,
+        db,
         keys: JwtKeys::new(&config.service.jwt_secret),
         clients,
         wake: Arc::new(Notify::new()),
@@ -94,31 +105,31 @@ pub fn state(config: &OrderConfig, pool: PgPool) -> anyhow::Result<AppState> {
 /// Migrates, then serves the API, runs the `order.create` / `order.cancel` workers, follows
 /// finished sagas and starts pending sagas, until `stop`. If one part fails the rest stop too.
 pub async fn run(config: OrderConfig, stop: CancellationToken) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.service.database_url, &migrator()).await?;
-    let state = state(&config, pool.clone())?;
+    let db = Db::connect(&config.service.database_url, &migrations()).await?;
+    let state = state(&config, db.clone())?;
     let ready = Readiness::new()
-        .postgres(pool.clone())
+        .database(db.clone())
         .amqp(config.service.amqp_url.clone());
     let app = http::app(SERVICE, router(state.clone()), ready);
 
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
-        .handlers(handlers(pool.clone()), config.service.worker_concurrency)
+        .handlers(handlers(db.clone()), config.service.worker_concurrency)
         .build();
     let mut parts = Parts::new(SERVICE, &stop);
     parts.spawn_worker(worker);
     parts.spawn_infallible(events::follow(
         subscription(&config),
         {
-            let pool = pool.clone();
+            let db = db.clone();
             move |event| {
-                let pool = pool.clone();
-                async move { follow::on_workflow_finished(&pool, &event).await }
+                let db = db.clone();
+                async move { follow::on_workflow_finished(&db, &event).await }
             }
         },
         parts.stop(),
     ));
     parts.spawn_infallible(starter::run(
-        pool.clone(),
+        db.clone(),
         state.clients.clone(),
         state.wake.clone(),
         config.start_interval,

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use orderflow_activities::contracts::{Money, OrderItem, OrderSagaInput};
-use sqlx::PgPool;
+use orderflow_service_kit::db::Db;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     clients::{CallError, Clients},
     model::CancelCode,
-    store::{self, Order},
+    store::{self, Order, Tx},
 };
 
 /// The saga input of a stored order.
@@ -67,12 +67,12 @@ fn backoff(attempts: i32, cap: Duration) -> Duration {
 /// Claims one due intent (that of `only`, if given), calls the engine and records the outcome,
 /// all while holding the intent's row lock so a concurrent cancel waits for the answer.
 pub async fn start_one(
-    pool: &PgPool,
+    db: &Db,
     clients: &Clients,
     only: Option<Uuid>,
     backoff_cap: Duration,
 ) -> Result<Attempt, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(db).await?;
     let Some((order, attempts)) = store::claim_start(&mut tx, only).await? else {
         return Ok(Attempt::NothingDue);
     };
@@ -110,7 +110,7 @@ pub async fn start_one(
 
 /// Starts every due saga, then waits for `wake` or `interval`, until `stop`.
 pub async fn run(
-    pool: PgPool,
+    db: Db,
     clients: Clients,
     wake: Arc<Notify>,
     interval: Duration,
@@ -119,7 +119,7 @@ pub async fn run(
 ) {
     while !stop.is_cancelled() {
         loop {
-            match start_one(&pool, &clients, None, backoff_cap).await {
+            match start_one(&db, &clients, None, backoff_cap).await {
                 Ok(Attempt::NothingDue) => break,
                 // Keep going: the next due intent may be for a healthy path.
                 Ok(_) => {}

@@ -64,7 +64,7 @@ impl E2e {
         stripe.breaker = setup.breaker;
         let pay_pool = fresh_db("payment", &orderflow_payment::migrator()).await?;
         let payments = Arc::new(Payments {
-            pool: pay_pool.clone(),
+            db: pay_pool.clone().into(),
             gateway: Gateway::new(&stripe)?,
             cache: OutcomeCache::new(
                 stack.redis.clone(),
@@ -75,7 +75,7 @@ impl E2e {
         stack.spawn_worker(orderflow_payment::handlers(payments));
         let payment = orderflow_payment::router(
             orderflow_payment::AppState {
-                pool: pay_pool,
+                db: pay_pool.into(),
                 keys: JwtKeys::new(common::SECRET),
                 webhook_secret: stripe.webhook_secret.clone(),
             },

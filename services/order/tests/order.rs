@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::{Engine, SETTLE, Stack, order_body};
+use common::{Engine, OrderBackend, SETTLE, Stack, order_body};
 use orderflow_activities::{
     contracts::{NOTIFICATION_SEND, PAYMENT_CHARGE, PAYMENT_REFUND},
     recording::{self, Fault},
@@ -30,19 +30,44 @@ async fn stack(def: SagaDefinition) -> anyhow::Result<Stack> {
 }
 
 async fn stack_with(def: SagaDefinition, engine: Engine) -> anyhow::Result<Stack> {
-    let stack = Stack::with_engine(Registry::new().with(def), engine).await?;
+    Ok(with_recording(
+        Stack::with_engine(Registry::new().with(def), engine).await?,
+    ))
+}
+
+/// The stack with the order service on `backend`.
+async fn stack_on(def: SagaDefinition, backend: OrderBackend) -> anyhow::Result<Stack> {
+    Ok(with_recording(match backend {
+        OrderBackend::Postgres => Stack::new(Registry::new().with(def)).await?,
+        OrderBackend::Sqlite => Stack::on_sqlite(Registry::new().with(def)).await?,
+    }))
+}
+
+fn with_recording(stack: Stack) -> Stack {
     stack.spawn_worker(
         recording::order_saga_handlers(stack.env.pool.clone())
             .into_iter()
             .filter(|h| [PAYMENT_CHARGE, PAYMENT_REFUND, NOTIFICATION_SEND].contains(&h.activity()))
             .collect(),
     );
-    Ok(stack)
+    stack
 }
 
 #[tokio::test]
 async fn an_order_is_priced_started_and_confirmed_by_its_saga() -> anyhow::Result<()> {
-    let stack = stack(sagas::fast_order()).await?;
+    an_order_is_priced_started_and_confirmed_by_its_saga_on(OrderBackend::Postgres).await
+}
+
+/// The same with the order service on SQLite, as under `orderflow dev`.
+#[tokio::test]
+async fn an_order_is_priced_started_and_confirmed_by_its_saga_on_sqlite() -> anyhow::Result<()> {
+    an_order_is_priced_started_and_confirmed_by_its_saga_on(OrderBackend::Sqlite).await
+}
+
+async fn an_order_is_priced_started_and_confirmed_by_its_saga_on(
+    backend: OrderBackend,
+) -> anyhow::Result<()> {
+    let stack = stack_on(sagas::fast_order(), backend).await?;
     let ann = stack.customer("ann@example.com").await;
     let placed = stack
         .place(
@@ -108,7 +133,21 @@ async fn an_order_is_priced_started_and_confirmed_by_its_saga() -> anyhow::Resul
 
 #[tokio::test]
 async fn a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict() -> anyhow::Result<()> {
-    let stack = stack(sagas::fast_order()).await?;
+    a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict_on(OrderBackend::Postgres)
+        .await
+}
+
+/// The same with the order service on SQLite, as under `orderflow dev`.
+#[tokio::test]
+async fn a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict_on_sqlite()
+-> anyhow::Result<()> {
+    a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict_on(OrderBackend::Sqlite).await
+}
+
+async fn a_repeated_post_is_the_same_order_and_a_reused_key_is_a_conflict_on(
+    backend: OrderBackend,
+) -> anyhow::Result<()> {
+    let stack = stack_on(sagas::fast_order(), backend).await?;
     let bea = stack.customer("bea@example.com").await;
     let created = || async {
         sample(
@@ -349,11 +388,24 @@ async fn out_of_stock_and_a_declined_card_cancel_the_order_with_the_reason() -> 
 
 #[tokio::test]
 async fn the_owner_cancels_before_confirmation_and_the_saga_compensates() -> anyhow::Result<()> {
+    the_owner_cancels_before_confirmation_and_the_saga_compensates_on(OrderBackend::Postgres).await
+}
+
+/// The same with the order service on SQLite, as under `orderflow dev`.
+#[tokio::test]
+async fn the_owner_cancels_before_confirmation_and_the_saga_compensates_on_sqlite()
+-> anyhow::Result<()> {
+    the_owner_cancels_before_confirmation_and_the_saga_compensates_on(OrderBackend::Sqlite).await
+}
+
+async fn the_owner_cancels_before_confirmation_and_the_saga_compensates_on(
+    backend: OrderBackend,
+) -> anyhow::Result<()> {
     // The charge retries only after 30 s, so the saga sits between reserve and charge.
-    let stack = stack(sagas::order(
-        Duration::from_secs(5),
-        Duration::from_secs(30),
-    ))
+    let stack = stack_on(
+        sagas::order(Duration::from_secs(5), Duration::from_secs(30)),
+        backend,
+    )
     .await?;
     recording::inject(
         &stack.env.pool,

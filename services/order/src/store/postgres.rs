@@ -1,68 +1,18 @@
-//! The `orders` and `saga_starts` tables. Functions take the caller's executor or transaction.
+//! The order tables in Postgres' dialect: the queries the service has always run. Each function
+//! takes the caller's executor or transaction; row locks (`for update`, `skip locked`) serialize
+//! concurrent writers.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgExecutor, prelude::FromRow, types::Json};
+use sqlx::{PgConnection, PgExecutor, types::Json};
 use uuid::Uuid;
 
-use crate::model::{CancelCode, OrderStatus, ShippingAddress};
-
-/// One line as priced when the order was placed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PricedLine {
-    pub product_id: String,
-    pub quantity: u32,
-    /// Absent for orders that arrived through a saga started directly on the engine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit_price_minor: Option<i64>,
-}
-
-/// An order row.
-#[derive(Clone, Debug, FromRow)]
-pub struct Order {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub status: OrderStatus,
-    pub items: Json<Vec<PricedLine>>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub shipping_address: Option<Json<ShippingAddress>>,
-    pub email: String,
-    pub payment_method: String,
-    pub workflow_id: Option<Uuid>,
-    pub saga_status: Option<String>,
-    pub cancel_code: Option<CancelCode>,
-    pub cancel_reason: Option<String>,
-    pub cancel_requested_at: Option<DateTime<Utc>>,
-    pub request_hash: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-const COLUMNS: &str = "o.id, o.user_id, o.status, o.items, o.total_minor, o.currency, \
-    o.shipping_address, o.email, o.payment_method, o.workflow_id, o.saga_status, o.cancel_code, \
-    o.cancel_reason, o.cancel_requested_at, o.request_hash, o.created_at, o.updated_at";
-
-/// What `POST /orders` stores.
-#[derive(Debug)]
-pub struct NewOrderRow<'a> {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub items: &'a [PricedLine],
-    pub total_minor: i64,
-    pub currency: &'a str,
-    pub shipping_address: &'a ShippingAddress,
-    pub email: &'a str,
-    pub payment_method: &'a str,
-    pub idempotency_key: &'a str,
-    pub request_hash: &'a str,
-}
+use super::{COLUMNS, Change, ConfirmRow, NewOrderRow, Order};
+use crate::model::{CancelCode, OrderStatus};
 
 /// Stores the order and the intent to start its saga, in the caller's transaction. `None` when
 /// the user already used this idempotency key (a concurrent duplicate that lost the race).
-pub async fn insert_with_intent(
+pub(super) async fn insert_with_intent(
     tx: &mut PgConnection,
     o: &NewOrderRow<'_>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
@@ -94,7 +44,7 @@ pub async fn insert_with_intent(
     Ok(id)
 }
 
-pub async fn by_key(
+pub(super) async fn by_key(
     db: impl PgExecutor<'_>,
     user: Uuid,
     key: &str,
@@ -108,7 +58,7 @@ pub async fn by_key(
     .await
 }
 
-pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub(super) async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query_as(&format!("select {COLUMNS} from orders o where o.id = $1"))
         .bind(id)
         .fetch_optional(db)
@@ -116,7 +66,10 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Order>, sql
 }
 
 /// The row, locked for the rest of the caller's transaction.
-pub async fn get_for_update(tx: &mut PgConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub(super) async fn get_for_update(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Order>, sqlx::Error> {
     sqlx::query_as(&format!(
         "select {COLUMNS} from orders o where o.id = $1 for update"
     ))
@@ -126,7 +79,7 @@ pub async fn get_for_update(tx: &mut PgConnection, id: Uuid) -> Result<Option<Or
 }
 
 /// A user's orders, newest first, after the cursor `before` (an order id).
-pub async fn list_for_user(
+pub(super) async fn list_for_user(
     db: impl PgExecutor<'_>,
     user: Uuid,
     before: Option<Uuid>,
@@ -146,7 +99,7 @@ pub async fn list_for_user(
 
 /// Claims one due saga start (or the given order's, if it is due and not being started by
 /// someone else), locking its intent row until the caller's transaction ends.
-pub async fn claim_start(
+pub(super) async fn claim_start(
     tx: &mut PgConnection,
     only: Option<Uuid>,
 ) -> Result<Option<(Order, i32)>, sqlx::Error> {
@@ -166,7 +119,7 @@ pub async fn claim_start(
 }
 
 /// The engine accepted the start: remember the workflow and drop the intent.
-pub async fn record_started(
+pub(super) async fn record_started(
     tx: &mut PgConnection,
     order: Uuid,
     workflow: Uuid,
@@ -188,7 +141,7 @@ pub async fn record_started(
 }
 
 /// The start failed and will be tried again after `backoff`.
-pub async fn record_start_failure(
+pub(super) async fn record_start_failure(
     tx: &mut PgConnection,
     order: Uuid,
     error: &str,
@@ -209,7 +162,7 @@ pub async fn record_start_failure(
 
 /// Cancels an order with no saga (not started yet, or refused by the engine) and drops the
 /// intent. False if its saga has been started meanwhile: then only the saga can cancel it.
-pub async fn cancel_unstarted(
+pub(super) async fn cancel_unstarted(
     tx: &mut PgConnection,
     order: Uuid,
     code: CancelCode,
@@ -236,7 +189,7 @@ pub async fn cancel_unstarted(
     Ok(true)
 }
 
-pub async fn mark_cancel_requested(
+pub(super) async fn mark_cancel_requested(
     db: impl PgExecutor<'_>,
     order: Uuid,
 ) -> Result<(), sqlx::Error> {
@@ -254,7 +207,7 @@ pub async fn mark_cancel_requested(
 /// Confirms an order (the saga's pivot), creating it from the saga input when the saga was
 /// started directly on the engine. Returns the status it has afterwards: `cancelled` means the
 /// order had been cancelled before and stays so.
-pub async fn confirm(
+pub(super) async fn confirm(
     db: impl PgExecutor<'_>,
     o: &ConfirmRow<'_>,
 ) -> Result<OrderStatus, sqlx::Error> {
@@ -281,22 +234,9 @@ pub async fn confirm(
     .await
 }
 
-/// What `order.create` knows from the saga input.
-#[derive(Debug)]
-pub struct ConfirmRow<'a> {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub items: &'a [PricedLine],
-    pub total_minor: i64,
-    pub currency: &'a str,
-    pub email: &'a str,
-    pub payment_method: &'a str,
-    pub workflow_id: Uuid,
-}
-
 /// Undoes a confirmation (`order.cancel`, the compensation). The precise reason arrives with the
 /// saga's end; until then the order says that its saga is compensating.
-pub async fn cancel_for_compensation(
+pub(super) async fn cancel_for_compensation(
     db: impl PgExecutor<'_>,
     order: Uuid,
 ) -> Result<bool, sqlx::Error> {
@@ -313,42 +253,22 @@ pub async fn cancel_for_compensation(
     Ok(n > 0)
 }
 
-/// How a finished saga changes its order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The saga completed: the order is confirmed.
-    Confirmed,
-    /// The saga compensated, was cancelled or terminated before confirming.
-    Cancelled { code: CancelCode, reason: String },
-    /// Only the saga's status changes (needs attention).
-    Noted,
-}
-
 /// Applies the end of the order's saga. Idempotent (events are delivered at least once) and
 /// never moves a confirmed order back, except for a compensation, which only happens when the
 /// pivot itself failed.
-pub async fn apply_finished(
+pub(super) async fn apply_finished(
     db: impl PgExecutor<'_>,
     order: Uuid,
     workflow: Uuid,
     saga_status: &str,
-    outcome: &Outcome,
+    change: &Change<'_>,
 ) -> Result<u64, sqlx::Error> {
-    let (status, code, reason, may_undo_confirmation): (
-        Option<&str>,
-        Option<CancelCode>,
-        Option<&str>,
-        bool,
-    ) = match outcome {
-        Outcome::Confirmed => (Some("confirmed"), None, None, false),
-        Outcome::Cancelled { code, reason } => (
-            Some("cancelled"),
-            Some(*code),
-            Some(reason),
-            saga_status == "compensated",
-        ),
-        Outcome::Noted => (None, None, None, false),
-    };
+    let Change {
+        status,
+        code,
+        reason,
+        may_undo_confirmation,
+    } = *change;
     let n = sqlx::query(
         "update orders set
             status = case when $3::text is null then status

@@ -21,6 +21,7 @@ use orderflow_order::OrderConfig;
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
+    db::Db,
     events::{self, Subscription},
     http::{self, Readiness},
     kv,
@@ -28,7 +29,6 @@ use orderflow_service_kit::{
 use orderflow_service_testkit::{Answer, call, fresh_db, serve};
 use orderflow_testkit::{TestEnv, amqp_url, eventually};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
@@ -48,7 +48,8 @@ pub struct Stack {
     pub service: ServiceConfig,
     pub redis: redis::aio::ConnectionManager,
     pub order: Router,
-    pub order_pool: PgPool,
+    /// The order service's database: Postgres, or SQLite for [`Stack::on_sqlite`].
+    pub order_db: Db,
     pub user: Router,
     pub inventory: Router,
     pub stop: CancellationToken,
@@ -59,6 +60,15 @@ pub struct Stack {
 /// One stack at a time per test binary: each opens dozens of Postgres connections (five
 /// databases, their pools, the engine's), and several at once exhaust the server's 100.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where the order service keeps its orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderBackend {
+    /// A fresh Postgres database, as in production.
+    Postgres,
+    /// An in-memory SQLite database, as under `orderflow dev`.
+    Sqlite,
+}
 
 /// How the engine is reached.
 pub enum Engine {
@@ -75,6 +85,19 @@ impl Stack {
     }
 
     pub async fn with_engine(registry: Registry, engine: Engine) -> anyhow::Result<Self> {
+        Self::build(registry, engine, OrderBackend::Postgres).await
+    }
+
+    /// The stack with the order service on embedded SQLite; the rest stays as it is.
+    pub async fn on_sqlite(registry: Registry) -> anyhow::Result<Self> {
+        Self::build(registry, Engine::Up, OrderBackend::Sqlite).await
+    }
+
+    async fn build(
+        registry: Registry,
+        engine: Engine,
+        backend: OrderBackend,
+    ) -> anyhow::Result<Self> {
         let turn = TURN.lock().await;
         let env = TestEnv::new().await?;
         let stop = CancellationToken::new();
@@ -103,7 +126,7 @@ impl Stack {
         let user = http::app(
             "user",
             orderflow_user::router(orderflow_user::AppState {
-                pool: user_pool,
+                db: user_pool.into(),
                 keys: JwtKeys::new(SECRET),
                 sessions: orderflow_user::sessions::Sessions::new(redis.clone(), &topology.prefix),
                 access_ttl: Duration::from_secs(900),
@@ -114,10 +137,10 @@ impl Stack {
         let user_url = serve(user.clone(), &stop).await?;
 
         // The inventory service: catalogue API, reserve/release workers and its saga follower.
-        let inv_pool = fresh_db("inventory", &orderflow_inventory::migrator()).await?;
+        let inv_db = Db::from(fresh_db("inventory", &orderflow_inventory::migrator()).await?);
         let inventory = orderflow_inventory::router(
             orderflow_inventory::AppState {
-                pool: inv_pool.clone(),
+                db: inv_db.clone(),
                 keys: JwtKeys::new(SECRET),
             },
             Readiness::new(),
@@ -125,34 +148,39 @@ impl Stack {
         let inventory_url = serve(inventory.clone(), &stop).await?;
         let mut inv_config = orderflow_inventory::InventoryConfig::local();
         inv_config.service = service.clone();
-        let pool = inv_pool.clone();
+        let db = inv_db.clone();
         follow(
             orderflow_inventory::subscription(&inv_config),
             &stop,
             move |e| {
-                let pool = pool.clone();
-                async move { orderflow_inventory::settle::on_workflow_finished(&pool, &e).await }
+                let db = db.clone();
+                async move { orderflow_inventory::settle::on_workflow_finished(&db, &e).await }
             },
         )
         .await?;
 
         // The order service: everything `orderflow_order::run` runs, except its own socket.
-        let order_pool = fresh_db("order", &orderflow_order::migrator()).await?;
+        let order_db = match backend {
+            OrderBackend::Postgres => {
+                Db::from(fresh_db("order", &orderflow_order::migrator()).await?)
+            }
+            OrderBackend::Sqlite => Db::sqlite(None, &orderflow_order::migrations()).await?,
+        };
         let mut config = OrderConfig::new(service.clone());
         config.inventory_url = inventory_url;
         config.user_url = user_url;
         config.call_timeout = call_timeout;
         config.start_interval = Duration::from_millis(100);
         config.start_backoff_cap = Duration::from_millis(200);
-        let state = orderflow_order::state(&config, order_pool.clone())?;
-        let pool = order_pool.clone();
+        let state = orderflow_order::state(&config, order_db.clone())?;
+        let db = order_db.clone();
         follow(orderflow_order::subscription(&config), &stop, move |e| {
-            let pool = pool.clone();
-            async move { orderflow_order::follow::on_workflow_finished(&pool, &e).await }
+            let db = db.clone();
+            async move { orderflow_order::follow::on_workflow_finished(&db, &e).await }
         })
         .await?;
         tokio::spawn(orderflow_order::starter::run(
-            order_pool.clone(),
+            order_db.clone(),
             state.clients.clone(),
             state.wake.clone(),
             config.start_interval,
@@ -162,7 +190,7 @@ impl Stack {
         let order = http::app(
             "order",
             orderflow_order::router(state),
-            Readiness::new().postgres(order_pool.clone()),
+            Readiness::new().database(order_db.clone()),
         );
         let stack = Self {
             env,
@@ -170,7 +198,7 @@ impl Stack {
             service,
             redis,
             order,
-            order_pool: order_pool.clone(),
+            order_db: order_db.clone(),
             user,
             inventory,
             _guard: {
@@ -184,8 +212,8 @@ impl Stack {
             _turn: turn,
             stop,
         };
-        stack.spawn_worker(orderflow_inventory::handlers(inv_pool, &inv_config));
-        stack.spawn_worker(orderflow_order::handlers(order_pool));
+        stack.spawn_worker(orderflow_inventory::handlers(inv_db, &inv_config));
+        stack.spawn_worker(orderflow_order::handlers(order_db));
         stack.add_product(SKU, PRICE, ON_HAND).await?;
         stack.add_product(SCARCE, 399, 1).await?;
         Ok(stack)
@@ -366,12 +394,12 @@ impl Stack {
         .await?)
     }
 
-    /// One number from the order database.
+    /// One number from the order database, on either backend.
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(&self.order_pool)
-            .await
-            .unwrap()
+        match &self.order_db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
     }
 }
 
