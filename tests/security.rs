@@ -204,7 +204,7 @@ impl Stack {
         config.inventory_url = inventory.clone();
         config.user_url = user.clone();
         config.call_timeout = Duration::from_secs(2);
-        let mut state = orderflow_order::state(&config, order_pool.clone())?;
+        let mut state = orderflow_order::state(&config, order_pool.clone().into())?;
         state.order_limit = RateLimiter::new(
             &service.redis_url,
             &prefix,
