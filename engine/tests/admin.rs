@@ -6,17 +6,49 @@ mod admin_common;
 
 use std::time::Duration;
 
-use admin_common::{PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
+use admin_common::{Db, PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
 use orderflow_activities::{
     contracts::*,
     recording::{self, Fault},
 };
-use orderflow_core::History;
-use orderflow_testkit::{eventually, settled, start_order};
+use orderflow_core::{Event, History};
+use orderflow_testkit::eventually;
 use reqwest::StatusCode;
 use uuid::Uuid;
 
 const WITHIN: Duration = Duration::from_secs(20);
+
+/// Each scenario runs on Postgres with RabbitMQ (`postgres::`) and on the embedded SQLite store
+/// with the in-process queue of `orderflow dev` (`sqlite::`).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(super::Db::Postgres).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(super::Db::Sqlite).await
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    no_page_or_action_without_a_login,
+    login_opens_a_strict_httponly_session_and_logout_ends_it,
+    an_action_without_the_csrf_token_is_refused_and_records_nothing,
+    bad_input_gets_problem_json_naming_the_field,
+    the_list_filters_counts_and_pages,
+    a_failing_activity_is_stuck_with_its_error_until_retried,
+    retry_from_a_step_and_refusals_are_shown_on_the_detail_page,
+    a_timer_that_does_not_fire_is_overdue,
+    the_detail_page_shows_steps_attempts_history_and_downloads_it,
+    a_bulk_cancel_by_filter_previews_the_count_then_compensates,
+);
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
     assert_eq!(r.status, status, "{}", r.text);
@@ -32,15 +64,15 @@ async fn wait_for_page(ui: &Ui, path: &str, needle: &str) -> anyhow::Result<Stri
     .await
 }
 
-#[tokio::test]
-async fn no_page_or_action_without_a_login() -> anyhow::Result<()> {
+async fn no_page_or_action_without_a_login(store: Db) -> anyhow::Result<()> {
     let ui = Ui::start(Setup {
+        store,
         engine: false,
         workers: vec![],
         ..Setup::default()
     })
     .await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     for path in [
         "/admin/workflows".to_owned(),
         "/admin/stuck?kind=retrying".to_owned(),
@@ -77,9 +109,9 @@ async fn no_page_or_action_without_a_login() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn login_opens_a_strict_httponly_session_and_logout_ends_it() -> anyhow::Result<()> {
+async fn login_opens_a_strict_httponly_session_and_logout_ends_it(store: Db) -> anyhow::Result<()> {
     let mut ui = Ui::start(Setup {
+        store,
         engine: false,
         workers: vec![],
         ..Setup::default()
@@ -154,16 +186,8 @@ async fn login_opens_a_strict_httponly_session_and_logout_ends_it() -> anyhow::R
         assert!(set.contains(attr), "{set} lacks {attr}");
     }
     let token = ok.cookie("orderflow_admin").expect("session token");
-    let (stored,): (i64,) =
-        sqlx::query_as("select count(*) from admin_sessions where actor = 'admin:ops'")
-            .fetch_one(&ui.env.pool)
-            .await?;
+    let (stored, raw) = ui.sessions("admin:ops", &token).await?;
     assert_eq!(stored, 1);
-    let (raw,): (i64,) =
-        sqlx::query_as("select count(*) from admin_sessions where encode(token_hash, 'hex') = $1")
-            .bind(&token)
-            .fetch_one(&ui.env.pool)
-            .await?;
     assert_eq!(raw, 0, "the table keeps a hash of the token, not the token");
 
     ui.session = Some(token);
@@ -182,16 +206,18 @@ async fn login_opens_a_strict_httponly_session_and_logout_ends_it() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn an_action_without_the_csrf_token_is_refused_and_records_nothing() -> anyhow::Result<()> {
+async fn an_action_without_the_csrf_token_is_refused_and_records_nothing(
+    store: Db,
+) -> anyhow::Result<()> {
     let mut ui = Ui::start(Setup {
+        store,
         engine: false,
         workers: vec![],
         ..Setup::default()
     })
     .await?;
     ui.login().await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     let path = format!("/admin/workflows/{id}/terminate");
     let none = ui.post_with(&path, &[("reason", "test")], &[]).await?;
     problem(&none, StatusCode::FORBIDDEN, "csrf");
@@ -215,20 +241,20 @@ async fn an_action_without_the_csrf_token_is_refused_and_records_nothing() -> an
 
     let done = ui.post(&path, &[("reason", "test")]).await?;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
-    assert_eq!(ui.env.status(id).await?, "terminated");
+    assert_eq!(ui.status(id).await?, "terminated");
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_input_gets_problem_json_naming_the_field() -> anyhow::Result<()> {
+async fn bad_input_gets_problem_json_naming_the_field(store: Db) -> anyhow::Result<()> {
     let mut ui = Ui::start(Setup {
+        store,
         engine: false,
         workers: vec![],
         ..Setup::default()
     })
     .await?;
     ui.login().await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     problem(
         &ui.get("/admin/workflows?status=stuckish").await?,
         StatusCode::BAD_REQUEST,
@@ -316,9 +342,9 @@ async fn bad_input_gets_problem_json_naming_the_field() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn the_list_filters_counts_and_pages() -> anyhow::Result<()> {
+async fn the_list_filters_counts_and_pages(store: Db) -> anyhow::Result<()> {
     let mut ui = Ui::start(Setup {
+        store,
         engine: false,
         workers: vec![],
         ..Setup::default()
@@ -327,24 +353,12 @@ async fn the_list_filters_counts_and_pages() -> anyhow::Result<()> {
     ui.login().await?;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(start_order(&ui.env, &ui.applier).await?);
+        ids.push(ui.start_order().await?);
     }
     let order_id = Uuid::new_v4();
     let keyed = ui
-        .applier
-        .start(
-            &ui.env.pool,
-            orderflow_engine::apply::StartRequest {
-                workflow_type: "order".into(),
-                input: orderflow_testkit::order_input(),
-                business_keys: serde_json::json!({ "order_id": order_id }),
-                idempotency_key: None,
-                request_hash: None,
-            },
-        )
-        .await?
-        .id
-        .0;
+        .start_keyed(serde_json::json!({ "order_id": order_id }))
+        .await?;
     let first = ids[0];
     ui.post(
         &format!("/admin/workflows/{first}/terminate"),
@@ -413,16 +427,19 @@ async fn the_list_filters_counts_and_pages() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_failing_activity_is_stuck_with_its_error_until_retried() -> anyhow::Result<()> {
-    let mut ui = Ui::start(Setup::default()).await?;
+async fn a_failing_activity_is_stuck_with_its_error_until_retried(store: Db) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
     ui.login().await?;
     recording::inject(
         &ui.env.pool,
         &Fault::transient(PAYMENT_CHARGE, "stripe_unavailable"),
     )
     .await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     // Until the workers consume, the saga may show as waiting on a queue without a worker.
     let page = wait_for_page(&ui, "/admin/stuck", "Retrying `payment.charge`").await?;
     let row = page
@@ -467,19 +484,20 @@ async fn a_failing_activity_is_stuck_with_its_error_until_retried() -> anyhow::R
         r.location(),
         Some(format!("/admin/workflows/{id}").as_str())
     );
-    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    assert_eq!(ui.settled(id, WITHIN).await?, "completed");
     let kinds = ui.history_kinds(id).await?;
     assert!(kinds.contains(&"retry_requested".to_owned()), "{kinds:?}");
-    let (actor, reason): (String, String) = sqlx::query_as(
-        "select event->>'actor', event->>'reason' from history
-         where workflow_id = $1 and event->>'type' = 'retry_requested'",
-    )
-    .bind(id)
-    .fetch_one(&ui.env.pool)
-    .await?;
+    let recorded = ui
+        .history(id)
+        .await?
+        .into_iter()
+        .find_map(|e| match e.event {
+            Event::RetryRequested { actor, reason } => Some((actor, reason)),
+            _ => None,
+        });
     assert_eq!(
-        (actor.as_str(), reason.as_str()),
-        ("admin:ops", "stripe is back")
+        recorded,
+        Some(("admin:ops".to_owned(), "stripe is back".to_owned()))
     );
 
     // The flash says what happened, once.
@@ -503,12 +521,17 @@ async fn a_failing_activity_is_stuck_with_its_error_until_retried() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn retry_from_a_step_and_refusals_are_shown_on_the_detail_page() -> anyhow::Result<()> {
-    let mut ui = Ui::start(Setup::default()).await?;
+async fn retry_from_a_step_and_refusals_are_shown_on_the_detail_page(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
     ui.login().await?;
     recording::inject(&ui.env.pool, &Fault::transient(PAYMENT_CHARGE, "flaky")).await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     wait_for_page(&ui, "/admin/stuck", "Retrying `payment.charge`").await?;
     recording::clear_faults(&ui.env.pool).await?;
     let r = ui
@@ -518,7 +541,7 @@ async fn retry_from_a_step_and_refusals_are_shown_on_the_detail_page() -> anyhow
         )
         .await?;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    assert_eq!(ui.settled(id, WITHIN).await?, "completed");
     let kinds = ui.history_kinds(id).await?;
     assert!(kinds.contains(&"retry_from_step".to_owned()), "{kinds:?}");
     let reserves: (i64,) = sqlx::query_as(
@@ -556,6 +579,8 @@ fn admin_decode(s: &str) -> String {
     orderflow_engine::admin::error::url_decode(s)
 }
 
+/// RabbitMQ reports consumers; the in-process queue of the embedded store cannot
+/// (`embedded_stuck_page_says_consumers_are_unknown`).
 #[tokio::test]
 async fn a_task_on_a_queue_without_a_worker_says_so() -> anyhow::Result<()> {
     let mut ui = Ui::start(Setup {
@@ -564,7 +589,7 @@ async fn a_task_on_a_queue_without_a_worker_says_so() -> anyhow::Result<()> {
     })
     .await?;
     ui.login().await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     // The queue can first show empty: the engine's queue metrics declare it before the relay's
     // task lands in it.
     let page = wait_for_page(
@@ -577,9 +602,42 @@ async fn a_task_on_a_queue_without_a_worker_says_so() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Without a broker to ask, the stuck page says consumers are unknown instead of failing, and
+/// reports no saga as waiting on a queue without a worker.
 #[tokio::test]
-async fn a_timer_that_does_not_fire_is_overdue() -> anyhow::Result<()> {
+async fn embedded_stuck_page_says_consumers_are_unknown() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store: Db::Sqlite,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = ui.start_order().await?;
+    for path in ["/admin/stuck", "/admin/stuck?kind=no_worker"] {
+        let page = ui.get(path).await?;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+        assert!(
+            page.text.contains(r#"id="no-broker""#),
+            "{path}: {}",
+            page.text
+        );
+        assert!(!page.text.contains("No worker:"), "{path}: {}", page.text);
+        assert!(
+            page.text
+                .contains(r#"data-kind="no_worker"><span class="n">0</span>"#),
+            "{path}: {}",
+            page.text
+        );
+    }
+    let none = ui.get("/admin/stuck?kind=no_worker").await?;
+    assert!(!none.text.contains(&format!("data-id=\"{id}\"")));
+    Ok(())
+}
+
+async fn a_timer_that_does_not_fire_is_overdue(store: Db) -> anyhow::Result<()> {
     let mut setup = Setup {
+        store,
         engine: false,
         workers: vec![],
         def: stubborn_order(Duration::from_secs(30), Duration::from_millis(300)),
@@ -588,7 +646,7 @@ async fn a_timer_that_does_not_fire_is_overdue() -> anyhow::Result<()> {
     setup.config.timer_grace = Duration::ZERO;
     let mut ui = Ui::start(setup).await?;
     ui.login().await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     let page = wait_for_page(&ui, "/admin/stuck?kind=overdue", &id.to_string()).await?;
     assert!(
         page.contains(
@@ -600,18 +658,23 @@ async fn a_timer_that_does_not_fire_is_overdue() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn the_detail_page_shows_steps_attempts_history_and_downloads_it() -> anyhow::Result<()> {
-    let mut ui = Ui::start(Setup::default()).await?;
+async fn the_detail_page_shows_steps_attempts_history_and_downloads_it(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
     ui.login().await?;
     recording::inject(
         &ui.env.pool,
         &Fault::transient(INVENTORY_RESERVE, "db_busy").times(1),
     )
     .await?;
-    let id = start_order(&ui.env, &ui.applier).await?;
+    let id = ui.start_order().await?;
     // The reservation fails once and waits its 50 ms backoff; the charge runs after.
-    assert_eq!(settled(&ui.env, id, WITHIN).await?, "completed");
+    assert_eq!(ui.settled(id, WITHIN).await?, "completed");
     let page = ui.get(&format!("/admin/workflows/{id}")).await?;
     assert_eq!(page.status, StatusCode::OK);
     let t = &page.text;
@@ -651,22 +714,27 @@ async fn the_detail_page_shows_steps_attempts_history_and_downloads_it() -> anyh
     Ok(())
 }
 
-#[tokio::test]
-async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow::Result<()> {
-    let mut ui = Ui::start(Setup::default()).await?;
+async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
     ui.login().await?;
+    // The fault is in place before the sagas start: the in-process queue can run the reserve
+    // and the charge before a fault injected after the start would land. Once the three wait
+    // out their 30 s backoff it is lifted, so the fourth saga completes.
+    recording::inject(
+        &ui.env.pool,
+        &Fault::transient(PAYMENT_CHARGE, "gateway_down"),
+    )
+    .await?;
     let mut stuck = Vec::new();
     for _ in 0..3 {
-        let id = start_order(&ui.env, &ui.applier).await?;
-        recording::inject(
-            &ui.env.pool,
-            &Fault::transient(PAYMENT_CHARGE, "gateway_down").for_workflow(id),
-        )
-        .await?;
-        stuck.push(id);
+        stuck.push(ui.start_order().await?);
     }
-    let fine = start_order(&ui.env, &ui.applier).await?;
-    assert_eq!(settled(&ui.env, fine, WITHIN).await?, "completed");
     eventually(WITHIN, "three sagas retrying the charge", || async {
         let page = ui.get("/admin/stuck?activity=payment.charge").await?;
         // Rows, not the count links, which carry the kind too.
@@ -674,6 +742,9 @@ async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow
         Ok((n == 3).then_some(()))
     })
     .await?;
+    recording::clear_faults(&ui.env.pool).await?;
+    let fine = ui.start_order().await?;
+    assert_eq!(ui.settled(fine, WITHIN).await?, "completed");
 
     let preview = ui
         .post(
@@ -698,7 +769,7 @@ async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow
     let upto = hidden(&preview.text, "upto").expect("the preview pins its newest id");
     // Nothing happened yet.
     for id in &stuck {
-        assert_eq!(ui.env.status(*id).await?, "running");
+        assert_eq!(ui.status(*id).await?, "running");
     }
     let done = ui
         .post(
@@ -721,7 +792,7 @@ async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow
         done.text
     );
     for id in &stuck {
-        assert_eq!(settled(&ui.env, *id, WITHIN).await?, "cancelled");
+        assert_eq!(ui.settled(*id, WITHIN).await?, "cancelled");
         let (released,): (i64,) = sqlx::query_as(
             "select count(*) from activity_effects where workflow_id = $1 and activity = $2",
         )
@@ -731,7 +802,7 @@ async fn a_bulk_cancel_by_filter_previews_the_count_then_compensates() -> anyhow
         .await?;
         assert_eq!(released, 1, "the reservation was compensated");
     }
-    assert_eq!(ui.env.status(fine).await?, "completed");
+    assert_eq!(ui.status(fine).await?, "completed");
     let audit = ui.get("/admin/audit").await?;
     assert_eq!(audit.text.matches("gateway outage: undo").count(), 3);
     Ok(())

@@ -19,7 +19,6 @@ use uuid::Uuid;
 use super::{
     AdminError, AdminState,
     auth::{Fields, Operator},
-    query,
     views::{self, BulkReport, ListParams, StuckParams},
 };
 use crate::apply::Outcome;
@@ -108,17 +107,16 @@ pub async fn single(
         .map_err(|_| AdminError::bad("id", format!("`{id}` is not a workflow id (a UUID)")))?;
     let event = event_for(&action, &f, &op.actor)?;
     let kind = event.kind();
-    let mut tx = st.app.pool.begin().await?;
+    // A refusal keeps nothing, not even a fingerprint the load rechecked.
+    let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
-        .app
-        .applier
-        .apply(&mut tx, &[(id, event)], false)
+        .db
+        .apply(&st.applier, &[(id, event)], applied)
         .await?
         .pop()
         .unwrap_or(Outcome::NotFound);
     let (ok, msg) = match outcome {
         Outcome::Applied { seq, status, .. } => {
-            tx.commit().await?;
             tracing::info!(workflow_id = %id, actor = %op.actor, event = kind, seq, "admin action applied");
             (
                 true,
@@ -228,24 +226,21 @@ impl Bulk {
         let uri: Uri = format!("/?{}", self.query)
             .parse()
             .map_err(|_| AdminError::bad("query", "not a query string"))?;
-        let mut conn = st.app.pool.acquire().await?;
         if self.view == "stuck" {
             let Query(p) = Query::<StuckParams>::try_from_uri(&uri)
                 .map_err(|e| AdminError::bad("query", e.body_text()))?;
-            drop(conn);
-            let probe = st.probe.check(&st.app.pool).await?;
+            let probe = st.probe.check(&st.db).await?;
             let mut filter = p.filter(st, &probe, limit + 1)?;
             filter.before_id = None;
             filter.upto_id = upto;
-            let mut conn = st.app.pool.acquire().await?;
-            Ok(query::stuck_ids(&mut conn, &filter).await?)
+            Ok(st.db.stuck_ids(&filter).await?)
         } else {
             let Query(p) = Query::<ListParams>::try_from_uri(&uri)
                 .map_err(|e| AdminError::bad("query", e.body_text()))?;
             let mut filter = p.filter(limit + 1)?;
             filter.before_id = None;
             filter.upto_id = upto;
-            Ok(query::list_ids(&mut conn, &filter).await?)
+            Ok(st.db.list_ids(&filter).await?)
         }
     }
 }
@@ -311,9 +306,7 @@ pub async fn bulk_run(
             .iter()
             .map(|id| (WorkflowId(*id), event.clone()))
             .collect();
-        let mut tx = st.app.pool.begin().await?;
-        let outcomes = st.app.applier.apply(&mut tx, &events, false).await?;
-        tx.commit().await?;
+        let outcomes = st.db.apply(&st.applier, &events, |_| true).await?;
         for (id, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Outcome::Applied { .. } => report.applied.push(*id),

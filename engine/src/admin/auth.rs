@@ -1,6 +1,6 @@
 //! Who may use the admin UI. An operator logs in with the account configured for the process;
-//! the session lives in `admin_sessions` (so any engine replica serves it and logout ends it
-//! everywhere) behind a random token in an HttpOnly, SameSite=Strict cookie. Each session has its
+//! the session lives in the engine database's `admin_sessions` (so any engine replica serves it
+//! and logout ends it everywhere) behind a random token in an HttpOnly, SameSite=Strict cookie. Each session has its
 //! own CSRF token, which every POST form carries and [`Operator::check_csrf`] compares; the login
 //! form gets a token of its own in a short-lived cookie (double submit), since there is no
 //! session yet to hold one.
@@ -71,14 +71,7 @@ impl FromRequestParts<AdminState> for Operator {
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(AdminError::LoginRequired { next });
         };
-        let row: Option<(String, String)> = sqlx::query_as(
-            "select actor, csrf_token from admin_sessions
-             where token_hash = $1 and expires_at > now()",
-        )
-        .bind(sha256(&token))
-        .fetch_optional(&st.app.pool)
-        .await?;
-        match row {
+        match st.db.session(&sha256(&token)).await? {
             Some((actor, csrf)) => Ok(Operator { actor, csrf }),
             None => Err(AdminError::LoginRequired { next }),
         }
@@ -132,16 +125,10 @@ pub async fn login_page(
     q: Result<Query<LoginQuery>, QueryRejection>,
 ) -> Result<Response, AdminError> {
     let next = safe_next(q.ok().and_then(|Query(q)| q.next).as_deref());
-    if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        let live: Option<(i32,)> = sqlx::query_as(
-            "select 1 from admin_sessions where token_hash = $1 and expires_at > now()",
-        )
-        .bind(sha256(&token))
-        .fetch_optional(&st.app.pool)
-        .await?;
-        if live.is_some() {
-            return Ok(Redirect::to(&next).into_response());
-        }
+    if let Some(token) = cookie(&headers, SESSION_COOKIE)
+        && st.db.session(&sha256(&token)).await?.is_some()
+    {
+        return Ok(Redirect::to(&next).into_response());
     }
     Ok(login_form(&st, &next, None, StatusCode::OK))
 }
@@ -210,22 +197,9 @@ pub async fn login(
     let token = random_token();
     let csrf = random_token();
     let ttl = st.config.session_ttl;
-    let mut tx = st.app.pool.begin().await?;
-    // Expired sessions go when someone logs in, so the table stays as small as the live ones.
-    sqlx::query("delete from admin_sessions where expires_at < now()")
-        .execute(&mut *tx)
+    st.db
+        .open_session(&sha256(&token), &format!("admin:{user}"), &csrf, ttl)
         .await?;
-    sqlx::query(
-        "insert into admin_sessions (token_hash, actor, csrf_token, expires_at)
-         values ($1, $2, $3, now() + $4 * interval '1 second')",
-    )
-    .bind(sha256(&token))
-    .bind(format!("admin:{user}"))
-    .bind(&csrf)
-    .bind(ttl.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     tracing::info!(user = %user, "admin logged in");
     let secure = st.config.secure_cookies;
     let mut res = Redirect::to(&next).into_response();
@@ -251,10 +225,7 @@ pub async fn logout(
     let f = Fields::from(form)?;
     op.check_csrf(f.one("csrf"))?;
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        sqlx::query("delete from admin_sessions where token_hash = $1")
-            .bind(sha256(&token))
-            .execute(&st.app.pool)
-            .await?;
+        st.db.close_session(&sha256(&token)).await?;
     }
     let mut res = Redirect::to("/admin/login").into_response();
     res.headers_mut().append(

@@ -4,13 +4,15 @@
 //! the decider (`Applier::apply`), so it lands in the workflow's history with the operator as its
 //! actor and the reason they gave, and the audit view lists it.
 //!
-//! - [`auth`]: login (an operator account configured for the process), sessions in Postgres behind
+//! - [`backend`]: the database the UI reads and keeps sessions in, Postgres or the embedded
+//!   SQLite store of `orderflow dev` ([`router_embedded`]); [`sqlite`] holds the SQLite dialect.
+//! - [`auth`]: login (an operator account configured for the process), sessions in the database behind
 //!   an HttpOnly, SameSite=Strict cookie, the per-session CSRF token every POST must carry, and
 //!   the [`auth::Operator`] extractor that sends anyone without a session to the login page.
 //! - [`query`]: the reads behind the pages (list with filters and cursor pages, counts, the stuck
 //!   set, one workflow with its history and timers, the audit trail), each answered from an index.
 //! - [`stuck`]: why a saga is stuck, in one line, and [`stuck::QueueProbe`], which asks RabbitMQ
-//!   which activity queues have no consumer.
+//!   which activity queues have no consumer (the in-process queue cannot say).
 //! - [`timeline`]: a saga's steps as an SVG diagram, forward path and compensation path.
 //! - [`views`]: the HTML of every page.
 //! - [`actions`]: single and bulk operator actions (retry, retry from a step, cancel, terminate,
@@ -20,8 +22,10 @@
 
 pub mod actions;
 pub mod auth;
+pub mod backend;
 pub mod error;
 pub mod query;
+pub mod sqlite;
 pub mod stuck;
 pub mod timeline;
 pub mod views;
@@ -37,9 +41,10 @@ use axum::{
     routing::{get, post},
 };
 
+pub use backend::Backend;
 pub use error::AdminError;
 
-use crate::api::AppState;
+use crate::{api::AppState, apply::Applier, store::sqlite::SqliteStore};
 
 /// The password `orderflow up` uses when `ORDERFLOW_ADMIN_PASSWORD` is not set, printed at start.
 /// Only for a developer's machine: `orderflow engine` has no default and serves no password login
@@ -99,21 +104,39 @@ impl AdminConfig {
 /// What every admin handler shares.
 #[derive(Clone, Debug)]
 pub struct AdminState {
-    pub app: AppState,
+    pub db: Backend,
+    pub applier: Applier,
     pub config: Arc<AdminConfig>,
     pub probe: Arc<stuck::QueueProbe>,
     pub throttle: Arc<auth::LoginThrottle>,
 }
 
 impl AdminState {
+    /// On the engine's Postgres, asking RabbitMQ at `app.amqp_url` about queue consumers.
     pub fn new(app: AppState, config: AdminConfig) -> Self {
         let probe = stuck::QueueProbe::new(
             app.amqp_url.clone(),
             app.applier.topology.clone(),
             config.probe_ttl,
         );
+        Self::with_probe(Backend::Postgres(app.pool), app.applier, config, probe)
+    }
+
+    /// On the embedded store, whose in-process queue has no broker to ask about consumers.
+    pub fn embedded(store: SqliteStore, applier: Applier, config: AdminConfig) -> Self {
+        let probe = stuck::QueueProbe::without_broker(applier.topology.clone(), config.probe_ttl);
+        Self::with_probe(Backend::Sqlite(store), applier, config, probe)
+    }
+
+    fn with_probe(
+        db: Backend,
+        applier: Applier,
+        config: AdminConfig,
+        probe: stuck::QueueProbe,
+    ) -> Self {
         Self {
-            app,
+            db,
+            applier,
             config: Arc::new(config),
             probe: Arc::new(probe),
             throttle: Arc::new(auth::LoginThrottle::default()),
@@ -126,9 +149,25 @@ pub fn router<S>(app: AppState, config: Option<AdminConfig>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let Some(config) = config else {
-        return Router::new();
-    };
+    match config {
+        Some(config) => routes(AdminState::new(app, config)),
+        None => Router::new(),
+    }
+}
+
+/// The admin routes on the embedded store of `orderflow dev`, for its router to merge. The
+/// store's migrations include the sessions table.
+pub fn router_embedded<S>(store: SqliteStore, applier: Applier, config: AdminConfig) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes(AdminState::embedded(store, applier, config))
+}
+
+fn routes<S>(state: AdminState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/admin", get(|| async { Redirect::to("/admin/workflows") }))
         .route(
@@ -150,7 +189,7 @@ where
         .route("/admin/bulk/preview", post(actions::bulk_preview))
         .route("/admin/bulk", post(actions::bulk_run))
         .layer(middleware::from_fn(secure_headers))
-        .with_state(AdminState::new(app, config))
+        .with_state(state)
 }
 
 /// Pages may not be framed, sniffed or cached, and may load scripts and styles only from here.

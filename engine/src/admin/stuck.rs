@@ -16,11 +16,13 @@ use chrono::{DateTime, Utc};
 use lapin::{Connection, options::QueueDeclareOptions, types::FieldTable};
 use orderflow_activities::broker::{self, Topology};
 use orderflow_core::{Phase, SagaState, StepStatus, TaskSpec, WorkflowStatus};
-use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::query::{self, StuckKind, StuckRow, TimerRow};
+use super::{
+    backend::Backend,
+    query::{StuckKind, StuckRow, TimerRow},
+};
 
 /// One activity queue as RabbitMQ reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,9 @@ pub struct ProbeResult {
     pub no_worker: Vec<(Uuid, String)>,
     /// Why the broker could not be asked, if it could not.
     pub error: Option<String>,
+    /// There is no broker to ask (the in-process queue of `orderflow dev`), so which queues
+    /// have a worker is unknown and nothing is reported as waiting on one without.
+    pub no_broker: bool,
 }
 
 impl ProbeResult {
@@ -56,10 +61,12 @@ impl ProbeResult {
 
 /// Asks RabbitMQ (a passive queue declare answers with the consumer count) about the queues that
 /// tasks are out on. The answer is reused for a few seconds, so a page that refreshes itself, or
-/// many operators, cost the broker and the database one look per interval.
+/// many operators, cost the broker and the database one look per interval. Without a broker
+/// ([`QueueProbe::without_broker`]) it answers that it does not know.
 #[derive(Debug)]
 pub struct QueueProbe {
-    amqp_url: String,
+    /// `None` on the embedded queue, which does not count its consumers.
+    amqp_url: Option<String>,
     topology: Topology,
     ttl: Duration,
     inner: Mutex<ProbeCache>,
@@ -74,25 +81,36 @@ struct ProbeCache {
 impl QueueProbe {
     pub fn new(amqp_url: String, topology: Topology, ttl: Duration) -> Self {
         Self {
-            amqp_url,
+            amqp_url: Some(amqp_url),
             topology,
             ttl,
             inner: Mutex::new(ProbeCache::default()),
         }
     }
 
+    /// A probe for the in-process task queue: there is no broker to ask about consumers.
+    pub fn without_broker(topology: Topology, ttl: Duration) -> Self {
+        Self {
+            amqp_url: None,
+            ..Self::new(String::new(), topology, ttl)
+        }
+    }
+
     /// The latest answer, asking again when it is older than the probe's TTL.
-    pub async fn check(&self, pool: &PgPool) -> Result<Arc<ProbeResult>, sqlx::Error> {
+    pub async fn check(&self, db: &Backend) -> Result<Arc<ProbeResult>, sqlx::Error> {
+        if self.amqp_url.is_none() {
+            return Ok(Arc::new(ProbeResult {
+                no_broker: true,
+                ..ProbeResult::default()
+            }));
+        }
         let mut cache = self.inner.lock().await;
         if let Some((at, r)) = &cache.last
             && at.elapsed() < self.ttl
         {
             return Ok(r.clone());
         }
-        let out = {
-            let mut conn = pool.acquire().await?;
-            query::tasks_out(&mut conn).await?
-        };
+        let out = db.tasks_out().await?;
         let activities: BTreeSet<String> = out.iter().filter_map(|(_, a)| a.clone()).collect();
         let mut result = ProbeResult::default();
         match self.ask(&mut cache.conn, &activities).await {
@@ -122,10 +140,13 @@ impl QueueProbe {
         if activities.is_empty() {
             return Ok(out);
         }
+        let Some(amqp_url) = &self.amqp_url else {
+            return Ok(out);
+        };
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
             let c = tokio::time::timeout(
                 Duration::from_secs(3),
-                broker::connect(&self.amqp_url, Duration::ZERO),
+                broker::connect(amqp_url, Duration::ZERO),
             )
             .await
             .map_err(|_| lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))??;

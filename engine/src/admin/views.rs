@@ -27,7 +27,6 @@ use super::{
     stuck::{self, human},
     timeline,
 };
-use crate::store;
 
 const PAGE_SIZE: i64 = 50;
 
@@ -326,16 +325,14 @@ pub async fn list_page(
 ) -> Result<Response, AdminError> {
     let Query(params) = q.map_err(query_error)?;
     let filter = params.filter(PAGE_SIZE + 1)?;
-    let mut conn = st.app.pool.acquire().await?;
-    let counts = query::counts(&mut conn).await?;
-    let mut rows = query::list(&mut conn, &filter).await?;
-    drop(conn);
+    let counts = st.db.counts().await?;
+    let mut rows = st.db.list(&filter).await?;
     let more = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
     let base = query_without_cursor(raw.as_deref());
     let next = more.then(|| rows.last().map(|r| r.id)).flatten();
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
-    let types: Vec<String> = st.app.applier.registry.types().map(str::to_owned).collect();
+    let types: Vec<String> = st.applier.registry.types().map(str::to_owned).collect();
     let body = html! {
         h1 { "Workflows" }
         div #live data-refresh="5" {
@@ -502,17 +499,14 @@ pub async fn stuck_page(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Response, AdminError> {
     let Query(params) = q.map_err(query_error)?;
-    let probe = st.probe.check(&st.app.pool).await?;
+    let probe = st.probe.check(&st.db).await?;
     let filter = params.filter(&st, &probe, PAGE_SIZE + 1)?;
-    let mut conn = st.app.pool.acquire().await?;
-    let (attention, retrying, overdue) =
-        query::stuck_counts(&mut conn, filter.overdue_before).await?;
-    let mut rows = query::stuck(&mut conn, &filter).await?;
+    let (attention, retrying, overdue) = st.db.stuck_counts(filter.overdue_before).await?;
+    let mut rows = st.db.stuck(&filter).await?;
     let more = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let timers = query::timers_of(&mut conn, &ids).await?;
-    drop(conn);
+    let timers = st.db.timers_of(&ids).await?;
     let now = crate::apply::now();
     let counts = [
         (StuckKind::Attention, attention),
@@ -526,6 +520,9 @@ pub async fn stuck_page(
         h1 { "Stuck sagas" }
         @if let Some(e) = &probe.error {
             p.flash.err { "RabbitMQ cannot be asked about consumers, so sagas waiting on a queue without a worker are not shown: " (e) }
+        }
+        @if probe.no_broker {
+            p.flash #no-broker { "The in-process task queue does not report its consumers, so no saga is shown as waiting on a queue without a worker." }
         }
         div #live data-refresh="5" {
             nav.counts aria-label="stuck sagas by cause" {
@@ -711,19 +708,17 @@ pub async fn detail_page(
     let id: WorkflowId = id
         .parse()
         .map_err(|_| AdminError::bad("id", format!("`{id}` is not a workflow id (a UUID)")))?;
-    let mut conn = st.app.pool.acquire().await?;
-    let row = store::workflows::get(&mut conn, id.0)
+    let (row, history) = st
+        .db
+        .workflow(id.0)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no workflow {id}")))?;
-    let history = store::history::load(&mut conn, id.0).await?;
-    let timers = query::timers_of(&mut conn, &[id.0]).await?;
-    drop(conn);
+    let timers = st.db.timers_of(&[id.0]).await?;
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| AdminError::Internal(anyhow::anyhow!("workflow {id} snapshot: {e}")))?;
     let saga: Option<&SagaState> = state.as_any().downcast_ref();
     let mut view = state.view();
     if let Some(def) = st
-        .app
         .applier
         .registry
         .get(&row.workflow_type, row.version as u32)
@@ -1000,11 +995,11 @@ pub async fn history_download(
     let id: WorkflowId = id
         .parse()
         .map_err(|_| AdminError::bad("id", format!("`{id}` is not a workflow id (a UUID)")))?;
-    let mut conn = st.app.pool.acquire().await?;
-    let row = store::workflows::get(&mut conn, id.0)
+    let (row, events) = st
+        .db
+        .workflow(id.0)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no workflow {id}")))?;
-    let events = store::history::load(&mut conn, id.0).await?;
     let history = History {
         workflow_id: id,
         workflow_type: row.workflow_type,
@@ -1043,9 +1038,7 @@ pub async fn audit_page(
 ) -> Result<Response, AdminError> {
     let Query(params) = q.map_err(query_error)?;
     let before = time_param("before", &params.before)?;
-    let mut conn = st.app.pool.acquire().await?;
-    let rows = query::audit(&mut conn, before, 100).await?;
-    drop(conn);
+    let rows = st.db.audit(before, 100).await?;
     let older = (rows.len() == 100)
         .then(|| rows.last().map(|r| r.at))
         .flatten();

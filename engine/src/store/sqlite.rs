@@ -66,20 +66,21 @@ pub struct SqliteTx {
     wake_timers: bool,
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+/// How times are stored: integer microseconds since the epoch (see the migration).
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(v).unwrap_or_default()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> sqlx::Result<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(text: &str) -> sqlx::Result<T> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(e.into()))
 }
 
 /// `(a, b, c)` placeholders for an `in` list.
-fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: &[Uuid]) {
+pub(crate) fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: &[Uuid]) {
     q.push("(");
     let mut list = q.separated(", ");
     for id in ids {

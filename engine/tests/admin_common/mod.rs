@@ -1,20 +1,33 @@
 //! What the admin UI tests share: the engine's HTTP surface with the admin UI served on port 0
 //! against a fresh database and queue prefix, optionally the engine loops and recording workers,
 //! and a small HTTP client that keeps the session cookie and CSRF token like a browser would.
+//!
+//! [`Setup::store`] picks the engine's database: Postgres with RabbitMQ (production), or the
+//! embedded SQLite store with the in-process queue (`orderflow dev`). The recording workers keep
+//! their faults and effects in the test's Postgres database either way; they stand in for the
+//! services and are not what is under test.
 
 #![allow(dead_code)]
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use orderflow_activities::{contracts::*, recording, worker::Worker};
-use orderflow_core::{Registry, RetryPolicy, SagaDefinition, Step};
-use orderflow_engine::{
-    admin::AdminConfig,
-    api::{self, AppState},
-    apply::Applier,
+use orderflow_activities::{
+    contracts::*,
+    queue::{embedded::EmbeddedQueue, worker::QueueWorker},
+    recording,
+    worker::Worker,
 };
-use orderflow_testkit::{TestEnv, amqp_url};
+use orderflow_core::{RecordedEvent, Registry, RetryPolicy, SagaDefinition, Step};
+use orderflow_engine::{
+    EngineConfig,
+    admin::{self, AdminConfig, Backend},
+    api::{self, AppState},
+    apply::{Applier, StartRequest},
+    portable::PortableEngine,
+    store::{backend::Store, sqlite::SqliteStore},
+};
+use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input};
 use reqwest::{StatusCode, header::HeaderMap};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -72,8 +85,18 @@ pub fn stubborn_order(backoff: Duration, start_to_close: Duration) -> SagaDefini
         .expect("the test saga is valid")
 }
 
+/// Which database (and task queue) the engine runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// Postgres and RabbitMQ, as in production.
+    Postgres,
+    /// The embedded SQLite store (in memory) and the in-process queue, as `orderflow dev`.
+    Sqlite,
+}
+
 /// How a test wants the stack.
 pub struct Setup {
+    pub store: Db,
     pub def: SagaDefinition,
     /// Run the relay, timer poller and intake.
     pub engine: bool,
@@ -87,6 +110,7 @@ impl Default for Setup {
         let mut config = AdminConfig::with_password(USER, PASSWORD);
         config.probe_ttl = Duration::from_millis(100);
         Self {
+            store: Db::Postgres,
             def: stubborn_order(Duration::from_secs(30), Duration::from_secs(20)),
             engine: true,
             workers: ORDER_SAGA_ACTIVITIES.to_vec(),
@@ -98,6 +122,8 @@ impl Default for Setup {
 /// A running engine with its admin UI, and a client logged in or not.
 pub struct Ui {
     pub env: TestEnv,
+    /// The engine's database, whichever it is.
+    pub db: Backend,
     pub applier: Applier,
     pub addr: SocketAddr,
     http: reqwest::Client,
@@ -171,30 +197,60 @@ impl Ui {
         let env = TestEnv::new().await?;
         let registry = Arc::new(Registry::new().with(setup.def));
         let applier = env.applier(registry.clone());
+        let handlers = recording::order_saga_handlers(env.pool.clone())
+            .into_iter()
+            .filter(|h| setup.workers.contains(&h.activity()));
         let mut stops = Vec::new();
-        if setup.engine {
-            stops.push(env.spawn_engine(registry.clone()));
-        }
-        if !setup.workers.is_empty() {
-            let stop = CancellationToken::new();
-            let mut worker = Worker::builder(amqp_url(), env.topology.clone());
-            for h in recording::order_saga_handlers(env.pool.clone()) {
-                if setup.workers.contains(&h.activity()) {
-                    worker = worker.handler(h, 8);
+        let (db, app) = match setup.store {
+            Db::Postgres => {
+                if setup.engine {
+                    stops.push(env.spawn_engine(registry.clone()));
                 }
+                if !setup.workers.is_empty() {
+                    let stop = CancellationToken::new();
+                    let worker = handlers
+                        .fold(Worker::builder(amqp_url(), env.topology.clone()), |w, h| {
+                            w.handler(h, 8)
+                        });
+                    let s = stop.clone();
+                    tokio::spawn(async move { worker.build().run(s.cancelled_owned()).await });
+                    stops.push(stop);
+                }
+                let app = api::router_with_admin(
+                    AppState {
+                        pool: env.pool.clone(),
+                        applier: applier.clone(),
+                        amqp_url: amqp_url(),
+                    },
+                    Some(setup.config),
+                );
+                (Backend::Postgres(env.pool.clone()), app)
             }
-            let s = stop.clone();
-            tokio::spawn(async move { worker.build().run(s.cancelled_owned()).await });
-            stops.push(stop);
-        }
-        let app = api::router_with_admin(
-            AppState {
-                pool: env.pool.clone(),
-                applier: applier.clone(),
-                amqp_url: amqp_url(),
-            },
-            Some(setup.config),
-        );
+            Db::Sqlite => {
+                let store = SqliteStore::open(None).await?;
+                let queue = EmbeddedQueue::open(None, env.topology.clone()).await?;
+                let stop = CancellationToken::new();
+                if setup.engine {
+                    let engine = PortableEngine::new(
+                        store.clone(),
+                        queue.clone(),
+                        registry.clone(),
+                        EngineConfig::new("", env.topology.clone()),
+                    );
+                    tokio::spawn(engine.run(stop.clone()));
+                }
+                if !setup.workers.is_empty() {
+                    let worker = handlers
+                        .fold(QueueWorker::new(queue, env.topology.clone()), |w, h| {
+                            w.handler(h, 8)
+                        });
+                    tokio::spawn(worker.run(stop.clone()));
+                }
+                stops.push(stop);
+                let app = admin::router_embedded(store.clone(), applier.clone(), setup.config);
+                (Backend::Sqlite(store), app)
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -210,6 +266,7 @@ impl Ui {
             .build()?;
         Ok(Self {
             env,
+            db,
             applier,
             addr,
             http,
@@ -295,14 +352,88 @@ impl Ui {
         Ok(())
     }
 
+    /// A workflow's events in order.
+    pub async fn history(&self, id: Uuid) -> anyhow::Result<Vec<RecordedEvent>> {
+        Ok(match &self.db {
+            Backend::Postgres(pool) => pool.history(id).await?,
+            Backend::Sqlite(store) => store.history(id).await?,
+        })
+    }
+
     pub async fn history_kinds(&self, id: Uuid) -> anyhow::Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "select event->>'type' from history where workflow_id = $1 order by seq",
-        )
-        .bind(id)
-        .fetch_all(&self.env.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        let events = self.history(id).await?;
+        Ok(events.iter().map(|e| e.event.kind().to_owned()).collect())
+    }
+
+    /// Starts an order saga with these business keys; returns its id.
+    pub async fn start_keyed(&self, business_keys: serde_json::Value) -> anyhow::Result<Uuid> {
+        let req = StartRequest {
+            workflow_type: "order".into(),
+            input: order_input(),
+            business_keys,
+            idempotency_key: None,
+            request_hash: None,
+        };
+        let started = match &self.db {
+            Backend::Postgres(pool) => self.applier.start(pool, req).await?,
+            Backend::Sqlite(store) => self.applier.start(store, req).await?,
+        };
+        Ok(started.id.0)
+    }
+
+    /// Starts an order saga; returns its id.
+    pub async fn start_order(&self) -> anyhow::Result<Uuid> {
+        self.start_keyed(serde_json::json!({})).await
+    }
+
+    /// The status of one workflow.
+    pub async fn status(&self, id: Uuid) -> anyhow::Result<String> {
+        let row = match &self.db {
+            Backend::Postgres(pool) => pool.get(id).await?,
+            Backend::Sqlite(store) => store.get(id).await?,
+        };
+        Ok(row.context("no such workflow")?.status)
+    }
+
+    /// Waits until the workflow ends (or needs attention); its status.
+    pub async fn settled(&self, id: Uuid, within: Duration) -> anyhow::Result<String> {
+        eventually(within, "the saga to settle", || async {
+            let s = self.status(id).await?;
+            Ok(matches!(
+                s.as_str(),
+                "completed" | "compensated" | "cancelled" | "terminated" | "needs_attention"
+            )
+            .then_some(s))
+        })
+        .await
+    }
+
+    /// How many live sessions `actor` has, and how many are keyed by `token` itself rather
+    /// than its hash (there must be none).
+    pub async fn sessions(&self, actor: &str, token: &str) -> anyhow::Result<(i64, i64)> {
+        Ok(match &self.db {
+            Backend::Postgres(pool) => {
+                sqlx::query_as(
+                    "select (select count(*) from admin_sessions where actor = $1),
+                        (select count(*) from admin_sessions
+                         where encode(token_hash, 'hex') = $2)",
+                )
+                .bind(actor)
+                .bind(token)
+                .fetch_one(pool)
+                .await?
+            }
+            Backend::Sqlite(store) => {
+                sqlx::query_as(
+                    "select (select count(*) from admin_sessions where actor = ?),
+                        (select count(*) from admin_sessions where lower(hex(token_hash)) = ?)",
+                )
+                .bind(actor)
+                .bind(token)
+                .fetch_one(store.pool())
+                .await?
+            }
+        })
     }
 }
 

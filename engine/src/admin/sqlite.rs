@@ -1,0 +1,366 @@
+//! The reads and sessions of [`super::query`] and [`super::auth`] in SQLite's dialect, for the
+//! embedded store of `orderflow dev` ([`crate::store::sqlite`]). Each answers what its Postgres
+//! twin answers; where the dialects differ:
+//!
+//! - JSON is text: `json_extract` and `json_each` stand for `->>` and `jsonb_array_elements`;
+//! - there is no lateral join, so a stuck row's latest task is a correlated subquery;
+//! - there are no arrays, so business keys are matched with `json_each` and id sets are `in`
+//!   lists;
+//! - times are integer microseconds, and "now" is bound from the clock instead of `now()`.
+//!
+//! Dev data is small, so these are shaped for clarity rather than for 100,000s of rows.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
+use uuid::Uuid;
+
+use super::query::{
+    AuditRow, ListFilter, ListRow, StuckFilter, StuckKind, StuckRow, TimerRow, v7_floor,
+};
+use crate::store::sqlite::{decode, from_micros, micros, push_ids};
+
+/// The types of the operator's events, which the audit view lists.
+const OPERATOR_EVENTS: &str = "('cancel_requested', 'terminate_requested', 'retry_requested', \
+                               'retry_from_step', 'signal_received', 'compensation_resolved')";
+
+/// The latest `schedule_activity` command of workflow `w` (its `TaskSpec`), `{col}` of it.
+fn last_task(col: &str) -> String {
+    format!(
+        "(select {col} from history h, json_each(h.commands) c
+          where h.workflow_id = w.id and json_extract(c.value, '$.type') = 'schedule_activity'
+          order by h.seq desc limit 1)"
+    )
+}
+
+fn json_opt(r: &SqliteRow, col: &str) -> sqlx::Result<Option<Value>> {
+    r.try_get::<Option<String>, _>(col)?
+        .map(|t| decode(&t))
+        .transpose()
+}
+
+fn push_list_where(q: &mut QueryBuilder<'_, Sqlite>, f: &ListFilter) {
+    if let Some(s) = &f.status {
+        q.push(" and w.status = ").push_bind(s.clone());
+    }
+    if let Some(t) = &f.workflow_type {
+        q.push(" and w.workflow_type = ").push_bind(t.clone());
+    }
+    if let Some(k) = &f.business_key {
+        q.push(" and w.id in (select k.id from workflows k, json_each(k.business_keys) v where v.value = ")
+            .push_bind(k.clone())
+            .push(
+                " union select workflow_id from history
+                  where json_extract(event, '$.type') = 'activity_completed'
+                    and json_extract(event, '$.output.payment_intent_id') = ",
+            )
+            .push_bind(k.clone())
+            .push(")");
+    }
+    if let Some(id) = f.id {
+        q.push(" and w.id = ").push_bind(id);
+    }
+    if let Some(a) = f.created_after {
+        q.push(" and w.created_at >= ").push_bind(micros(a));
+        q.push(" and w.id >= ")
+            .push_bind(v7_floor(a - chrono::Duration::milliseconds(1)));
+    }
+    if let Some(b) = f.created_before {
+        q.push(" and w.created_at < ").push_bind(micros(b));
+        q.push(" and w.id < ")
+            .push_bind(v7_floor(b + chrono::Duration::milliseconds(2)));
+    }
+    if let Some(c) = f.before_id {
+        q.push(" and w.id < ").push_bind(c);
+    }
+    if let Some(c) = f.upto_id {
+        q.push(" and w.id <= ").push_bind(c);
+    }
+}
+
+/// [`super::query::list`].
+pub async fn list(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<ListRow>> {
+    let mut q = QueryBuilder::new(
+        "select w.id, w.workflow_type, w.version, w.status, w.reason, w.business_keys,
+                w.created_at, w.updated_at,
+                json_extract(w.state,
+                    '$.steps[' || json_extract(w.state, '$.cursor') || ']') as current
+         from workflows w where 1",
+    );
+    push_list_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ListRow {
+                id: r.try_get("id")?,
+                workflow_type: r.try_get("workflow_type")?,
+                version: r.try_get("version")?,
+                status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
+                business_keys: decode(r.try_get("business_keys")?)?,
+                created_at: from_micros(r.try_get("created_at")?),
+                updated_at: from_micros(r.try_get("updated_at")?),
+                current: json_opt(r, "current")?,
+            })
+        })
+        .collect()
+}
+
+/// [`super::query::list_ids`].
+pub async fn list_ids(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<Uuid>> {
+    let mut q = QueryBuilder::new("select w.id from workflows w where 1");
+    push_list_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    let rows: Vec<(Uuid,)> = q.build_query_as().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// [`super::query::counts`].
+pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select status, count(*) from workflows group by status order by status")
+        .fetch_all(pool)
+        .await
+}
+
+fn push_stuck_set(q: &mut QueryBuilder<'_, Sqlite>, f: &StuckFilter) {
+    let wanted = |k: StuckKind| f.kind.is_none_or(|only| only == k);
+    let mut parts = 0;
+    let mut union = |q: &mut QueryBuilder<'_, Sqlite>| {
+        if parts > 0 {
+            q.push(" union ");
+        }
+        parts += 1;
+    };
+    q.push("(");
+    if wanted(StuckKind::Attention) {
+        union(q);
+        q.push("select id from workflows where status = 'needs_attention'");
+    }
+    if wanted(StuckKind::Retrying) {
+        union(q);
+        q.push(
+            "select workflow_id as id from timers
+             where json_extract(purpose, '$.purpose') = 'retry'",
+        );
+    }
+    if wanted(StuckKind::Overdue) {
+        union(q);
+        q.push("select workflow_id as id from timers where fire_at < ")
+            .push_bind(micros(f.overdue_before));
+    }
+    if wanted(StuckKind::NoWorker) && !f.no_worker.is_empty() {
+        union(q);
+        q.push("select id from workflows where id in ");
+        push_ids(q, &f.no_worker);
+    }
+    if parts == 0 {
+        q.push("select null as id where 0");
+    }
+    q.push(")");
+}
+
+fn push_stuck_where(q: &mut QueryBuilder<'_, Sqlite>, f: &StuckFilter) {
+    q.push(" where w.status in ('running', 'compensating', 'needs_attention')");
+    if let Some(a) = &f.activity {
+        q.push(format!(
+            " and json_extract({}, '$.activity') = ",
+            last_task("c.value")
+        ))
+        .push_bind(a.clone());
+    }
+    if let Some(t) = &f.workflow_type {
+        q.push(" and w.workflow_type = ").push_bind(t.clone());
+    }
+    if let Some(a) = f.created_after {
+        q.push(" and w.created_at >= ").push_bind(micros(a));
+    }
+    if let Some(b) = f.created_before {
+        q.push(" and w.created_at < ").push_bind(micros(b));
+    }
+    if let Some(c) = f.before_id {
+        q.push(" and w.id < ").push_bind(c);
+    }
+    if let Some(c) = f.upto_id {
+        q.push(" and w.id <= ").push_bind(c);
+    }
+}
+
+/// [`super::query::stuck`].
+pub async fn stuck(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<StuckRow>> {
+    let mut q = QueryBuilder::new(format!(
+        "select w.id, w.workflow_type, w.version, w.status, w.reason, w.created_at,
+                w.updated_at, w.state, {} as last_task, {} as last_task_at
+         from workflows w where w.id in (select w.id from ",
+        last_task("c.value"),
+        last_task("h.at"),
+    ));
+    push_stuck_set(&mut q, f);
+    q.push(" s join workflows w on w.id = s.id");
+    push_stuck_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    q.push(") order by w.id desc");
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StuckRow {
+                id: r.try_get("id")?,
+                workflow_type: r.try_get("workflow_type")?,
+                version: r.try_get("version")?,
+                status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
+                created_at: from_micros(r.try_get("created_at")?),
+                updated_at: from_micros(r.try_get("updated_at")?),
+                state: decode(r.try_get("state")?)?,
+                last_task: json_opt(r, "last_task")?,
+                last_task_at: r
+                    .try_get::<Option<i64>, _>("last_task_at")?
+                    .map(from_micros),
+            })
+        })
+        .collect()
+}
+
+/// [`super::query::stuck_ids`].
+pub async fn stuck_ids(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<Uuid>> {
+    let mut q = QueryBuilder::new("select w.id from ");
+    push_stuck_set(&mut q, f);
+    q.push(" s join workflows w on w.id = s.id");
+    push_stuck_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    let rows: Vec<(Uuid,)> = q.build_query_as().fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// [`super::query::stuck_counts`].
+pub async fn stuck_counts(
+    pool: &SqlitePool,
+    overdue_before: DateTime<Utc>,
+) -> sqlx::Result<(i64, i64, i64)> {
+    sqlx::query_as(
+        "select (select count(*) from workflows where status = 'needs_attention'),
+                (select count(distinct workflow_id) from timers
+                 where json_extract(purpose, '$.purpose') = 'retry'),
+                (select count(distinct workflow_id) from timers where fire_at < ?)",
+    )
+    .bind(micros(overdue_before))
+    .fetch_one(pool)
+    .await
+}
+
+/// [`super::query::tasks_out`].
+pub async fn tasks_out(pool: &SqlitePool) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
+    sqlx::query_as(&format!(
+        "select w.id, json_extract({}, '$.activity')
+         from (select distinct workflow_id as id from timers
+               where json_extract(purpose, '$.purpose') = 'attempt_timeout') w",
+        last_task("c.value")
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// [`super::query::timers_of`].
+pub async fn timers_of(pool: &SqlitePool, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new(
+        "select workflow_id, id, fire_at, purpose from timers where workflow_id in ",
+    );
+    push_ids(&mut q, ids);
+    q.push(" order by fire_at");
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TimerRow {
+                workflow_id: r.try_get("workflow_id")?,
+                id: r.try_get("id")?,
+                fire_at: from_micros(r.try_get("fire_at")?),
+                purpose: decode(r.try_get("purpose")?)?,
+            })
+        })
+        .collect()
+}
+
+/// [`super::query::audit`].
+pub async fn audit(
+    pool: &SqlitePool,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditRow>> {
+    let mut q = QueryBuilder::new(format!(
+        "select h.workflow_id, h.seq, h.at, h.event, w.workflow_type, w.status
+         from history h left join workflows w on w.id = h.workflow_id
+         where json_extract(h.event, '$.type') in {OPERATOR_EVENTS}"
+    ));
+    if let Some(b) = before {
+        q.push(" and h.at < ").push_bind(micros(b));
+    }
+    q.push(" order by h.at desc limit ").push_bind(limit);
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRow {
+                workflow_id: r.try_get("workflow_id")?,
+                seq: r.try_get("seq")?,
+                at: from_micros(r.try_get("at")?),
+                event: decode(r.try_get("event")?)?,
+                workflow_type: r.try_get("workflow_type")?,
+                status: r.try_get("status")?,
+            })
+        })
+        .collect()
+}
+
+/// The live session with this token hash: `(actor, csrf token)`.
+pub async fn session(
+    pool: &SqlitePool,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "select actor, csrf_token from admin_sessions where token_hash = ? and expires_at > ?",
+    )
+    .bind(token_hash)
+    .bind(micros(Utc::now()))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Opens a session until `expires_at`, dropping the expired ones on the way.
+pub async fn open_session(
+    pool: &SqlitePool,
+    token_hash: &[u8],
+    actor: &str,
+    csrf: &str,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let now = micros(Utc::now());
+    // It writes twice: IMMEDIATE takes the write lock up front instead of failing to upgrade.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("delete from admin_sessions where expires_at < ?")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into admin_sessions (token_hash, actor, csrf_token, created_at, expires_at)
+         values (?, ?, ?, ?, ?)",
+    )
+    .bind(token_hash)
+    .bind(actor)
+    .bind(csrf)
+    .bind(now)
+    .bind(micros(expires_at))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Ends the session with this token hash.
+pub async fn close_session(pool: &SqlitePool, token_hash: &[u8]) -> sqlx::Result<()> {
+    sqlx::query("delete from admin_sessions where token_hash = ?")
+        .bind(token_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
