@@ -48,6 +48,7 @@ on_both_stores!(
     a_timer_that_does_not_fire_is_overdue,
     the_detail_page_shows_steps_attempts_history_and_downloads_it,
     a_bulk_cancel_by_filter_previews_the_count_then_compensates,
+    the_rest_api_starts_lists_reads_and_cancels,
 );
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
@@ -833,4 +834,98 @@ impl Ui {
             text: res.text().await?,
         })
     }
+}
+
+/// The REST API served next to the UI: start (idempotent by key), read, list by business key,
+/// counts, cancel with its actor in the history, and readiness.
+async fn the_rest_api_starts_lists_reads_and_cancels(store: Db) -> anyhow::Result<()> {
+    let ui = Ui::start(Setup {
+        store,
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    let order_id = Uuid::new_v4().to_string();
+    let body = serde_json::json!({
+        "type": "order",
+        "input": orderflow_testkit::order_input(),
+        "business_keys": { "order_id": order_id },
+    });
+    let created = ui
+        .post_json("/api/v1/workflows", Some("k-1"), &body)
+        .await?;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(created.json()["status"], "running", "{}", created.text);
+    let again = ui
+        .post_json("/api/v1/workflows", Some("k-1"), &body)
+        .await?;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json()["id"], id.as_str());
+    let mut other = body.clone();
+    other["business_keys"]["order_id"] = "another".into();
+    let reused = ui
+        .post_json("/api/v1/workflows", Some("k-1"), &other)
+        .await?;
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{}", reused.text);
+    let unknown = ui
+        .post_json(
+            "/api/v1/workflows",
+            None,
+            &serde_json::json!({ "type": "refund", "input": {} }),
+        )
+        .await?;
+    problem(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "type");
+
+    let one = ui.get(&format!("/api/v1/workflows/{id}")).await?;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+    assert_eq!(one.json()["id"], id.as_str());
+    let keyed = ui
+        .get(&format!("/api/v1/workflows?business_key={order_id}"))
+        .await?;
+    let items = keyed.json()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(items.len(), 1, "{}", keyed.text);
+    assert_eq!(items[0]["id"], id.as_str());
+    let done = ui.get("/api/v1/workflows?status=completed").await?;
+    assert_eq!(done.json()["items"].as_array().map(Vec::len), Some(0));
+    let counts = ui.get("/api/v1/workflow-counts").await?;
+    assert_eq!(counts.json(), serde_json::json!({ "running": 1 }));
+
+    let cancel = ui
+        .post_json(
+            &format!("/api/v1/workflows/{id}/cancel"),
+            None,
+            &serde_json::json!({ "reason": "the customer called", "actor": "support:ann" }),
+        )
+        .await?;
+    assert_eq!(cancel.status, StatusCode::ACCEPTED, "{}", cancel.text);
+    let history = ui.get(&format!("/api/v1/workflows/{id}/history")).await?;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    let history: History = serde_json::from_str(&history.text)?;
+    assert!(
+        history.events.iter().any(|e| matches!(
+            &e.event,
+            Event::CancelRequested { actor, reason }
+                if actor == "support:ann" && reason == "the customer called"
+        )),
+        "{:?}",
+        history.events
+    );
+    let missing = ui
+        .post_json(
+            &format!("/api/v1/workflows/{}/cancel", Uuid::now_v7()),
+            None,
+            &serde_json::json!({ "reason": "x" }),
+        )
+        .await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+
+    let ready = ui.get("/ready").await?;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    assert_eq!(ready.json()["database"], true, "{}", ready.text);
+    Ok(())
 }

@@ -1,6 +1,6 @@
-//! The database behind the admin UI: the engine's Postgres (production, `orderflow up`) or the
-//! embedded SQLite store (`orderflow dev`). Handlers ask a [`Backend`] and never see which one
-//! it is; each method runs the Postgres reads of [`super::query`] unchanged, or their SQLite twins
+//! The database behind the admin UI and the REST API: the engine's Postgres (production,
+//! `orderflow up`) or the embedded SQLite store (`orderflow dev`). Handlers ask a [`Backend`] and
+//! never see which one it is; each method runs the Postgres reads of [`super::query`] unchanged, or their SQLite twins
 //! in [`super::sqlite`]. Operator actions go through [`Applier::apply`] on either, since it is
 //! generic over the engine's [`Store`].
 
@@ -14,11 +14,15 @@ use super::{
     sqlite,
 };
 use crate::{
-    apply::{Applier, ApplyError, Outcome},
-    store::{backend::Store, sqlite::SqliteStore, workflows::WorkflowRow},
+    apply::{Applier, ApplyError, Outcome, StartError, StartRequest, Started},
+    store::{
+        backend::Store,
+        sqlite::SqliteStore,
+        workflows::{self, WorkflowRow},
+    },
 };
 
-/// Where the admin UI reads workflows and keeps sessions.
+/// Where the admin UI and the API read and write workflows, and the UI keeps sessions.
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// The engine's Postgres database.
@@ -228,5 +232,60 @@ impl Backend {
             }
             Self::Sqlite(store) => sqlite::close_session(store.pool(), token_hash).await,
         }
+    }
+}
+
+/// The REST API's reads and writes ([`crate::api`]).
+impl Backend {
+    /// Starts a workflow, as [`Applier::start`].
+    pub async fn start(&self, applier: &Applier, req: StartRequest) -> Result<Started, StartError> {
+        match self {
+            Self::Postgres(pool) => applier.start(pool, req).await,
+            Self::Sqlite(store) => applier.start(store, req).await,
+        }
+    }
+
+    pub async fn get(&self, id: Uuid) -> sqlx::Result<Option<WorkflowRow>> {
+        match self {
+            Self::Postgres(pool) => Store::get(pool, id).await,
+            Self::Sqlite(store) => store.get(id).await,
+        }
+    }
+
+    pub async fn history(&self, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
+        match self {
+            Self::Postgres(pool) => Store::history(pool, id).await,
+            Self::Sqlite(store) => Store::history(store, id).await,
+        }
+    }
+
+    /// The API's list, as [`workflows::list`].
+    pub async fn list_workflows(
+        &self,
+        f: &workflows::ListFilter,
+    ) -> sqlx::Result<Vec<WorkflowRow>> {
+        match self {
+            Self::Postgres(pool) => workflows::list(&mut *pool.acquire().await?, f).await,
+            Self::Sqlite(store) => store.list(f).await,
+        }
+    }
+
+    pub async fn count_by_status(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        match self {
+            Self::Postgres(pool) => pool.count_by_status().await,
+            Self::Sqlite(store) => store.count_by_status().await,
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        let answer = match self {
+            Self::Postgres(pool) => sqlx::query("select 1").execute(pool).await.map(drop),
+            Self::Sqlite(store) => sqlx::query("select 1")
+                .execute(store.pool())
+                .await
+                .map(drop),
+        };
+        answer.is_ok()
     }
 }

@@ -1,5 +1,7 @@
 //! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`.
-//! [`router`] is a plain function so tests drive it without a socket.
+//! [`router`] is a plain function so tests drive it without a socket. The same routes serve the
+//! engine's Postgres ([`router_with_admin`]) or the embedded SQLite store of `orderflow dev`
+//! ([`router_embedded`]); handlers reach either through [`Backend`].
 
 mod openapi;
 mod problem;
@@ -19,9 +21,14 @@ use sqlx::PgPool;
 
 pub use problem::ApiError;
 
-use crate::{apply::Applier, metrics};
+use crate::{
+    admin::{AdminConfig, Backend},
+    apply::Applier,
+    metrics,
+    store::sqlite::SqliteStore,
+};
 
-/// What every handler shares.
+/// What an engine process on Postgres and RabbitMQ serves the API with.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
@@ -30,13 +37,52 @@ pub struct AppState {
     pub amqp_url: String,
 }
 
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiState {
+    pub db: Backend,
+    pub applier: Applier,
+    /// Probed by `/ready`; `None` with the in-process queue, which has no broker.
+    pub amqp_url: Option<String>,
+}
+
 /// The whole HTTP surface of an engine process.
 pub fn router(state: AppState) -> Router {
     router_with_admin(state, None)
 }
 
 /// [`router`] plus, when `admin` is set, the operators' web UI under `/admin`.
-pub fn router_with_admin(state: AppState, admin: Option<crate::admin::AdminConfig>) -> Router {
+pub fn router_with_admin(state: AppState, admin: Option<AdminConfig>) -> Router {
+    let ui = crate::admin::router(state.clone(), admin);
+    routes(
+        ApiState {
+            db: Backend::Postgres(state.pool),
+            applier: state.applier,
+            amqp_url: Some(state.amqp_url),
+        },
+        ui,
+    )
+}
+
+/// The whole HTTP surface on the embedded store of `orderflow dev` (tasks on the in-process
+/// queue), with the operators' web UI under `/admin` when `admin` is set. `/ready` asks only
+/// the store: there is no broker.
+pub fn router_embedded(store: SqliteStore, applier: Applier, admin: Option<AdminConfig>) -> Router {
+    let ui = match admin {
+        Some(config) => crate::admin::router_embedded(store.clone(), applier.clone(), config),
+        None => Router::new(),
+    };
+    routes(
+        ApiState {
+            db: Backend::Sqlite(store),
+            applier,
+            amqp_url: None,
+        },
+        ui,
+    )
+}
+
+fn routes(state: ApiState, ui: Router<ApiState>) -> Router {
     let api = Router::new()
         .route("/workflows", post(workflows::start).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
@@ -49,7 +95,7 @@ pub fn router_with_admin(state: AppState, admin: Option<crate::admin::AdminConfi
         .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", api)
-        .merge(crate::admin::router(state.clone(), admin))
+        .merge(ui)
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(|| async { metrics::render() }))
@@ -74,12 +120,21 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// `/ready`: 200 only when Postgres and RabbitMQ both answer.
-async fn ready(State(state): State<AppState>) -> Response {
-    let db = sqlx::query("select 1").execute(&state.pool).await.is_ok();
+/// `/ready`: 200 only when the database and RabbitMQ both answer (the database alone with the
+/// in-process queue, which lives in this process).
+async fn ready(State(state): State<ApiState>) -> Response {
+    let db = state.db.ping().await;
+    let Some(amqp_url) = &state.amqp_url else {
+        let status = if db {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return (status, axum::Json(serde_json::json!({ "database": db }))).into_response();
+    };
     let broker = tokio::time::timeout(
         Duration::from_secs(2),
-        orderflow_activities::broker::connect(&state.amqp_url, Duration::ZERO),
+        orderflow_activities::broker::connect(amqp_url, Duration::ZERO),
     )
     .await
     .is_ok_and(|c| c.is_ok());

@@ -24,13 +24,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiError, AppState,
+    ApiError, ApiState,
     openapi::{HistoryDoc, StepDoc, WorkflowStatusDoc},
     problem::Problem,
 };
 use crate::{
     apply::{Outcome, StartError, StartRequest},
-    store::{history, workflows as store},
+    store::workflows as store,
 };
 
 /// Parses a JSON body; serde's message names the offending field.
@@ -95,7 +95,7 @@ pub struct StartBody {
     )
 )]
 pub async fn start(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -127,7 +127,7 @@ pub async fn start(
         idempotency_key: key,
         request_hash: Some(hash),
     };
-    let started = st.applier.start(&st.pool, req).await.map_err(|e| match e {
+    let started = st.db.start(&st.applier, req).await.map_err(|e| match e {
         StartError::UnknownType(t) => {
             ApiError::unprocessable("type", format!("unknown workflow type `{t}`"))
         }
@@ -183,9 +183,9 @@ fn trace_root(
     );
 }
 
-async fn load(st: &AppState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {
-    let mut conn = st.pool.acquire().await?;
-    store::get(&mut conn, id.0)
+async fn load(st: &ApiState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {
+    st.db
+        .get(id.0)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))
 }
@@ -250,7 +250,7 @@ pub struct ActionResult {
     seq: i64,
 }
 
-fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<WorkflowDetail, ApiError> {
+fn detail(st: &ApiState, row: &store::WorkflowRow) -> Result<WorkflowDetail, ApiError> {
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
     let mut view = state.view();
@@ -282,7 +282,7 @@ fn detail(st: &AppState, row: &store::WorkflowRow) -> Result<WorkflowDetail, Api
     )
 )]
 pub async fn get(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkflowDetail>, ApiError> {
     let row = load(&st, workflow_id(&id)?).await?;
@@ -303,13 +303,12 @@ pub async fn get(
     )
 )]
 pub async fn history(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<History>, ApiError> {
     let id = workflow_id(&id)?;
     let row = load(&st, id).await?;
-    let mut conn = st.pool.acquire().await?;
-    let events = history::load(&mut conn, id.0).await?;
+    let events = st.db.history(id.0).await?;
     Ok(Json(History {
         workflow_id: id,
         workflow_type: row.workflow_type,
@@ -362,7 +361,7 @@ fn time_param(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>
     )
 )]
 pub async fn list(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<WorkflowPage>, ApiError> {
     let Query(q) = q.map_err(|e| {
@@ -415,8 +414,7 @@ pub async fn list(
         // One row more than asked tells whether another page exists.
         limit: limit + 1,
     };
-    let mut conn = st.pool.acquire().await?;
-    let mut rows = store::list(&mut conn, &filter).await?;
+    let mut rows = st.db.list_workflows(&filter).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more
@@ -439,9 +437,8 @@ pub async fn list(
         (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut conn = st.pool.acquire().await?;
-    let rows = store::count_by_status(&mut conn).await?;
+pub async fn counts(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let rows = st.db.count_by_status().await?;
     let map: BTreeMap<String, i64> = rows.into_iter().collect();
     Ok(Json(json!(map)))
 }
@@ -469,28 +466,26 @@ impl ActionBody {
 }
 
 /// Applies one operator event and answers with the new status, or why it was refused.
-async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, ApiError> {
-    let mut tx = st.pool.begin().await?;
+async fn act(st: &ApiState, id: WorkflowId, event: Event) -> Result<Response, ApiError> {
+    // A refusal keeps nothing, not even a fingerprint the load rechecked.
+    let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
-        .applier
-        .apply(&mut tx, &[(id, event)], false)
+        .db
+        .apply(&st.applier, &[(id, event)], applied)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .pop()
         .unwrap_or(Outcome::NotFound);
     match outcome {
-        Outcome::Applied { seq, status, .. } => {
-            tx.commit().await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(ActionResult {
-                    id: id.0,
-                    status,
-                    seq,
-                }),
-            )
-                .into_response())
-        }
+        Outcome::Applied { seq, status, .. } => Ok((
+            StatusCode::ACCEPTED,
+            Json(ActionResult {
+                id: id.0,
+                status,
+                seq,
+            }),
+        )
+            .into_response()),
         Outcome::Rejected(e) => Err(ApiError::Conflict(e.to_string())),
         Outcome::NotFound => Err(ApiError::NotFound(format!("no workflow {id}"))),
     }
@@ -506,7 +501,7 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
     responses(ActionAnswers)
 )]
 pub async fn cancel(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -527,7 +522,7 @@ pub async fn cancel(
     responses(ActionAnswers)
 )]
 pub async fn terminate(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -548,7 +543,7 @@ pub async fn terminate(
     responses(ActionAnswers)
 )]
 pub async fn retry(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -599,7 +594,7 @@ pub enum ActionAnswers {
 
 /// An operator action with `{reason, actor?}`: checks the id and the body, then applies the event.
 async fn operator_action(
-    st: &AppState,
+    st: &ApiState,
     id: &str,
     body: Result<Bytes, BytesRejection>,
     event: fn(String, String) -> Event,
@@ -639,7 +634,7 @@ pub struct SignalBody {
     )
 )]
 pub async fn signal(
-    State(st): State<AppState>,
+    State(st): State<ApiState>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {

@@ -20,7 +20,7 @@ use super::{
     backend::{Listener, Store, StoreTx, Wakeup},
     change::{Change, NewWorkflow},
     outbox::OutboxRow,
-    workflows::{Locked, WorkflowRow},
+    workflows::{ListFilter, Locked, WorkflowRow},
 };
 
 /// The engine's SQLite migrations (`migrations/sqlite/engine/`).
@@ -400,5 +400,37 @@ impl Store for SqliteStore {
             Wakeup::Outbox => self.outbox.subscribe(),
             Wakeup::Timers => self.timers.subscribe(),
         }))
+    }
+}
+
+/// Reads of the REST API beyond [`Store`], in SQLite's dialect.
+impl SqliteStore {
+    /// [`super::workflows::list`]: newest first. Business keys are matched with `json_each`,
+    /// as SQLite has no array column.
+    pub async fn list(&self, f: &ListFilter) -> sqlx::Result<Vec<WorkflowRow>> {
+        let mut q = QueryBuilder::new(format!("select {WORKFLOW_COLUMNS} from workflows where 1"));
+        if let Some(s) = &f.status {
+            q.push(" and status = ").push_bind(s.clone());
+        }
+        if let Some(t) = &f.workflow_type {
+            q.push(" and workflow_type = ").push_bind(t.clone());
+        }
+        if let Some(k) = &f.business_key {
+            q.push(" and exists (select 1 from json_each(business_keys) where value = ")
+                .push_bind(k.clone())
+                .push(")");
+        }
+        if let Some(a) = f.created_after {
+            q.push(" and created_at >= ").push_bind(micros(a));
+        }
+        if let Some(b) = f.created_before {
+            q.push(" and created_at < ").push_bind(micros(b));
+        }
+        if let Some(c) = f.before_id {
+            q.push(" and id < ").push_bind(c);
+        }
+        q.push(" order by id desc limit ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(workflow_row).collect()
     }
 }

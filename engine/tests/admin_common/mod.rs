@@ -21,7 +21,7 @@ use orderflow_activities::{
 use orderflow_core::{RecordedEvent, Registry, RetryPolicy, SagaDefinition, Step};
 use orderflow_engine::{
     EngineConfig,
-    admin::{self, AdminConfig, Backend},
+    admin::{AdminConfig, Backend},
     api::{self, AppState},
     apply::{Applier, StartRequest},
     portable::PortableEngine,
@@ -247,7 +247,7 @@ impl Ui {
                     tokio::spawn(worker.run(stop.clone()));
                 }
                 stops.push(stop);
-                let app = admin::router_embedded(store.clone(), applier.clone(), setup.config);
+                let app = api::router_embedded(store.clone(), applier.clone(), Some(setup.config));
                 (Backend::Sqlite(store), app)
             }
         };
@@ -313,6 +313,20 @@ impl Ui {
             .send()
             .await?;
         read(res).await
+    }
+
+    /// POSTs JSON to the REST API, with an `Idempotency-Key` if given.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Resp> {
+        let mut req = self.http.post(self.url(path)).json(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        read(req.send().await?).await
     }
 
     /// POSTs a form carrying the session's CSRF token.
