@@ -36,6 +36,7 @@ use orderflow_service_kit::{
     db::{Db, Migrations},
     events::{self, Subscription},
     http::{self, Readiness},
+    limit::{Limits, RateLimiter},
     parts::Parts,
 };
 use sqlx::migrate::Migrator;
@@ -77,7 +78,9 @@ pub fn subscription(config: &OrderConfig) -> Subscription {
     }
 }
 
-/// The handler state for `config`, over `db`.
+/// The handler state for `config`, over `db`. Orders per user are counted in Redis, shared by
+/// every replica; on an embedded database there is only this process, so they are counted here
+/// and the service needs no Redis.
 pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     metrics::register();
     let clients = clients::Clients::new(
@@ -87,29 +90,42 @@ pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
         config.call_timeout,
     )
     .context("building the HTTP client")?;
+    let rule = Limits::from_env()?.orders;
+    let order_limit = match &db {
+        Db::Postgres(_) => RateLimiter::new(
+            &config.service.redis_url,
+            &config.service.queue_prefix,
+            "orders",
+            rule,
+        )?,
+        Db::Sqlite(_) => RateLimiter::in_process("orders", rule),
+    };
     Ok(AppState {
         db,
         keys: JwtKeys::new(&config.service.jwt_secret),
         clients,
         wake: Arc::new(Notify::new()),
         start_backoff_cap: config.start_backoff_cap,
-        order_limit: orderflow_service_kit::limit::RateLimiter::new(
-            &config.service.redis_url,
-            &config.service.queue_prefix,
-            "orders",
-            orderflow_service_kit::limit::Limits::from_env()?.orders,
-        )?,
+        order_limit,
     })
+}
+
+/// What [`run`] serves over HTTP, for a caller that mounts the router and runs the workers
+/// itself (`orderflow dev`): connects to and migrates the database named by the config's URL
+/// (`postgres://`, `sqlite://<file>` or `sqlite::memory:`) and builds the state. The readiness
+/// checks cover the database.
+pub async fn prepare(config: &OrderConfig) -> anyhow::Result<(AppState, Readiness)> {
+    let db = Db::connect(&config.service.database_url, &migrations()).await?;
+    let ready = Readiness::new().database(db.clone());
+    Ok((state(config, db)?, ready))
 }
 
 /// Migrates, then serves the API, runs the `order.create` / `order.cancel` workers, follows
 /// finished sagas and starts pending sagas, until `stop`. If one part fails the rest stop too.
 pub async fn run(config: OrderConfig, stop: CancellationToken) -> anyhow::Result<()> {
-    let db = Db::connect(&config.service.database_url, &migrations()).await?;
-    let state = state(&config, db.clone())?;
-    let ready = Readiness::new()
-        .database(db.clone())
-        .amqp(config.service.amqp_url.clone());
+    let (state, ready) = prepare(&config).await?;
+    let db = state.db.clone();
+    let ready = ready.amqp(config.service.amqp_url.clone());
     let app = http::app(SERVICE, router(state.clone()), ready);
 
     let worker = Worker::builder(&config.service.amqp_url, config.service.topology())

@@ -65,7 +65,10 @@ fn backoff(attempts: i32, cap: Duration) -> Duration {
 }
 
 /// Claims one due intent (that of `only`, if given), calls the engine and records the outcome,
-/// all while holding the intent's row lock so a concurrent cancel waits for the answer.
+/// all while holding the intent's row lock so a concurrent cancel waits for the answer. On
+/// SQLite that lock is the database's write lock, so the order database's other writers wait
+/// for the engine's answer too (at most the call timeout): acceptable for `orderflow dev`, one
+/// process whose engine answers in-process, and what keeps the cancel's answer exact.
 pub async fn start_one(
     db: &Db,
     clients: &Clients,

@@ -265,10 +265,13 @@ async fn an_idempotency_key_places_one_order_per_user(db: &Db) -> anyhow::Result
 on_both!(concurrent_duplicates_place_one_order, file);
 async fn concurrent_duplicates_place_one_order(db: &Db) -> anyhow::Result<()> {
     let user = Uuid::now_v7();
-    let tries = (0..8).map(|_| {
-        let db = db.clone();
-        tokio::spawn(async move { place_as(&db, Uuid::now_v7(), user, "same").await })
-    });
+    // Collected, so that all are spawned before the first is awaited.
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { place_as(&db, Uuid::now_v7(), user, "same").await })
+        })
+        .collect();
     let mut placed = Vec::new();
     for t in tries {
         placed.extend(t.await??);
@@ -659,8 +662,9 @@ impl FakeEngine {
             entry.0 += 1;
             entry.1
         };
-        // Give concurrent starters every chance to overlap with this one.
-        tokio::task::yield_now().await;
+        // An engine takes a moment to answer: a starter that did not hold its claim for that
+        // long would let another one start the same saga.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         if e.answer.is_success() {
             (e.answer, Json(json!({ "id": id })))
         } else {
@@ -685,19 +689,22 @@ async fn concurrent_starters_start_each_saga_exactly_once(db: &Db) -> anyhow::Re
     for _ in 0..12 {
         orders.push(place(db).await?);
     }
-    let starters = (0..4).map(|_| {
-        let (db, clients) = (db.clone(), clients.clone());
-        tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                match starter::start_one(&db, &clients, None, Duration::from_secs(60)).await? {
-                    Attempt::NothingDue => return anyhow::Ok(mine),
-                    Attempt::Started { order, .. } => mine.push(order),
-                    other => anyhow::bail!("the engine accepts every start: {other:?}"),
+    // Collected, so that all are spawned before the first is awaited.
+    let starters: Vec<_> = (0..4)
+        .map(|_| {
+            let (db, clients) = (db.clone(), clients.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    match starter::start_one(&db, &clients, None, Duration::from_secs(60)).await? {
+                        Attempt::NothingDue => return anyhow::Ok(mine),
+                        Attempt::Started { order, .. } => mine.push(order),
+                        other => anyhow::bail!("the engine accepts every start: {other:?}"),
+                    }
                 }
-            }
+            })
         })
-    });
+        .collect();
     let mut claimed = Vec::new();
     for s in starters {
         claimed.extend(s.await??);
