@@ -929,3 +929,51 @@ async fn the_rest_api_starts_lists_reads_and_cancels(store: Db) -> anyhow::Resul
     assert_eq!(ready.json()["database"], true, "{}", ready.text);
     Ok(())
 }
+
+/// The embedded store keeps sessions and operator actions in its file: a process started again
+/// on the same `--data-dir` still knows the operator's session and shows the action they took.
+#[tokio::test]
+async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store: Db::Sqlite,
+        engine: false,
+        workers: vec![],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = ui.start_order().await?;
+    let r = ui
+        .post(
+            &format!("/admin/workflows/{id}/terminate"),
+            &[("reason", "duplicate order")],
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+
+    let reopened = orderflow_engine::store::sqlite::SqliteStore::open(Some(&ui.files[0])).await?;
+    let app = orderflow_engine::api::router_embedded(
+        reopened,
+        ui.applier.clone(),
+        Some(Setup::default().config),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let session = format!("orderflow_admin={}", ui.session.clone().unwrap_or_default());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let get = |path: String| {
+        http.get(format!("http://{addr}{path}"))
+            .header("cookie", session.clone())
+            .send()
+    };
+    let page = get(format!("/admin/workflows/{id}")).await?;
+    assert_eq!(page.status(), StatusCode::OK, "the session is still live");
+    assert!(page.text().await?.contains("terminated"));
+    let audit = get("/admin/audit".to_owned()).await?.text().await?;
+    assert!(audit.contains("duplicate order"), "{audit}");
+    assert!(audit.contains("admin:ops"), "{audit}");
+    Ok(())
+}

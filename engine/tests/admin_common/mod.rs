@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use orderflow_activities::{
@@ -90,7 +90,8 @@ pub fn stubborn_order(backoff: Duration, start_to_close: Duration) -> SagaDefini
 pub enum Db {
     /// Postgres and RabbitMQ, as in production.
     Postgres,
-    /// The embedded SQLite store (in memory) and the in-process queue, as `orderflow dev`.
+    /// The embedded SQLite store and the in-process queue, as `orderflow dev`, in files (WAL,
+    /// several connections, as with `--data-dir`) that are removed afterwards.
     Sqlite,
 }
 
@@ -130,12 +131,21 @@ pub struct Ui {
     pub session: Option<String>,
     pub csrf: Option<String>,
     stops: Vec<CancellationToken>,
+    /// With [`Db::Sqlite`], the engine's and the queue's files, removed on drop.
+    pub files: Vec<PathBuf>,
 }
 
 impl Drop for Ui {
     fn drop(&mut self) {
         for s in &self.stops {
             s.cancel();
+        }
+        for f in &self.files {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = f.clone().into_os_string();
+                name.push(suffix);
+                let _ = std::fs::remove_file(name);
+            }
         }
     }
 }
@@ -201,6 +211,7 @@ impl Ui {
             .into_iter()
             .filter(|h| setup.workers.contains(&h.activity()));
         let mut stops = Vec::new();
+        let mut files = Vec::new();
         let (db, app) = match setup.store {
             Db::Postgres => {
                 if setup.engine {
@@ -227,8 +238,12 @@ impl Ui {
                 (Backend::Postgres(env.pool.clone()), app)
             }
             Db::Sqlite => {
-                let store = SqliteStore::open(None).await?;
-                let queue = EmbeddedQueue::open(None, env.topology.clone()).await?;
+                let tag = Uuid::new_v4().simple().to_string();
+                let dir = std::env::temp_dir();
+                files.push(dir.join(format!("orderflow-admin-{tag}-engine.db")));
+                files.push(dir.join(format!("orderflow-admin-{tag}-queue.db")));
+                let store = SqliteStore::open(Some(&files[0])).await?;
+                let queue = EmbeddedQueue::open(Some(&files[1]), env.topology.clone()).await?;
                 let stop = CancellationToken::new();
                 if setup.engine {
                     let engine = PortableEngine::new(
@@ -273,6 +288,7 @@ impl Ui {
             session: None,
             csrf: None,
             stops,
+            files,
         })
     }
 
