@@ -111,8 +111,10 @@ impl Activity for CancelOrder {
     }
 }
 
-/// The order service's activities, for a worker.
-pub fn handlers(db: Db) -> Vec<Arc<dyn Handler>> {
+/// The order service's activities, for a worker, over the order database (a [`Db`] or a
+/// Postgres pool).
+pub fn handlers(db: impl Into<Db>) -> Vec<Arc<dyn Handler>> {
+    let db = db.into();
     vec![
         Arc::new(CreateOrder { db: db.clone() }),
         Arc::new(CancelOrder { db }),
