@@ -932,6 +932,11 @@ async fn the_rest_api_starts_lists_reads_and_cancels(store: Db) -> anyhow::Resul
     let ready = ui.get("/ready").await?;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
     assert_eq!(ready.json()["database"], true, "{}", ready.text);
+    let broker = match store {
+        Db::Postgres => serde_json::json!(true),
+        Db::Sqlite => serde_json::Value::Null,
+    };
+    assert_eq!(ready.json()["broker"], broker, "{}", ready.text);
     Ok(())
 }
 

@@ -120,25 +120,22 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// `/ready`: 200 only when the database and RabbitMQ both answer (the database alone with the
-/// in-process queue, which lives in this process).
+/// `/ready`: 200 only when the database and RabbitMQ both answer. With the in-process queue
+/// there is no broker (`"broker": null`) and the database alone decides.
 async fn ready(State(state): State<ApiState>) -> Response {
     let db = state.db.ping().await;
-    let Some(amqp_url) = &state.amqp_url else {
-        let status = if db {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        return (status, axum::Json(serde_json::json!({ "database": db }))).into_response();
+    let broker = match &state.amqp_url {
+        None => None,
+        Some(url) => Some(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                orderflow_activities::broker::connect(url, Duration::ZERO),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok()),
+        ),
     };
-    let broker = tokio::time::timeout(
-        Duration::from_secs(2),
-        orderflow_activities::broker::connect(amqp_url, Duration::ZERO),
-    )
-    .await
-    .is_ok_and(|c| c.is_ok());
-    let status = if db && broker {
+    let status = if db && broker != Some(false) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
