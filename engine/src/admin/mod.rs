@@ -4,13 +4,15 @@
 //! the decider (`Applier::apply`), so it lands in the workflow's history with the operator as its
 //! actor and the reason they gave, and the audit view lists it.
 //!
-//! - [`backend`]: the database the UI reads and keeps sessions in, Postgres or the embedded
-//!   SQLite store of `orderflow dev` ([`router_embedded`]); [`sqlite`] holds the SQLite dialect.
-//! - [`auth`]: login (an operator account configured for the process), sessions in the database behind
-//!   an HttpOnly, SameSite=Strict cookie, the per-session CSRF token every POST must carry, and
-//!   the [`auth::Operator`] extractor that sends anyone without a session to the login page.
-//! - [`query`]: the reads behind the pages (list with filters and cursor pages, counts, the stuck
-//!   set, one workflow with its history and timers, the audit trail), each answered from an index.
+//! - [`backend`]: the database the UI (and the REST API) reads and writes, Postgres or the
+//!   embedded SQLite store of `orderflow dev` ([`router_embedded`]).
+//! - [`auth`]: login (an operator account configured for the process), sessions in the database
+//!   behind an HttpOnly, SameSite=Strict cookie, the per-session CSRF token every POST must
+//!   carry, and the [`auth::Operator`] extractor that sends anyone without a session to the login
+//!   page.
+//! - [`query`]: the reads behind the pages on Postgres (list with filters and cursor pages,
+//!   counts, the stuck set, one workflow's timers, the audit trail), each answered from an index;
+//!   [`sqlite`]: the same reads, and the sessions, in SQLite's dialect.
 //! - [`stuck`]: why a saga is stuck, in one line, and [`stuck::QueueProbe`], which asks RabbitMQ
 //!   which activity queues have no consumer (the in-process queue cannot say).
 //! - [`timeline`]: a saga's steps as an SVG diagram, forward path and compensation path.
