@@ -85,15 +85,11 @@ impl Stack {
     }
 
     pub async fn with_engine(registry: Registry, engine: Engine) -> anyhow::Result<Self> {
-        Self::build(registry, engine, OrderBackend::Postgres).await
+        Self::with_backend(registry, engine, OrderBackend::Postgres).await
     }
 
-    /// The stack with the order service on embedded SQLite; the rest stays as it is.
-    pub async fn on_sqlite(registry: Registry) -> anyhow::Result<Self> {
-        Self::build(registry, Engine::Up, OrderBackend::Sqlite).await
-    }
-
-    async fn build(
+    /// The stack with the order service's database on `backend`; the rest stays as it is.
+    pub async fn with_backend(
         registry: Registry,
         engine: Engine,
         backend: OrderBackend,
