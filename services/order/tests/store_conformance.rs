@@ -21,13 +21,14 @@ use axum::{
 };
 use chrono::Utc;
 use orderflow_order::{
+    OrderConfig,
     clients::Clients,
     migrations, migrator,
     model::{CancelCode, OrderStatus, ShippingAddress},
     starter::{self, Attempt},
     store::{self, ConfirmRow, NewOrderRow, Order, Outcome, PricedLine, Tx},
 };
-use orderflow_service_kit::db::Db;
+use orderflow_service_kit::{ServiceConfig, db::Db};
 use orderflow_service_testkit::{fresh_db, serve};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -806,6 +807,43 @@ async fn both_backends_have_the_same_columns() -> anyhow::Result<()> {
         on_lite.sort();
         assert!(!on_pg.is_empty(), "{table} exists");
         assert_eq!(on_pg, on_lite, "{table}");
+    }
+    Ok(())
+}
+
+/// `prepare` (and so `run`) opens the backend its URL names, and its readiness probe asks that
+/// database; Redis is not needed to build the state on either.
+#[tokio::test]
+async fn prepare_opens_the_database_its_url_names() -> anyhow::Result<()> {
+    let file = TempDb::new();
+    let urls = [
+        format!("sqlite://{}", file.path().display()),
+        format!(
+            "postgres://postgres@127.0.0.1:5432/orderflow_order_test_{}",
+            Uuid::new_v4().simple()
+        ),
+    ];
+    for url in urls {
+        let mut config = OrderConfig::new(ServiceConfig::local("order", 0));
+        config.service.database_url = url.clone();
+        // Nothing listens there.
+        config.service.redis_url = "redis://127.0.0.1:1".to_owned();
+        let (state, ready) = orderflow_order::prepare(&config).await?;
+        let sqlite = url.starts_with("sqlite:");
+        assert_eq!(matches!(state.db, Db::Sqlite(_)), sqlite, "{url}");
+        assert_eq!(ready.run().await, vec![("database", true)], "{url}");
+        let id = place(&state.db).await?;
+        assert_eq!(
+            order(&state.db, id).await?.status,
+            OrderStatus::Pending,
+            "{url}"
+        );
+        state.db.close().await;
+        assert_eq!(
+            ready.run().await,
+            vec![("database", false)],
+            "{url}: closed"
+        );
     }
     Ok(())
 }
