@@ -173,6 +173,16 @@ mod after_a_restart {
         super::a_sent_message_stays_sent_after_a_restart(&Fixture::open(Backend::SqliteFile).await?)
             .await
     }
+
+    /// SQLite only: on Postgres a killed delivery's hold is a row lock that dies with its
+    /// connection, which a test cannot kill without killing the pool it runs on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_delivery_lets_go_at_the_next_start() -> anyhow::Result<()> {
+        super::a_hold_of_a_killed_process_is_released_at_start(
+            &Fixture::open(Backend::SqliteFile).await?,
+        )
+        .await
+    }
 }
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -537,6 +547,26 @@ async fn a_dropped_claim_lets_go_of_the_message(f: &Fixture) -> anyhow::Result<(
         .map_err(|_| anyhow::anyhow!("{b}: the retry still waits"))??;
     assert_eq!(retry.notification().id, id, "{b}: the same message");
     assert_eq!(retry.notification().attempts, 0, "{b}");
+    Ok(())
+}
+
+async fn a_hold_of_a_killed_process_is_released_at_start(f: &Fixture) -> anyhow::Result<()> {
+    let new = message("k-killed", Channel::Push, "device-2");
+    let first = held(&f.db, &new).await?;
+    let id = first.notification().id;
+    // The process died mid-delivery: the hold was neither recorded nor let go.
+    std::mem::forget(first);
+    let db = f.reopen().await?;
+    let waited = tokio::time::timeout(Duration::from_secs(1), held(&db, &new)).await;
+    assert!(
+        waited.is_err(),
+        "the dead delivery's lease still holds the message"
+    );
+    assert_eq!(store::release_holds(&db).await?, 1, "one hold released");
+    let retry = tokio::time::timeout(Duration::from_secs(5), held(&db, &new))
+        .await
+        .map_err(|_| anyhow::anyhow!("the retry still waits after the release"))??;
+    assert_eq!(retry.notification().id, id, "the same message");
     Ok(())
 }
 

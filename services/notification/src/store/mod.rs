@@ -126,6 +126,18 @@ impl Claim {
     }
 }
 
+/// Lets go of every message a delivery holds. For an embedded database at start: only one
+/// process opens it, so a hold found then is the previous process's, killed mid-delivery, and its
+/// messages are free now rather than when the leases run out (which would outlast the send
+/// activity's timeout and make the saga wait minutes). On Postgres a hold is a row lock that died
+/// with its connection, so there is nothing to do.
+pub async fn release_holds(db: &Db) -> Result<u64, sqlx::Error> {
+    match db {
+        Db::Postgres(_) => Ok(0),
+        Db::Sqlite(pool) => sqlite::release_leases(pool).await,
+    }
+}
+
 /// The message for `new`'s key and channel, created if it is the first time. Its row (and so its
 /// id, the Message-ID) is committed before anything is held: a crash after the provider took the
 /// message but before the outcome is stored must leave the retry the same id to send with.

@@ -372,3 +372,13 @@ pub(super) async fn set_contact(
     .await?;
     Ok(())
 }
+
+/// Ends every lease (see [`super::release_holds`]); answers how many there were.
+pub async fn release_leases(pool: &SqlitePool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update notifications set lease = null, leased_until = null where lease is not null",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
