@@ -384,7 +384,7 @@ async fn service_handlers(
             let pool = connect_and_migrate(&url, &orderflow_inventory::migrator()).await?;
             probe(pool.clone());
             plain(orderflow_inventory::handlers(
-                pool,
+                pool.into(),
                 &inventory_config(config, args),
             ))
         }
@@ -406,8 +406,14 @@ async fn service_handlers(
             let payments =
                 orderflow_payment::connect(&orderflow_payment::PaymentConfig::new(config, stripe))
                     .await?;
-            probe(payments.pool.clone());
-            *ready = std::mem::take(ready).redis(payments.cache.connection());
+            let db = payments.db.clone();
+            *ready = std::mem::take(ready).check(service.database_probe(), move || {
+                let db = db.clone();
+                async move { db.ping().await }
+            });
+            if let Some(redis) = payments.cache.connection() {
+                *ready = std::mem::take(ready).redis(redis);
+            }
             ServiceHandlers {
                 handlers: orderflow_payment::handlers(payments),
                 sandbox,

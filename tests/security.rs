@@ -162,7 +162,7 @@ impl Stack {
         let inventory = serve(
             orderflow_inventory::router(
                 orderflow_inventory::AppState {
-                    pool: inventory_pool.clone(),
+                    db: inventory_pool.clone().into(),
                     keys: keys.clone(),
                 },
                 Readiness::new(),
@@ -175,7 +175,7 @@ impl Stack {
         let payment = serve(
             orderflow_payment::router(
                 orderflow_payment::AppState {
-                    pool: payment_pool.clone(),
+                    db: payment_pool.clone().into(),
                     keys: keys.clone(),
                     webhook_secret: "whsec_security_test".to_owned(),
                 },
@@ -190,7 +190,7 @@ impl Stack {
         let notification = serve(
             orderflow_notification::router(
                 orderflow_notification::AppState {
-                    pool: notification_pool.clone(),
+                    db: notification_pool.clone().into(),
                     keys: keys.clone(),
                 },
                 Readiness::new(),
