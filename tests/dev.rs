@@ -277,6 +277,11 @@ async fn the_curl_the_banner_prints_places_an_order_that_completes() -> anyhow::
     let session = set_cookies(&logged_in);
     let (list, _) = admin_get(&dev, "/admin/workflows", &session).await?;
     assert!(list.contains(workflow), "the saga is listed: {list}");
+    let (emails, _) = admin_get(&dev, "/admin/emails", &session).await?;
+    assert!(
+        emails.contains(DEMO_EMAIL) && emails.contains("is confirmed"),
+        "the confirmation is on the Emails page: {emails}"
+    );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

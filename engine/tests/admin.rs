@@ -196,6 +196,9 @@ async fn login_opens_a_strict_httponly_session_and_logout_ends_it(store: Db) -> 
     assert_eq!(list.status, StatusCode::OK);
     assert!(list.text.contains("admin:ops"));
     ui.csrf = hidden(&list.text, "csrf");
+    // Emails go out for real here: no outbox, so no Emails page nor link to one.
+    assert!(!list.text.contains("/admin/emails"));
+    assert_eq!(ui.get("/admin/emails").await?.status, StatusCode::NOT_FOUND);
 
     let out = ui.post("/admin/logout", &[]).await?;
     assert_eq!(out.status, StatusCode::SEE_OTHER);

@@ -129,6 +129,39 @@ pub async fn start_stripe_sandbox(
     Ok(stripe_url)
 }
 
+/// The notification service's outbox, as the admin UI's Emails page reads it.
+#[derive(Debug)]
+pub struct NotificationOutbox(pub Db);
+
+impl orderflow_engine::admin::outbox::Outbox for NotificationOutbox {
+    fn recent(
+        &self,
+        limit: i64,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = anyhow::Result<Vec<orderflow_engine::admin::outbox::OutboxEmail>>,
+                > + Send
+                + '_,
+        >,
+    > {
+        use orderflow_engine::admin::outbox::{OutboxEmail, subject_of};
+        Box::pin(async move {
+            let rows = orderflow_notification::store::outbox(&self.0, None, limit).await?;
+            Ok(rows
+                .into_iter()
+                .filter(|m| m.channel == "email")
+                .map(|m| OutboxEmail {
+                    subject: subject_of(&m.content),
+                    to: m.recipient,
+                    at: m.created_at,
+                    raw: m.content,
+                })
+                .collect())
+        })
+    }
+}
+
 /// `GET /dev/emails`: the notification outbox, newest first; what would have been sent.
 pub fn emails_router(notification: Db) -> Router {
     Router::new()

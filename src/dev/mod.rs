@@ -81,7 +81,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "  demo user: {DEMO_EMAIL} / {DEMO_PASSWORD}  (admin API user: {DEMO_ADMIN_EMAIL}, same password)"
     );
-    println!("  emails:    {url}/dev/emails (the outbox: nothing is really sent)");
+    println!(
+        "  emails:    {url}/admin/emails (the outbox: nothing is really sent; JSON at /dev/emails)"
+    );
     println!("  cards:     pm_card_visa succeeds, pm_card_chargeDeclined is declined");
     println!("Place an order as the demo user:");
     println!("  {}", place_order_curl(&url, &dev.demo_token));
@@ -139,7 +141,12 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
     tasks.spawn(worker.run(stop.clone()));
 
     // The engine's API and admin UI answer whatever no service owns.
-    let admin = AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD);
+    let admin = AdminConfig {
+        outbox: Some(Arc::new(demo::NotificationOutbox(
+            services.db("notification").clone(),
+        ))),
+        ..AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD)
+    };
     let engine = orderflow_engine::api::router_embedded(store, applier, Some(admin));
     let emails = demo::emails_router(services.db("notification").clone());
     let mut routes = services.routes;

@@ -26,6 +26,7 @@ pub mod actions;
 pub mod auth;
 pub mod backend;
 pub mod error;
+pub mod outbox;
 pub mod query;
 pub mod sqlite;
 pub mod stuck;
@@ -84,6 +85,8 @@ pub struct AdminConfig {
     pub timer_grace: Duration,
     /// Most workflows one bulk action touches.
     pub bulk_limit: i64,
+    /// An outbox of emails to show on an Emails page (`orderflow dev`); none in production.
+    pub outbox: Option<Arc<dyn outbox::Outbox>>,
 }
 
 impl AdminConfig {
@@ -99,6 +102,7 @@ impl AdminConfig {
             probe_ttl: Duration::from_secs(5),
             timer_grace: Duration::from_secs(10),
             bulk_limit: 10_000,
+            outbox: None,
         }
     }
 }
@@ -182,6 +186,7 @@ where
         .route("/admin/workflows", get(views::list_page))
         .route("/admin/stuck", get(views::stuck_page))
         .route("/admin/audit", get(views::audit_page))
+        .route("/admin/emails", get(views::emails_page))
         .route("/admin/workflows/{id}", get(views::detail_page))
         .route(
             "/admin/workflows/{id}/history.json",

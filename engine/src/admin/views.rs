@@ -230,6 +230,9 @@ fn page(st: &AdminState, frame: Frame<'_>, body: Markup) -> Response {
                         a class=(nav_class(frame.nav, "workflows")) href="/admin/workflows" { "Workflows" }
                         a class=(nav_class(frame.nav, "stuck")) href="/admin/stuck" { "Stuck" }
                         a class=(nav_class(frame.nav, "audit")) href="/admin/audit" { "Audit" }
+                        @if st.config.outbox.is_some() {
+                            a class=(nav_class(frame.nav, "emails")) href="/admin/emails" { "Emails" }
+                        }
                     }
                     form.logout method="post" action="/admin/logout" {
                         span.who { (frame.op.actor) }
@@ -1073,6 +1076,44 @@ pub async fn audit_page(
         op: &op,
         flash: take_flash(&headers),
         nav: "audit",
+    };
+    Ok(page(&st, frame, body))
+}
+
+/// `GET /admin/emails`: the outbox, newest first, when the process has one.
+pub async fn emails_page(
+    State(st): State<AdminState>,
+    op: Operator,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let Some(outbox) = &st.config.outbox else {
+        return Err(AdminError::NotFound(
+            "this process sends emails for real; there is no outbox to show".into(),
+        ));
+    };
+    let emails = outbox.recent(100).await.map_err(AdminError::Internal)?;
+    let body = html! {
+        h1 { "Emails" }
+        p.muted { "What the notification service would have sent: it has no mail server here, so each message is kept in its outbox. The newest 100." }
+        table.rows #emails {
+            thead { tr { th { "at" } th { "to" } th { "subject and message" } } }
+            tbody {
+                @if emails.is_empty() { tr { td colspan="3" .empty { "No email yet." } } }
+                @for e in &emails {
+                    tr {
+                        td { (time(e.at)) }
+                        td { (e.to) }
+                        td { details { summary { (e.subject) } pre { (e.raw) } } }
+                    }
+                }
+            }
+        }
+    };
+    let frame = Frame {
+        title: "Emails".into(),
+        op: &op,
+        flash: take_flash(&headers),
+        nav: "emails",
     };
     Ok(page(&st, frame, body))
 }
