@@ -39,9 +39,16 @@ struct Dev {
 impl Dev {
     /// Starts the binary on `data_dir` (port 0), reads its banner and logs in as the demo user.
     async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.to_str().context("a UTF-8 path")?;
+        Self::start_with(&["--data-dir", dir], &std::env::temp_dir()).await
+    }
+
+    /// Starts the binary with `args` in the working directory `cwd`.
+    async fn start_with(args: &[&str], cwd: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["dev", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(["dev", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
             // Nothing of the production stack may be needed.
             .env_remove("DATABASE_URL")
             .env_remove("AMQP_URL")
@@ -283,6 +290,22 @@ async fn the_curl_the_banner_prints_places_an_order_that_completes() -> anyhow::
         "the confirmation is on the Emails page: {emails}"
     );
     std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_memory_it_works_and_writes_no_file() -> anyhow::Result<()> {
+    let cwd = data_dir();
+    std::fs::create_dir_all(&cwd)?;
+    let dev = Dev::start_with(&["--memory"], &cwd).await?;
+    let first = dev.place("pm_card_visa").await?;
+    let second = dev.place("pm_card_chargeDeclined").await?;
+    assert_eq!(dev.settled(first).await?["saga_status"], "completed");
+    assert_eq!(dev.settled(second).await?["saga_status"], "compensated");
+    assert_eq!(dev.stock().await?, SKU_STOCK - 1);
+    let written: Vec<_> = std::fs::read_dir(&cwd)?.collect();
+    assert!(written.is_empty(), "--memory wrote {written:?}");
+    std::fs::remove_dir_all(&cwd).ok();
     Ok(())
 }
 
