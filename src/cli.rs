@@ -48,9 +48,9 @@ pub struct Connections {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// OrderFlow in one process with nothing else installed: the engine on SQLite and an
-    /// in-process queue, the order saga's activities on a dev shop, a Stripe sandbox and an
-    /// email outbox (see `src/dev.rs` for what it does not run yet).
+    /// The whole platform in one process with nothing else installed: the engine, the five
+    /// services, their workers, the REST APIs and the admin UI on SQLite and an in-process queue,
+    /// with a Stripe sandbox and an email outbox, on one port.
     Dev(crate::dev::DevArgs),
     /// Every role in one process: engine with its REST API, and the workers of every activity.
     Up {

@@ -10,8 +10,10 @@
 //! - [`runtime`]: runs relay, timers and intake together, woken by `LISTEN/NOTIFY`.
 //! - [`portable`]: the same loops over the [`store::backend::Store`] and task queue
 //!   interfaces, which `orderflow dev` runs on SQLite and the in-process queue.
-//! - [`api`]: the REST API (axum) to start, inspect and operate workflows.
-//! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`].
+//! - [`api`]: the REST API (axum) to start, inspect and operate workflows, on Postgres or on the
+//!   embedded store ([`api::router_embedded`]).
+//! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`], on
+//!   either store too.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod admin;
