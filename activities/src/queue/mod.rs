@@ -16,7 +16,7 @@ pub mod worker;
 use std::{future::Future, path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    SqlitePool,
+    Connection as _, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -111,16 +111,25 @@ pub async fn sqlite_pool(file: Option<&Path>) -> sqlx::Result<SqlitePool> {
         // for the pool's whole life.
         None => (SqliteConnectOptions::from_str("sqlite::memory:")?, 1),
     };
+    let options = options
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    if file.is_some() {
+        // One connection alone creates the file and turns WAL on (which then stays on in the
+        // file). Two connections of a new pool switching a new file to WAL at once both need
+        // the exclusive lock; SQLite answers one "database is locked" at once instead of
+        // letting it wait, which broke a test's fresh database in CI.
+        SqliteConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
+    }
     SqlitePoolOptions::new()
         .max_connections(max)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
         .acquire_timeout(Duration::from_secs(60))
-        .connect_with(
-            options
-                .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true),
-        )
+        .connect_with(options)
         .await
 }
