@@ -84,7 +84,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "  emails:    {url}/admin/emails (the outbox: nothing is really sent; JSON at /dev/emails)"
     );
-    println!("  cards:     pm_card_visa succeeds, pm_card_chargeDeclined is declined");
+    println!(
+        "  cards:     pm_card_visa succeeds, pm_card_chargeDeclined is declined, \
+         pm_card_chargeDeclinedProcessingError fails"
+    );
     println!("Place an order as the demo user:");
     println!("  {}", place_order_curl(&url, &dev.demo_token));
     tokio::signal::ctrl_c().await?;
