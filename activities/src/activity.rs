@@ -25,6 +25,27 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// The first attempt of `step` of `workflow` in `phase`, due in 30 s, with the idempotency
+    /// key the engine gives it (`<workflow>/<step>`, `<workflow>/<step>/compensate`): what a
+    /// service's tests hand its handlers.
+    pub fn first_attempt(workflow: uuid::Uuid, step: &str, phase: Phase) -> Self {
+        let idempotency_key = match phase {
+            Phase::Forward => format!("{workflow}/{step}"),
+            Phase::Compensate => format!("{workflow}/{step}/compensate"),
+        };
+        Self {
+            task_id: TaskId(uuid::Uuid::now_v7()),
+            workflow_id: WorkflowId(workflow),
+            step: step.to_owned(),
+            phase,
+            attempt: 1,
+            idempotency_key,
+            deadline: Utc::now() + chrono::Duration::seconds(30),
+            results: Map::new(),
+            signals: Map::new(),
+        }
+    }
+
     /// Splits a task into its context and the saga input.
     pub fn from_task(task: &TaskMessage) -> (Self, Value) {
         let field = |name: &str| task.payload.get(name).and_then(Value::as_object).cloned();

@@ -16,7 +16,7 @@ use orderflow_activities::{
     recording::{self, RecordingActivity},
     worker::{Handler, Worker},
 };
-use orderflow_core::{Phase, Registry, TaskId, WorkflowFinished, WorkflowId, WorkflowStatus};
+use orderflow_core::{Phase, Registry, WorkflowFinished, WorkflowId, WorkflowStatus};
 use orderflow_engine::apply::StartRequest;
 use orderflow_inventory::{
     AppState, InventoryConfig,
@@ -81,21 +81,7 @@ fn stock_of(on_hand: i32, reserved: i32, sold: i32) -> Stock {
 
 /// The context a worker would hand the activity for `step` of `workflow`.
 fn ctx(workflow: Uuid, phase: Phase) -> TaskContext {
-    let key = match phase {
-        Phase::Forward => format!("{workflow}/reserve"),
-        Phase::Compensate => format!("{workflow}/reserve/compensate"),
-    };
-    TaskContext {
-        task_id: TaskId(Uuid::new_v4()),
-        workflow_id: WorkflowId(workflow),
-        step: "reserve".into(),
-        phase,
-        attempt: 1,
-        idempotency_key: key,
-        deadline: Utc::now() + chrono::Duration::seconds(30),
-        results: Default::default(),
-        signals: Default::default(),
-    }
+    TaskContext::first_attempt(workflow, "reserve", phase)
 }
 
 fn order(items: &[(&str, u32)]) -> OrderSagaInput {

@@ -3,6 +3,8 @@
 //! local HTTP server standing in for the SMS/push provider's API, and the engine in-process for
 //! the saga test.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -15,14 +17,13 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::post,
 };
-use chrono::Utc;
 use orderflow_activities::{
     Activity, TaskContext,
     contracts::*,
     recording::RecordingActivity,
     worker::{Handler, Worker},
 };
-use orderflow_core::{Phase, Registry, TaskId, WorkflowId};
+use orderflow_core::Registry;
 use orderflow_notification::{
     AppState, NotificationConfig, Providers, Send,
     providers::{http::HttpProvider, outbox::Outbox, smtp::SmtpEmail},
@@ -41,6 +42,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::common::{ctx, order};
 
 const SECRET: &str = "notification-tests-secret-of-32-bytes-or-more";
 const FROM: &str = "Shop <orders@shop.test>";
@@ -66,37 +69,6 @@ fn providers(pool: &PgPool, email: Arc<SmtpEmail>) -> Providers {
         email,
         sms: outbox.clone(),
         push: outbox,
-    }
-}
-
-fn ctx(workflow: Uuid) -> TaskContext {
-    TaskContext {
-        task_id: TaskId(Uuid::new_v4()),
-        workflow_id: WorkflowId(workflow),
-        step: "notify".into(),
-        phase: Phase::Forward,
-        attempt: 1,
-        idempotency_key: format!("{workflow}/notify"),
-        deadline: Utc::now() + chrono::Duration::seconds(30),
-        results: Default::default(),
-        signals: Default::default(),
-    }
-}
-
-fn order(email: &str) -> OrderSagaInput {
-    OrderSagaInput {
-        order_id: Uuid::new_v4(),
-        user_id: Uuid::new_v4(),
-        items: vec![OrderItem {
-            product_id: "sku-1".into(),
-            quantity: 2,
-        }],
-        total: Money {
-            amount_minor: 2599,
-            currency: "EUR".into(),
-        },
-        payment_method: "pm_card_visa".into(),
-        email: email.into(),
     }
 }
 

@@ -4,6 +4,8 @@
 //! URL). A backend that breaks an invariant fails its own test, named after it:
 //! `<scenario>::postgres`, `<scenario>::sqlite_memory`, `<scenario>::sqlite_file`.
 
+mod common;
+
 use std::{
     collections::VecDeque,
     path::PathBuf,
@@ -17,11 +19,7 @@ use std::{
 use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
-use orderflow_activities::{
-    Activity, TaskContext,
-    contracts::{Money, OrderItem, OrderSagaInput},
-};
-use orderflow_core::{Phase, TaskId, WorkflowId};
+use orderflow_activities::{Activity, TaskContext};
 use orderflow_notification::{
     AppState, Providers, Send,
     model::Channel,
@@ -37,6 +35,8 @@ use orderflow_service_kit::{
     http::Readiness,
 };
 use orderflow_service_testkit::{Answer, raw};
+
+use crate::common::{ctx, order};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -186,37 +186,6 @@ mod after_a_restart {
 }
 
 // ---- helpers ------------------------------------------------------------------------------
-
-fn ctx(workflow: Uuid) -> TaskContext {
-    TaskContext {
-        task_id: TaskId(Uuid::new_v4()),
-        workflow_id: WorkflowId(workflow),
-        step: "notify".into(),
-        phase: Phase::Forward,
-        attempt: 1,
-        idempotency_key: format!("{workflow}/notify"),
-        deadline: Utc::now() + chrono::Duration::seconds(30),
-        results: Default::default(),
-        signals: Default::default(),
-    }
-}
-
-fn order(email: &str) -> OrderSagaInput {
-    OrderSagaInput {
-        order_id: Uuid::new_v4(),
-        user_id: Uuid::new_v4(),
-        items: vec![OrderItem {
-            product_id: "sku-1".into(),
-            quantity: 2,
-        }],
-        total: Money {
-            amount_minor: 2599,
-            currency: "EUR".into(),
-        },
-        payment_method: "pm_card_visa".into(),
-        email: email.into(),
-    }
-}
 
 fn message<'a>(key: &'a str, channel: Channel, recipient: &'a str) -> NewNotification<'a> {
     NewNotification {

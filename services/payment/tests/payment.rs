@@ -19,7 +19,7 @@ use orderflow_activities::{
     Activity, TaskContext,
     contracts::{Charge, Money, OrderItem, OrderSagaInput},
 };
-use orderflow_core::{Phase, TaskId, WorkflowId};
+use orderflow_core::Phase;
 use orderflow_payment::{
     AppState, Payments, StripeConfig,
     activities::{ChargeActivity, RefundActivity},
@@ -36,7 +36,7 @@ use orderflow_service_kit::{
 };
 use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig, WebhookTarget};
 use orderflow_testkit::eventually;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -193,21 +193,7 @@ fn input(payment_method: &str) -> OrderSagaInput {
 
 /// The task of the charge step (or its compensation) of workflow `wf`.
 fn task(wf: Uuid, phase: Phase) -> TaskContext {
-    let key = match phase {
-        Phase::Forward => format!("{wf}/charge"),
-        Phase::Compensate => format!("{wf}/charge/compensate"),
-    };
-    TaskContext {
-        task_id: TaskId(Uuid::now_v7()),
-        workflow_id: WorkflowId(wf),
-        step: "charge".into(),
-        phase,
-        attempt: 1,
-        idempotency_key: key,
-        deadline: Utc::now() + chrono::Duration::seconds(30),
-        results: Map::new(),
-        signals: Map::new(),
-    }
+    TaskContext::first_attempt(wf, "charge", phase)
 }
 
 fn pi_of(charge: &Charge) -> &str {
