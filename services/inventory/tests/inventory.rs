@@ -1,6 +1,10 @@
 //! The inventory service on the real services: a fresh database per test, the engine in-process
 //! for the saga tests, real RabbitMQ queues under a unique prefix.
 
+mod common;
+
+use common::stock_of;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -21,9 +25,9 @@ use orderflow_engine::apply::StartRequest;
 use orderflow_inventory::{
     AppState, InventoryConfig,
     activities::{Release, Reserve},
-    model::{Price, ProductName, Sku, Stock},
+    model::Stock,
     seed_demo_products, settle,
-    store::products::{self, NewProduct},
+    store::products,
     sweeper,
 };
 use orderflow_service_kit::{
@@ -43,40 +47,17 @@ use uuid::Uuid;
 const SECRET: &str = "inventory-tests-secret-of-at-least-32-bytes";
 const HOLD: Duration = Duration::from_secs(600);
 
-/// A fresh inventory database, migrated the way the service does it.
-async fn inventory_db() -> anyhow::Result<PgPool> {
-    fresh_db("inventory", &orderflow_inventory::migrator()).await
-}
-
 async fn add_product(pool: &PgPool, id: &str, on_hand: i32) -> anyhow::Result<()> {
-    products::create(
-        &Db::from(pool.clone()),
-        &NewProduct {
-            id: Sku::parse(id)?,
-            name: ProductName::parse(id)?,
-            description: String::new(),
-            price: Price::new(1000, "EUR")?,
-            on_hand,
-        },
-    )
-    .await?
-    .ok_or_else(|| anyhow::anyhow!("product {id} exists"))?;
-    Ok(())
+    common::add_product(&Db::from(pool.clone()), id, on_hand).await
 }
 
 async fn stock(pool: &PgPool, id: &str) -> anyhow::Result<Stock> {
-    Ok(products::get(&Db::from(pool.clone()), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no product {id}"))?
-        .stock)
+    common::stock(&Db::from(pool.clone()), id).await
 }
 
-fn stock_of(on_hand: i32, reserved: i32, sold: i32) -> Stock {
-    Stock {
-        on_hand,
-        reserved,
-        sold,
-    }
+/// A fresh inventory database, migrated the way the service does it.
+async fn inventory_db() -> anyhow::Result<PgPool> {
+    fresh_db("inventory", &orderflow_inventory::migrator()).await
 }
 
 /// The context a worker would hand the activity for `step` of `workflow`.

@@ -3,10 +3,14 @@
 //! connections really run at once), so `orderflow dev` keeps the promises `orderflow up` keeps.
 //! A failing test is named `<scenario>::<backend>`.
 
+mod common;
+
+use common::{add_product, stock, stock_of};
+
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use orderflow_inventory::{
-    model::{Price, ProductName, ReservationStatus, Sku, Stock},
+    model::{Price, ProductName, ReservationStatus, Sku},
     store::{
         products::{self, NewProduct, ProductChanges},
         reservations::{self, Released, Reservation, ReserveError, ReserveRequest, StepRef},
@@ -101,37 +105,6 @@ conformance! {
     racing_settlements_settle_once on [postgres, sqlite_memory, sqlite_file];
     concurrent_reserves_never_oversell on [postgres, sqlite_memory, sqlite_file];
     the_sweep_releases_expired_reservations_only on [postgres, sqlite_memory];
-}
-
-async fn add_product(db: &Db, id: &str, on_hand: i32) -> anyhow::Result<()> {
-    products::create(
-        db,
-        &NewProduct {
-            id: Sku::parse(id)?,
-            name: ProductName::parse(id)?,
-            description: String::new(),
-            price: Price::new(1000, "EUR")?,
-            on_hand,
-        },
-    )
-    .await?
-    .ok_or_else(|| anyhow::anyhow!("product {id} exists"))?;
-    Ok(())
-}
-
-async fn stock(db: &Db, id: &str) -> anyhow::Result<Stock> {
-    Ok(products::get(db, id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no product {id}"))?
-        .stock)
-}
-
-fn stock_of(on_hand: i32, reserved: i32, sold: i32) -> Stock {
-    Stock {
-        on_hand,
-        reserved,
-        sold,
-    }
 }
 
 fn step(workflow: Uuid) -> StepRef {
