@@ -23,8 +23,8 @@ use crate::cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceAr
 /// Log lines (`text`, or `json` lines that carry `trace_id` and `workflow_id`) filtered by
 /// `RUST_LOG`, and the sagas' traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep
 /// the returned guard until exit: dropping it sends the last spans.
-pub fn init_logging(format: &str) -> anyhow::Result<orderflow_activities::telemetry::Telemetry> {
-    use orderflow_activities::telemetry::{self, TelemetryConfig};
+pub fn init_logging(format: &str) -> anyhow::Result<orderflow_telemetry::Telemetry> {
+    use orderflow_telemetry::{self as telemetry, TelemetryConfig};
     telemetry::init(&TelemetryConfig::from_env(format == "json"))
         .context("setting up logs and traces")
 }

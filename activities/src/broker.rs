@@ -162,7 +162,7 @@ pub const PUBLISHED_AT: &str = "x-published-at";
 
 /// The `traceparent` header of a delivery: the context of the hop that published it.
 pub fn traceparent(delivery: &lapin::message::Delivery) -> Option<String> {
-    match header(delivery, crate::telemetry::TRACEPARENT)? {
+    match header(delivery, orderflow_telemetry::TRACEPARENT)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     }
@@ -212,7 +212,7 @@ pub async fn publish_confirmed(
         let mut headers = FieldTable::default();
         if let Some(tp) = m.traceparent {
             headers.insert(
-                ShortString::from(crate::telemetry::TRACEPARENT),
+                ShortString::from(orderflow_telemetry::TRACEPARENT),
                 AMQPValue::LongString(tp.into()),
             );
         }

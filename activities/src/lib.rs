@@ -11,8 +11,6 @@
 //!   and the in-process, SQLite-backed queue of `orderflow dev`, and a worker over either.
 //! - [`recording`]: activities that record their effect per idempotency key in a Postgres table;
 //!   they stand in for the services until those exist and are what the tests count.
-//! - [`telemetry`]: one trace per saga (its trace id is the workflow id), the W3C `traceparent`
-//!   of each message, JSON log lines with trace and workflow ids, and the OTLP export.
 //! - [`bench`]: the saga benchmark's activities, one single-row write per step (`orderflow bench`).
 
 pub mod activity;
@@ -21,7 +19,6 @@ pub mod broker;
 pub mod contracts;
 pub mod queue;
 pub mod recording;
-pub mod telemetry;
 pub mod worker;
 
 pub use activity::{Activity, TaskContext};

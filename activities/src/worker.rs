@@ -46,8 +46,8 @@ use tracing::Instrument;
 use crate::{
     activity::{Activity, TaskContext},
     broker::{self, Outgoing, PublishError, Topology},
-    telemetry,
 };
+use orderflow_telemetry as telemetry;
 
 /// How long a result may wait for its confirm before the worker gives up on the connection.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);

@@ -375,7 +375,7 @@ impl Writes {
                         deadline: spec.deadline,
                         payload: spec.payload.clone(),
                         // The saga root's context; the relay's publish span becomes its child.
-                        traceparent: Some(orderflow_activities::telemetry::root_traceparent(wf.id)),
+                        traceparent: Some(orderflow_telemetry::root_traceparent(wf.id)),
                     };
                     self.change.outbox.push(NewTask {
                         workflow_id: wf.id,

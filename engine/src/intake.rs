@@ -199,11 +199,7 @@ fn apply_span(result: &ResultMessage, delivery: &lapin::message::Delivery) -> tr
         attempt = result.attempt,
     );
     let traceparent = orderflow_activities::broker::traceparent(delivery);
-    orderflow_activities::telemetry::set_parent(
-        &span,
-        traceparent.as_deref(),
-        result.workflow_id.0,
-    );
+    orderflow_telemetry::set_parent(&span, traceparent.as_deref(), result.workflow_id.0);
     span
 }
 

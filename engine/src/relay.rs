@@ -5,10 +5,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use lapin::Channel;
-use orderflow_activities::{
-    broker::{self, Outgoing, Topology},
-    telemetry,
-};
+use orderflow_activities::broker::{self, Outgoing, Topology};
+use orderflow_telemetry as telemetry;
 use sqlx::PgPool;
 use tracing::Span;
 

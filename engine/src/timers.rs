@@ -7,8 +7,8 @@
 //! how late the oldest due timer was at each firing round: a poller that falls behind shows there
 //! before sagas show as overdue (`orderflow_workflows_stuck{reason="overdue"}`).
 
-use orderflow_activities::telemetry;
 use orderflow_core::{Event, TimerId, WorkflowId};
+use orderflow_telemetry as telemetry;
 use sqlx::PgPool;
 
 use crate::{

@@ -16,11 +16,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use orderflow_activities::{
     contracts::*,
     recording::{self, Fault},
-    telemetry::{self, Export, Telemetry, TelemetryConfig},
     worker::Worker,
 };
 use orderflow_core::Registry;
 use orderflow_engine::api::{self, AppState};
+use orderflow_telemetry::{self as telemetry, Export, Telemetry, TelemetryConfig};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas, settled};
 use prost::Message as _;
 use serde_json::{Value, json};

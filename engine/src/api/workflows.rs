@@ -164,11 +164,11 @@ fn trace_root(
     received: std::time::SystemTime,
     headers: &HeaderMap,
 ) {
-    use orderflow_activities::telemetry::KeyValue;
+    use orderflow_telemetry::KeyValue;
     let caller = headers
-        .get(orderflow_activities::telemetry::TRACEPARENT)
+        .get(orderflow_telemetry::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
-    orderflow_activities::telemetry::record_root(
+    orderflow_telemetry::record_root(
         id.0,
         "POST /api/v1/workflows",
         received,
