@@ -476,7 +476,7 @@ impl Service {
 
     /// The activities its workers do.
     fn activities(self) -> &'static [&'static str] {
-        use orderflow_activities::contracts::*;
+        use orderflow_workflows::order::contracts::*;
         match self {
             Self::User => &[],
             Self::Inventory => &[INVENTORY_RESERVE, INVENTORY_RELEASE],

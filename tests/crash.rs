@@ -4,9 +4,13 @@
 
 use std::{process::Stdio, sync::Arc, time::Duration};
 
-use orderflow_activities::{contracts::PAYMENT_CHARGE, recording, worker::Worker};
+use orderflow_activities::worker::Worker;
+
+use orderflow_testkit::recording;
+
 use orderflow_core::Registry;
 use orderflow_testkit::{TestEnv, amqp_url, eventually, start_order};
+use orderflow_workflows::order::contracts::PAYMENT_CHARGE;
 use rand::Rng;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;

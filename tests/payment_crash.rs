@@ -15,14 +15,14 @@
 
 use std::{process::Stdio, sync::Arc, time::Duration};
 
-use orderflow_activities::{
-    contracts::{PAYMENT_CHARGE, PAYMENT_REFUND},
-    recording,
-    worker::Worker,
-};
+use orderflow_activities::worker::Worker;
+
+use orderflow_testkit::recording;
+
 use orderflow_core::Registry;
 use orderflow_stripe_sandbox::{DEFAULT_SECRET_KEY, Faults, RunningSandbox, SandboxConfig};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, pg_server, sagas, settled, start_order};
+use orderflow_workflows::order::contracts::{PAYMENT_CHARGE, PAYMENT_REFUND};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;

@@ -16,10 +16,10 @@ use lapin::{
 use orderflow_activities::{
     Activity, ActivityError, TaskContext,
     broker::{self, Outgoing, Topology},
-    recording::{self, Fault, RecordingActivity},
     worker::{Handler, Worker, WorkerError},
 };
 use orderflow_core::{Phase, ResultMessage, TaskId, TaskMessage, TaskOutcome, WorkflowId};
+use orderflow_testkit::recording::{self, Fault, RecordingActivity};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};

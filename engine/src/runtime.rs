@@ -49,12 +49,7 @@ impl Engine {
         let e = self.clone();
         let s = stop.clone();
         set.spawn(async move {
-            use orderflow_activities::contracts::{FRAUD_CHECK, ORDER_SAGA_ACTIVITIES};
-            let activities = ORDER_SAGA_ACTIVITIES
-                .iter()
-                .chain([&FRAUD_CHECK])
-                .map(|a| (*a).to_owned())
-                .collect();
+            let activities = e.applier.registry.activities();
             crate::queue_metrics::run(e.pool, e.config.amqp_url, e.config.topology, activities, s)
                 .await
         });

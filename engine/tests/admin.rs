@@ -7,12 +7,11 @@ mod admin_common;
 use std::time::Duration;
 
 use admin_common::{Db, PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
-use orderflow_activities::{
-    contracts::*,
-    recording::{self, Fault},
-};
+
 use orderflow_core::{Event, History};
 use orderflow_testkit::eventually;
+use orderflow_testkit::recording::{self, Fault};
+use orderflow_workflows::order::contracts::*;
 use reqwest::StatusCode;
 use uuid::Uuid;
 

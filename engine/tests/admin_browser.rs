@@ -13,11 +13,10 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use admin_common::{PASSWORD, Setup, USER, Ui};
 use anyhow::{Context, bail};
-use orderflow_activities::{
-    contracts::*,
-    recording::{self, Fault},
-};
+
+use orderflow_testkit::recording::{self, Fault};
 use orderflow_testkit::{eventually, settled, start_order};
+use orderflow_workflows::order::contracts::*;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},

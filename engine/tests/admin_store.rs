@@ -9,7 +9,7 @@ mod admin_common;
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use orderflow_activities::{broker::Topology, contracts::*};
+use orderflow_activities::broker::Topology;
 use orderflow_core::{Event, Registry, WorkflowId};
 use orderflow_engine::{
     admin::{
@@ -20,6 +20,7 @@ use orderflow_engine::{
     store::sqlite::SqliteStore,
 };
 use orderflow_testkit::order_input;
+use orderflow_workflows::order::contracts::*;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -9,13 +9,13 @@ use axum::{
     body::{Body, to_bytes},
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
-use orderflow_activities::contracts::INVENTORY_RESERVE;
 use orderflow_core::{ActivityError, Command, Event, History, TaskSpec, WorkflowId};
 use orderflow_engine::{
     api::{AppState, router},
     apply::{Applier, Outcome},
 };
 use orderflow_testkit::{TestEnv, amqp_url, order_input};
+use orderflow_workflows::order::contracts::INVENTORY_RESERVE;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uuid::Uuid;

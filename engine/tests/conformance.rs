@@ -14,13 +14,13 @@ use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 use orderflow_activities::{
     TaskContext,
     broker::Topology,
-    contracts::ORDER_SAGA_ACTIVITIES,
     queue::{
         Consumer, Delivery, Outgoing, TaskQueue, embedded::EmbeddedQueue, rabbit::RabbitQueue,
         worker::QueueWorker,
     },
     worker::Handler,
 };
+
 use orderflow_core::{ActivityError, Event, Registry, TaskMessage, WorkflowId};
 use orderflow_engine::{
     EngineConfig,
@@ -32,6 +32,7 @@ use orderflow_engine::{
     },
 };
 use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas};
+use orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

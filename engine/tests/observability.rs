@@ -13,15 +13,13 @@ use axum::{Router, body::Bytes, extract::State, routing::post};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use orderflow_activities::{
-    contracts::*,
-    recording::{self, Fault},
-    worker::Worker,
-};
+use orderflow_activities::worker::Worker;
 use orderflow_core::Registry;
 use orderflow_engine::api::{self, AppState};
 use orderflow_telemetry::{self as telemetry, Export, Telemetry, TelemetryConfig};
+use orderflow_testkit::recording::{self, Fault};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas, settled};
+use orderflow_workflows::order::contracts::*;
 use prost::Message as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

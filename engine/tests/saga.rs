@@ -6,13 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use orderflow_activities::{
     broker::{self, Outgoing},
-    contracts::*,
-    recording::{self, Fault},
     worker::Worker,
 };
+
+use orderflow_testkit::recording::{self, Fault};
+
 use orderflow_core::{Event, Registry, ResultMessage, TaskOutcome, WorkflowId};
 use orderflow_engine::apply::{Applier, Outcome};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, scheduled, settled, start_order};
+use orderflow_workflows::order::contracts::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -4,17 +4,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orderflow_activities::{
-    contracts::{
-        FRAUD_CHECK, INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CREATE,
-        PAYMENT_CHARGE,
-    },
-    recording::{self, Fault, RecordingActivity},
-    worker::{Handler, Worker},
-};
+use orderflow_activities::worker::{Handler, Worker};
+
+use orderflow_testkit::recording::{self, Fault, RecordingActivity};
+
 use orderflow_core::Registry;
 use orderflow_testkit::{TestEnv, amqp_url, eventually, scheduled, settled, start_order};
 use orderflow_workflows::order;
+use orderflow_workflows::order::contracts::{
+    FRAUD_CHECK, INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CREATE,
+    PAYMENT_CHARGE,
+};
 use tokio_util::sync::CancellationToken;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -84,7 +84,7 @@ async fn sagas_started_on_v1_finish_on_v1_and_new_ones_start_on_v2() -> anyhow::
     .await?;
 
     let everything_but_fraud: Vec<&str> =
-        orderflow_activities::contracts::ORDER_SAGA_ACTIVITIES.to_vec();
+        orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES.to_vec();
     let fraud = workers(&env, &everything_but_fraud);
     for &id in &old {
         assert_eq!(settled(&env, id, SETTLE).await?, "completed");

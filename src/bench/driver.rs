@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{options::BasicConsumeOptions, types::FieldTable};
-use orderflow_activities::{bench::DECLINED_CARD, broker};
+use orderflow_activities::broker;
+
+use super::activities::DECLINED_CARD;
 use orderflow_core::{WorkflowFinished, WorkflowStatus};
 use serde_json::json;
 use sqlx::{

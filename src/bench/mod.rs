@@ -6,6 +6,7 @@
 //! each effect done exactly once, measures the raw floor (the same four INSERTs with no engine)
 //! against the same database, prints the figures and ends with one JSON line of them.
 //!
+//! - [`activities`]: the bench workers' activities, one single-row write per step.
 //! - [`stack`]: the bench database, the engine and worker processes, and cleaning up after.
 //! - [`driver`]: the closed loop: starts sagas over the REST API and sees them finish through
 //!   the engine's `workflow.finished` events.
@@ -14,6 +15,7 @@
 //! - [`check`]: what must be true of the database after a run.
 //! - [`report`]: percentiles, the human summary and the JSON line.
 
+mod activities;
 mod broker_floor;
 mod check;
 mod driver;

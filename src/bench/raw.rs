@@ -10,11 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::activities::{BenchActivity, FORWARD};
 use anyhow::Context;
-use orderflow_activities::{
-    bench::{BenchActivity, FORWARD},
-    contracts::{Money, OrderItem, OrderSagaInput},
-};
+use orderflow_workflows::order::contracts::{Money, OrderItem, OrderSagaInput};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 

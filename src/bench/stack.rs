@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use orderflow_activities::{bench, broker, broker::Topology, worker::Worker};
+use orderflow_activities::{broker, broker::Topology, worker::Worker};
+
+use super::activities as bench;
 use orderflow_core::protocol::finished_routing_key;
 use orderflow_engine::{
     Engine, EngineConfig,
@@ -101,7 +103,7 @@ impl BenchDb {
         let conn = broker::connect(amqp_url, Duration::from_secs(5)).await?;
         let channel = conn.create_channel().await?;
         let t = self.topology();
-        let mut queues: Vec<String> = orderflow_activities::contracts::ORDER_SAGA_ACTIVITIES
+        let mut queues: Vec<String> = orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES
             .iter()
             .map(|a| t.task_queue(a))
             .collect();

@@ -2,6 +2,8 @@
 //! unique RabbitMQ queue prefix per test, the engine running in-process against them, and waits
 //! that poll a condition with a deadline instead of sleeping.
 
+pub mod recording;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
@@ -61,7 +63,7 @@ impl TestEnv {
             .connect(&database_url)
             .await?;
         orderflow_engine::migrator().run(&pool).await?;
-        orderflow_activities::recording::migrate(&pool).await?;
+        recording::migrate(&pool).await?;
         Ok(Self {
             pool,
             database_url,
@@ -128,8 +130,8 @@ where
 pub mod sagas {
     use std::time::Duration;
 
-    use orderflow_activities::contracts::*;
     use orderflow_core::{RetryPolicy, SagaDefinition, Step};
+    use orderflow_workflows::order::contracts::*;
 
     fn quick(max_attempts: u32) -> RetryPolicy {
         RetryPolicy {

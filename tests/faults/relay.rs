@@ -27,10 +27,8 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
-use orderflow_activities::{
-    broker::{self, Outgoing, Topology},
-    contracts::ORDER_SAGA_ACTIVITIES,
-};
+use orderflow_activities::broker::{self, Outgoing, Topology};
+use orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES;
 use rand::seq::SliceRandom;
 use tokio_util::sync::{CancellationToken, DropGuard};
 

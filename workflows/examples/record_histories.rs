@@ -12,10 +12,10 @@
 
 use std::{error::Error, path::PathBuf, time::Duration};
 
-use orderflow_activities::contracts::{
+use orderflow_core::{ActivityError, History, WorkflowStatus, testing::Driver};
+use orderflow_workflows::order::contracts::{
     Charge, Notification, OrderConfirmation, OrderSagaInput, Reservation,
 };
-use orderflow_core::{ActivityError, History, WorkflowStatus, testing::Driver};
 use orderflow_workflows::order::{self, CHARGE, CREATE_ORDER, NOTIFY, RESERVE};
 use serde_json::{Value, json};
 

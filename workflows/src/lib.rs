@@ -19,3 +19,17 @@ pub fn registry() -> Registry {
         .with(order::v3())
         .pin(order::ORDER_SAGA, 3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use order::contracts::{FRAUD_CHECK, ORDER_SAGA_ACTIVITIES};
+
+    #[test]
+    fn the_registry_names_every_activity_of_every_version_once() {
+        let mut expected: Vec<&str> = ORDER_SAGA_ACTIVITIES.iter().copied().collect();
+        expected.push(FRAUD_CHECK);
+        expected.sort_unstable();
+        assert_eq!(registry().activities(), expected);
+    }
+}

@@ -62,6 +62,18 @@ impl Registry {
         }
     }
 
+    /// Every activity of every deployed definition, each once, sorted: the task queues a
+    /// deployment has.
+    pub fn activities(&self) -> Vec<String> {
+        let all: std::collections::BTreeSet<&str> = self
+            .defs
+            .values()
+            .flat_map(|versions| versions.values())
+            .flat_map(|def| def.activities())
+            .collect();
+        all.into_iter().map(str::to_owned).collect()
+    }
+
     pub fn types(&self) -> impl Iterator<Item = &str> {
         self.defs.keys().map(String::as_str)
     }

@@ -130,6 +130,16 @@ impl WorkflowDefinition for SagaDefinition {
         self.nondeterminism
     }
 
+    fn activities(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(s.activity.as_str())
+                    .chain(s.compensation.as_ref().map(|c| c.activity.as_str()))
+            })
+            .collect()
+    }
+
     fn describe(&self, view: &mut WorkflowView) {
         for (step, def) in view.steps.iter_mut().zip(&self.steps) {
             step.activity.clone_from(&def.activity);

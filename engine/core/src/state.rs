@@ -177,6 +177,9 @@ pub trait WorkflowDefinition: fmt::Debug + Send + Sync {
     fn nondeterminism_policy(&self) -> NondeterminismPolicy {
         NondeterminismPolicy::NeedsAttention
     }
+    /// Every activity it may schedule, forward and compensating: the task queues its workers
+    /// consume and the engine watches.
+    fn activities(&self) -> Vec<&str>;
     /// Checks a start request's input before anything is stored.
     fn validate_input(&self, input: &Value) -> Result<(), DecideError>;
     /// Folds the first event (`WorkflowStarted`).

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use orderflow_activities::contracts::{
+use orderflow_core::{Command, Event, Phase, WorkflowStatus, replay};
+use orderflow_workflows::order::contracts::{
     INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CREATE, PAYMENT_CHARGE,
     PAYMENT_REFUND,
 };
-use orderflow_core::{Command, Event, Phase, WorkflowStatus, replay};
 
 use crate::World;
 

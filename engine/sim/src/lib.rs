@@ -422,7 +422,7 @@ impl World {
                 error: ActivityError::retryable("unavailable", "simulated"),
             };
         }
-        let declined = task.spec.activity == orderflow_activities::contracts::PAYMENT_CHARGE
+        let declined = task.spec.activity == orderflow_workflows::order::contracts::PAYMENT_CHARGE
             && self.declined.contains(&task.workflow);
         let outcome = if declined {
             TaskOutcome::Failed {

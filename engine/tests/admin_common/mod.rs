@@ -13,9 +13,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use orderflow_activities::{
-    contracts::*,
     queue::{embedded::EmbeddedQueue, worker::QueueWorker},
-    recording,
     worker::Worker,
 };
 use orderflow_core::{RecordedEvent, Registry, RetryPolicy, SagaDefinition, Step};
@@ -27,7 +25,9 @@ use orderflow_engine::{
     portable::PortableEngine,
     store::{backend::Store, sqlite::SqliteStore},
 };
+use orderflow_testkit::recording;
 use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input};
+use orderflow_workflows::order::contracts::*;
 use reqwest::{StatusCode, header::HeaderMap};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -4,22 +4,21 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use orderflow_activities::{
-    Activity, ActivityError, TaskContext,
-    contracts::{INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation},
-    worker::Handler,
-};
+use orderflow_activities::{Activity, ActivityError, TaskContext, worker::Handler};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::{
+    INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation,
+};
 
 use crate::{
     metrics,
     store::reservations::{self, ReserveError, ReserveRequest, StepRef},
 };
 
-/// Error codes the saga definition treats as final (its `non_retryable_codes`).
+/// The error codes of the inventory's activities: the contract's, which the saga definition
+/// treats as final, and the inventory's own.
 pub mod codes {
-    pub const OUT_OF_STOCK: &str = "out_of_stock";
-    pub const UNKNOWN_PRODUCT: &str = "unknown_product";
+    pub use orderflow_workflows::order::contracts::codes::{OUT_OF_STOCK, UNKNOWN_PRODUCT};
     pub const INVALID_ITEMS: &str = "invalid_items";
     pub const DATABASE: &str = "database";
 }

@@ -20,7 +20,6 @@ use axum::{
     routing::get,
 };
 use chrono::{DateTime, Utc};
-use orderflow_activities::contracts::Money;
 use orderflow_service_kit::db::Db;
 use orderflow_service_kit::{
     ApiError,
@@ -28,6 +27,7 @@ use orderflow_service_kit::{
     openapi::{AdminErrors, BearerJwt, MoneyView, OtherErrors},
     problem::{Problem, parse_json},
 };
+use orderflow_workflows::order::contracts::Money;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 use uuid::Uuid;

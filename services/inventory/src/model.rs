@@ -4,7 +4,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use orderflow_activities::contracts::Money;
+use orderflow_workflows::order::contracts::Money;
 use serde::Serialize;
 
 /// Why a value is not a valid product field.

@@ -16,8 +16,6 @@ use chrono::Utc;
 use futures::StreamExt as _;
 use orderflow_activities::{
     Activity, TaskContext,
-    contracts::*,
-    recording::{self, RecordingActivity},
     worker::{Handler, Worker},
 };
 use orderflow_core::{Phase, Registry, WorkflowFinished, WorkflowId, WorkflowStatus};
@@ -38,7 +36,9 @@ use orderflow_service_kit::{
     http::Readiness,
 };
 use orderflow_service_testkit::{Api, fresh_db, raw};
+use orderflow_testkit::recording::{self, RecordingActivity};
 use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas};
+use orderflow_workflows::order::contracts::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

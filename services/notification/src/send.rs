@@ -5,11 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orderflow_activities::{
-    Activity, ActivityError, TaskContext,
-    contracts::{NOTIFICATION_SEND, Notification, OrderSagaInput},
-};
+use orderflow_activities::{Activity, ActivityError, TaskContext};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::{NOTIFICATION_SEND, Notification, OrderSagaInput};
 use serde_json::json;
 use uuid::Uuid;
 

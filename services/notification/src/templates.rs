@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use minijinja::{Environment, context};
-use orderflow_activities::contracts::{Money, OrderSagaInput};
+use orderflow_workflows::order::contracts::{Money, OrderSagaInput};
 use serde::Serialize;
 
 /// The stored name of the order confirmation template.
@@ -113,7 +113,7 @@ pub fn format_money(m: &Money) -> String {
 
 #[cfg(test)]
 mod tests {
-    use orderflow_activities::contracts::OrderItem;
+    use orderflow_workflows::order::contracts::OrderItem;
     use uuid::Uuid;
 
     use super::*;

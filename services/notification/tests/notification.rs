@@ -19,8 +19,6 @@ use axum::{
 };
 use orderflow_activities::{
     Activity, TaskContext,
-    contracts::*,
-    recording::RecordingActivity,
     worker::{Handler, Worker},
 };
 use orderflow_core::Registry;
@@ -36,7 +34,9 @@ use orderflow_service_kit::{
     http::Readiness,
 };
 use orderflow_service_testkit::{Api, SmtpServer, free_port, fresh_db};
+use orderflow_testkit::recording::RecordingActivity;
 use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, settled, start_order};
+use orderflow_workflows::order::contracts::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;

@@ -10,12 +10,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orderflow_activities::{
-    Activity, ActivityError, TaskContext,
-    contracts::{ORDER_CANCEL, ORDER_CREATE, OrderConfirmation, OrderSagaInput},
-    worker::Handler,
-};
+use orderflow_activities::{Activity, ActivityError, TaskContext, worker::Handler};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::{
+    ORDER_CANCEL, ORDER_CREATE, OrderConfirmation, OrderSagaInput,
+};
 
 use crate::{
     model::OrderStatus,

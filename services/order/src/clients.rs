@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use orderflow_activities::contracts::{Money, OrderSagaInput};
+use orderflow_workflows::order::contracts::{Money, OrderSagaInput};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;

@@ -4,6 +4,7 @@
 
 use orderflow_core::{WorkflowFinished, WorkflowStatus};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::codes;
 use uuid::Uuid;
 
 use crate::{
@@ -12,7 +13,7 @@ use crate::{
 };
 
 /// Error codes of the saga's activities that mean the payment was refused.
-const DECLINED: [&str; 3] = ["card_declined", "payment_declined", "insufficient_funds"];
+const DECLINED: [&str; 2] = [codes::CARD_DECLINED, codes::INSUFFICIENT_FUNDS];
 
 /// What the saga's end means for its order. `cancel_requested` is whether the owner asked.
 pub fn outcome(event: &WorkflowFinished, cancel_requested: bool) -> Outcome {
@@ -22,7 +23,7 @@ pub fn outcome(event: &WorkflowFinished, cancel_requested: bool) -> Outcome {
         WorkflowStatus::Compensated => {
             let code = event.cause.as_ref().map(|c| c.code.as_str());
             let (code, reason) = match code {
-                Some("out_of_stock") => (CancelCode::OutOfStock, "out of stock".to_owned()),
+                Some(codes::OUT_OF_STOCK) => (CancelCode::OutOfStock, "out of stock".to_owned()),
                 Some(c) if DECLINED.contains(&c) => {
                     (CancelCode::PaymentDeclined, "payment declined".to_owned())
                 }

@@ -5,8 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orderflow_activities::contracts::{Money, OrderItem, OrderSagaInput};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::{Money, OrderItem, OrderSagaInput};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -9,17 +9,16 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use common::{Engine, OrderBackend, SETTLE, Stack, order_body};
-use orderflow_activities::{
-    contracts::{NOTIFICATION_SEND, PAYMENT_CHARGE, PAYMENT_REFUND},
-    recording::{self, Fault},
-};
+
 use orderflow_core::{Registry, SagaDefinition};
 use orderflow_service_kit::{
     auth::{JwtKeys, Role},
     http,
 };
 use orderflow_service_testkit::{call, metrics, raw, sample};
+use orderflow_testkit::recording::{self, Fault};
 use orderflow_testkit::{eventually, sagas};
+use orderflow_workflows::order::contracts::{NOTIFICATION_SEND, PAYMENT_CHARGE, PAYMENT_REFUND};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;

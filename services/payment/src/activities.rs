@@ -18,12 +18,11 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use orderflow_activities::{
-    Activity, ActivityError, TaskContext,
-    contracts::{self, Charge, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND},
-    worker::Handler,
-};
+use orderflow_activities::{Activity, ActivityError, TaskContext, worker::Handler};
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::{
+    self, Charge, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND, codes,
+};
 use tokio::time::Instant;
 
 use crate::{
@@ -84,7 +83,7 @@ impl Activity for ChargeActivity {
         let result = settle_charge(p, payment, deadline(ctx)).await;
         let label = match &result {
             Ok(_) => "succeeded",
-            Err(e) if e.code == "card_declined" => "declined",
+            Err(e) if e.code == codes::CARD_DECLINED => "declined",
             Err(_) => "failed",
         };
         metrics::CHARGES.with_label_values(&[label]).inc();
@@ -127,7 +126,7 @@ async fn settle_charge(
                 &p.db,
                 payment.id,
                 payment_intent_id.as_deref(),
-                "card_declined",
+                codes::CARD_DECLINED,
                 &detail,
             )
             .await
@@ -195,7 +194,9 @@ fn final_outcome(payment: &Payment) -> Option<Result<Charge, ActivityError>> {
         // Refunded means it was charged: a repeat of the charge task reports the charge, and
         // the refund already recorded stays the refund.
         PaymentStatus::Succeeded | PaymentStatus::Refunded => charge(),
-        PaymentStatus::Declined if payment.failure_code.as_deref() == Some("card_declined") => {
+        PaymentStatus::Declined
+            if payment.failure_code.as_deref() == Some(codes::CARD_DECLINED) =>
+        {
             Err(declined(
                 payment
                     .failure_message
@@ -220,7 +221,7 @@ fn final_outcome(payment: &Payment) -> Option<Result<Charge, ActivityError>> {
 fn cacheable(done: &Result<Charge, ActivityError>) -> Option<Outcome> {
     match done {
         Ok(charge) => Some(Outcome::Charged(charge.clone())),
-        Err(e) if e.code == "card_declined" => Some(Outcome::Declined {
+        Err(e) if e.code == codes::CARD_DECLINED => Some(Outcome::Declined {
             message: e.message.clone(),
         }),
         Err(_) => None,
@@ -229,7 +230,7 @@ fn cacheable(done: &Result<Charge, ActivityError>) -> Option<Outcome> {
 
 fn declined(message: String) -> ActivityError {
     // `card_declined` is the code the order saga treats as final (it compensates at once).
-    ActivityError::permanent("card_declined", message)
+    ActivityError::permanent(codes::CARD_DECLINED, message)
 }
 
 #[async_trait]
@@ -372,7 +373,7 @@ fn db_error(e: sqlx::Error) -> ActivityError {
 fn gateway_error(e: &GatewayError) -> ActivityError {
     let message = e.to_string();
     match e {
-        GatewayError::Declined { .. } => ActivityError::permanent("card_declined", message),
+        GatewayError::Declined { .. } => ActivityError::permanent(codes::CARD_DECLINED, message),
         GatewayError::CardProcessing { .. } => {
             ActivityError::retryable("card_processing_error", message)
         }

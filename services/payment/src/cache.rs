@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use orderflow_activities::contracts::Charge;
+use orderflow_workflows::order::contracts::Charge;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;

@@ -2,7 +2,7 @@
 //! would accept, so the activity rejects bad input before anything is recorded.
 
 use chrono::{DateTime, Utc};
-use orderflow_activities::contracts::OrderSagaInput;
+use orderflow_workflows::order::contracts::OrderSagaInput;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -134,7 +134,7 @@ impl ChargeRequest {
 
 #[cfg(test)]
 mod tests {
-    use orderflow_activities::contracts::{Money, OrderItem};
+    use orderflow_workflows::order::contracts::{Money, OrderItem};
 
     use super::*;
 

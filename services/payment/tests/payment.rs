@@ -15,10 +15,7 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use chrono::Utc;
-use orderflow_activities::{
-    Activity, TaskContext,
-    contracts::{Charge, Money, OrderItem, OrderSagaInput},
-};
+use orderflow_activities::{Activity, TaskContext};
 use orderflow_core::Phase;
 use orderflow_payment::{
     AppState, Payments, StripeConfig,
@@ -36,6 +33,7 @@ use orderflow_service_kit::{
 };
 use orderflow_stripe_sandbox::{Faults, RunningSandbox, SandboxConfig, WebhookTarget};
 use orderflow_testkit::eventually;
+use orderflow_workflows::order::contracts::{Charge, Money, OrderItem, OrderSagaInput};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -890,9 +888,10 @@ impl Drop for Saga {
 
 impl Saga {
     async fn new(w: &World) -> anyhow::Result<Self> {
-        use orderflow_activities::{
-            contracts::PAYMENT_CHARGE, contracts::PAYMENT_REFUND, recording, worker::Worker,
-        };
+        use orderflow_activities::worker::Worker;
+        use orderflow_testkit::recording;
+        use orderflow_workflows::order::contracts::PAYMENT_CHARGE;
+        use orderflow_workflows::order::contracts::PAYMENT_REFUND;
         let env = orderflow_testkit::TestEnv::new().await?;
         let registry =
             Arc::new(orderflow_core::Registry::new().with(orderflow_testkit::sagas::fast_order()));
@@ -940,7 +939,8 @@ impl Saga {
 #[tokio::test]
 async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() -> anyhow::Result<()>
 {
-    use orderflow_activities::{contracts::ORDER_CREATE, recording};
+    use orderflow_testkit::recording;
+    use orderflow_workflows::order::contracts::ORDER_CREATE;
     let w = World::new().await?;
     let saga = Saga::new(&w).await?;
 

@@ -4,8 +4,8 @@ mod postgres;
 mod sqlite;
 
 use chrono::{DateTime, Utc};
-use orderflow_activities::contracts::Money;
 use orderflow_service_kit::db::Db;
+use orderflow_workflows::order::contracts::Money;
 
 use crate::model::{Price, Product, ProductName, Sku, Stock};
 

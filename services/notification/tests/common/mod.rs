@@ -1,10 +1,9 @@
 //! What the notification service's test files share.
 
-use orderflow_activities::{
-    TaskContext,
-    contracts::{Money, OrderItem, OrderSagaInput},
-};
+use orderflow_activities::TaskContext;
+
 use orderflow_core::Phase;
+use orderflow_workflows::order::contracts::{Money, OrderItem, OrderSagaInput};
 use uuid::Uuid;
 
 /// The first attempt of the saga's notify step.

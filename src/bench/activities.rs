@@ -16,13 +16,10 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, migrate::Migrator};
 use uuid::Uuid;
 
-use crate::{
-    TaskContext,
-    contracts::{
-        INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CANCEL, ORDER_CREATE,
-        OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND,
-    },
-    worker::Handler,
+use orderflow_activities::{TaskContext, worker::Handler};
+use orderflow_workflows::order::contracts::{
+    INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CANCEL, ORDER_CREATE,
+    OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND,
 };
 
 /// The payment method `payment.charge` declines, named like Stripe's test card for it.
@@ -31,7 +28,7 @@ pub const DECLINED_CARD: &str = "pm_card_chargeDeclined";
 /// The bench tables' migrations. They share the bench database with the engine's, so versions
 /// start at 2001 and missing versions (the engine's) are ignored.
 pub fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("../migrations/bench");
+    let mut migrator = sqlx::migrate!("migrations/bench");
     migrator.set_ignore_missing(true);
     migrator
 }
@@ -174,7 +171,7 @@ pub const FORWARD: [&str; 4] = [
 
 /// A bench activity for every activity of the order saga.
 pub fn order_saga_handlers(pool: PgPool) -> Vec<Arc<dyn Handler>> {
-    crate::contracts::ORDER_SAGA_ACTIVITIES
+    orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES
         .iter()
         .filter_map(|&name| BenchActivity::new(name, pool.clone()))
         .map(|a| Arc::new(a) as Arc<dyn Handler>)

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, migrate::Migrator};
 use uuid::Uuid;
 
-use crate::{TaskContext, contracts::ORDER_SAGA_ACTIVITIES, worker::Handler};
+use orderflow_activities::{TaskContext, worker::Handler};
+use orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES;
 
 /// The recording activities' migrations. They share a database with the engine's, so versions
 /// start at 1001 and missing versions (the engine's) are ignored.

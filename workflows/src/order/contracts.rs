@@ -1,5 +1,7 @@
-//! The order saga's activities: their names (a durable contract: renaming one strands the tasks
-//! already queued under the old name) and their typed inputs and outputs.
+//! The order saga's contracts with the services that do its steps: the activity names (durable:
+//! renaming one strands the tasks already queued under the old name), their typed inputs and
+//! outputs, and the error codes that cross a service boundary (the saga's retry policies and the
+//! order service's follower read them, the activities produce them).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,6 +26,21 @@ pub const ORDER_SAGA_ACTIVITIES: [&str; 7] = [
     ORDER_CANCEL,
     NOTIFICATION_SEND,
 ];
+
+/// Error codes of the order saga's activities that another party reads. They are stored in
+/// histories and compared by name, so they are as durable as the activity names.
+pub mod codes {
+    /// `inventory.reserve`: not enough stock for an item; final.
+    pub const OUT_OF_STOCK: &str = "out_of_stock";
+    /// `inventory.reserve`: an item names no product of the catalogue; final.
+    pub const UNKNOWN_PRODUCT: &str = "unknown_product";
+    /// `payment.charge`: the card was declined; final.
+    pub const CARD_DECLINED: &str = "card_declined";
+    /// `payment.charge`: the card's funds do not cover the total; final.
+    pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
+    /// `fraud.check` (order saga v2): the order looks fraudulent; final.
+    pub const FRAUD_SUSPECTED: &str = "fraud_suspected";
+}
 
 /// Money in integer minor units (cents) with an ISO currency code; never a float.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

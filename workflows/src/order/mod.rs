@@ -9,9 +9,11 @@
 
 use std::time::Duration;
 
-use orderflow_activities::contracts::{
+pub mod contracts;
+
+use contracts::{
     FRAUD_CHECK, INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CANCEL,
-    ORDER_CREATE, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND,
+    ORDER_CREATE, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND, codes,
 };
 use orderflow_core::{RetryPolicy, SagaDefinition, Step};
 
@@ -37,13 +39,13 @@ fn business(codes: &[&str]) -> RetryPolicy {
 fn reserve() -> Step {
     Step::compensatable(RESERVE, INVENTORY_RESERVE)
         .compensate_with(INVENTORY_RELEASE)
-        .retry(business(&["out_of_stock", "unknown_product"]))
+        .retry(business(&[codes::OUT_OF_STOCK, codes::UNKNOWN_PRODUCT]))
 }
 
 fn charge() -> Step {
     Step::compensatable(CHARGE, PAYMENT_CHARGE)
         .compensate_with(PAYMENT_REFUND)
-        .retry(business(&["card_declined"]))
+        .retry(business(&[codes::CARD_DECLINED]))
 }
 
 fn create_order() -> Step {
@@ -59,7 +61,7 @@ fn charge_outlasting_the_breaker() -> Step {
         .compensate_with(PAYMENT_REFUND)
         .retry(RetryPolicy {
             max_attempts: 9,
-            ..business(&["card_declined"])
+            ..business(&[codes::CARD_DECLINED])
         })
         .compensation_retry(RetryPolicy {
             max_attempts: 30,
@@ -96,7 +98,7 @@ pub fn v2() -> SagaDefinition {
         .input::<OrderSagaInput>()
         .deadline(Duration::from_secs(15 * 60))
         .step(reserve())
-        .step(Step::read_only(FRAUD_SCREEN, FRAUD_CHECK).retry(business(&["fraud_suspected"])))
+        .step(Step::read_only(FRAUD_SCREEN, FRAUD_CHECK).retry(business(&[codes::FRAUD_SUSPECTED])))
         .step(charge())
         .step(create_order())
         .step(notify())
