@@ -71,7 +71,8 @@ pub enum Command {
     /// workers and its event consumers, with its own database `orderflow_<name>`.
     Service {
         /// Which service.
-        name: ServiceName,
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::services::SERVICES.iter().map(|s| s.name)))]
+        name: String,
         #[command(flatten)]
         conn: Connections,
         #[command(flatten)]
@@ -87,6 +88,10 @@ pub enum Command {
         /// Concurrent tasks per activity queue.
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
         concurrency: usize,
+        /// Run no activity workers: the service's tasks are left to `orderflow worker`
+        /// processes (one Deployment per queue, scaled on its backlog).
+        #[arg(long, env = "ORDERFLOW_SERVICE_NO_WORKERS")]
+        no_workers: bool,
     },
     /// The engine alone: REST API, outbox relay, timers and result intake.
     Engine {
@@ -143,16 +148,6 @@ pub enum Command {
     /// The saga benchmark: N order sagas, C in flight, on a fresh database; prints sagas/s,
     /// latency, commits, messages and CPU per saga, and checks every effect happened once.
     Bench(crate::bench::BenchArgs),
-}
-
-/// The services `orderflow service` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServiceName {
-    Order,
-    Inventory,
-    Payment,
-    Notification,
-    User,
 }
 
 /// What the services share beyond the connections: the token secret, where the other services

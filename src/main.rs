@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod dev;
 mod roles;
+mod services;
 mod workflows_cli;
 
 use std::process::ExitCode;

@@ -3,10 +3,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{Context, bail};
-use orderflow_activities::{
-    broker::Topology,
-    worker::{Handler, Worker},
-};
+use orderflow_activities::worker::Worker;
 use orderflow_core::{History, Registry, WorkflowId, replay};
 use orderflow_engine::admin::{AdminConfig, DEV_PASSWORD};
 use orderflow_engine::{
@@ -14,11 +11,19 @@ use orderflow_engine::{
     api::{self, AppState},
     store,
 };
-use orderflow_service_kit::{ServiceConfig, config::ports, http::Readiness};
+use orderflow_queue::{Topology, rabbit::RabbitQueue};
+use orderflow_service_kit::{
+    config::BROKER_PATIENCE,
+    http::Readiness,
+    parts::{Placement, Supervisor},
+};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceArgs, ServiceName};
+use crate::{
+    cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceArgs},
+    services::{SERVICES, Settings},
+};
 
 /// Log lines (`text`, or `json` lines that carry `trace_id` and `workflow_id`) filtered by
 /// `RUST_LOG`, and the sagas' traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep
@@ -42,22 +47,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = migrated_pool(&conn.database_url).await?;
             let stop = shutdown_token();
             let secret = jwt_secret(services.jwt_secret.clone(), true)?;
+            let settings = settings(&conn, &services, secret, concurrency, None, None)?;
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(serve_engine(
-                pool.clone(),
-                conn.clone(),
+                pool,
+                task_queue(&conn),
                 bind,
                 admin_ui(&admin, true),
                 stop.clone(),
             ));
-            for name in SERVICES {
-                let config =
-                    service_config(*name, &conn, &services, &secret, None, None, concurrency)?;
-                let (services, stop) = (services.clone(), stop.clone());
+            // The services share one connection to the broker; the engine has its own.
+            let queue = task_queue(&conn);
+            for service in SERVICES {
+                let (settings, queue, stop) = (settings.clone(), queue.clone(), stop.clone());
                 tasks.spawn(async move {
-                    run_service(*name, config, &services, stop)
+                    let placement = Placement {
+                        bind: service.bind(&settings),
+                        concurrency,
+                        workers: true,
+                    };
+                    service
+                        .parts(&settings)
+                        .await?
+                        .run(queue, placement, stop)
                         .await
-                        .with_context(|| format!("the {} service", name.as_str()))
                 });
             }
             // One part failing stops the whole process: `up` is all or nothing.
@@ -70,23 +83,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             service_database_url,
             concurrency,
+            no_workers,
         } => {
-            let name = wired(name);
+            let service = crate::services::named(&name)?;
             let secret = jwt_secret(services.jwt_secret.clone(), false)?;
-            let config = service_config(
-                name,
+            let settings = settings(
                 &conn,
                 &services,
-                &secret,
+                secret,
+                concurrency,
                 bind,
                 service_database_url,
-                concurrency,
             )?;
-            run_service(name, config, &services, shutdown_token()).await
+            let placement = Placement {
+                bind: service.bind(&settings),
+                concurrency,
+                workers: !no_workers,
+            };
+            let parts = service.parts(&settings).await?;
+            parts
+                .run(task_queue(&conn), placement, shutdown_token())
+                .await
         }
         Command::Engine { conn, bind, admin } => {
             let pool = migrated_pool(&conn.database_url).await?;
-            serve_engine(pool, conn, bind, admin_ui(&admin, false), shutdown_token()).await
+            let queue = task_queue(&conn);
+            let admin = admin_ui(&admin, false);
+            serve_engine(pool, queue, bind, admin, shutdown_token()).await
         }
         Command::Worker {
             conn,
@@ -200,24 +223,34 @@ async fn migrated_pool(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// The task queue on the broker of `conn`, connected on first use.
+fn task_queue(conn: &Connections) -> RabbitQueue {
+    RabbitQueue::new(
+        conn.amqp_url.clone(),
+        Topology::new(conn.queue_prefix.clone()),
+        BROKER_PATIENCE,
+    )
+}
+
 async fn serve_engine(
     pool: PgPool,
-    conn: Connections,
+    queue: RabbitQueue,
     bind: SocketAddr,
     admin: Option<AdminConfig>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(orderflow_workflows::registry());
-    let config = EngineConfig::new(
-        conn.amqp_url.clone(),
-        Topology::new(conn.queue_prefix.clone()),
+    let engine = Engine::new(
+        pool.clone(),
+        queue.clone(),
+        registry,
+        EngineConfig::default(),
     );
-    let engine = Engine::new(pool.clone(), registry, config);
     let app = api::router_with_admin(
         AppState {
             pool,
-            applier: engine.applier.clone(),
-            amqp_url: conn.amqp_url,
+            applier: engine.applier().clone(),
+            queue: Arc::new(queue),
         },
         admin,
     );
@@ -236,14 +269,14 @@ async fn serve_engine(
 /// What `orderflow worker` was asked to run.
 #[derive(Debug)]
 struct WorkerPlan {
-    /// Activity names; empty: every activity of the order saga.
+    /// Activity names; empty: every activity of every service.
     queues: Vec<String>,
     concurrency: usize,
     service_database_url: Option<String>,
     health_bind: SocketAddr,
 }
 
-/// `orderflow worker`: the production handlers of the services owning `plan.queues`, each
+/// `orderflow worker`: the activity handlers of the services owning `plan.queues`, each
 /// service configured as `orderflow service NAME` would be, and a small HTTP server with
 /// `/health`, `/ready` and `/metrics`, until `stop`.
 async fn run_workers(
@@ -252,7 +285,16 @@ async fn run_workers(
     plan: WorkerPlan,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let owners = queue_owners(&plan.queues)?;
+    for q in &plan.queues {
+        if !SERVICES.iter().any(|s| s.activities.contains(&q.as_str())) {
+            bail!("--queues: `{q}` is not an activity this build knows");
+        }
+    }
+    let wanted = |a: &str| plan.queues.is_empty() || plan.queues.iter().any(|q| q == a);
+    let owners: Vec<_> = SERVICES
+        .iter()
+        .filter(|s| s.activities.iter().any(|a| wanted(a)))
+        .collect();
     if plan.service_database_url.is_some() && owners.len() > 1 {
         bail!(
             "--service-database-url: the queues belong to {} services; each uses its own \
@@ -260,49 +302,40 @@ async fn run_workers(
             owners.len()
         );
     }
-    let mut worker = Worker::builder(&conn.amqp_url, Topology::new(conn.queue_prefix.clone()));
-    let mut ready = Readiness::new().amqp(conn.amqp_url.clone());
-    // Kept alive until the workers stop (a built-in Stripe sandbox).
+    // Workers verify no tokens and serve no API.
+    let mut settings = settings(
+        conn,
+        args,
+        String::new(),
+        plan.concurrency,
+        None,
+        plan.service_database_url.clone(),
+    )?;
+    settings.bind = Arc::new(|_, _| None);
+    let queue = task_queue(conn);
+    let mut worker = Worker::builder(queue.clone());
+    let mut ready = Readiness::new().queue(queue);
     let mut keep = Vec::new();
-    for (service, activities) in owners {
-        let config = service_config(
-            service,
-            conn,
-            args,
-            // Workers verify no tokens.
-            "",
-            None,
-            plan.service_database_url.clone(),
-            plan.concurrency,
-        )?;
-        let part = service_handlers(service, config, args, &mut ready)
-            .await
-            .with_context(|| format!("the {} service's handlers", service.as_str()))?;
-        keep.extend(part.sandbox);
-        for h in part.handlers {
-            if activities.contains(&h.activity()) {
+    for service in owners {
+        let mut parts = service.parts(&settings).await?;
+        ready = ready.merge(service.name, parts.ready.clone());
+        for h in parts.handlers.drain(..) {
+            if wanted(h.activity()) {
                 worker = worker.handler(h, plan.concurrency);
             }
         }
+        keep.push(parts);
     }
     let worker = worker.build();
     let health = axum::Router::new().merge(orderflow_service_kit::http::base_routes(ready));
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .context("the workers")
-        }
-    });
-    tasks.spawn(orderflow_service_kit::http::serve(
+    let mut sup = Supervisor::new("worker", &stop);
+    sup.spawn_worker(worker);
+    sup.spawn(orderflow_service_kit::http::serve(
         plan.health_bind,
         health,
-        stop.clone(),
+        sup.stop(),
     ));
-    let result = all_or_nothing(tasks, &stop).await;
+    let result = sup.join().await;
     drop(keep);
     result
 }
@@ -326,99 +359,60 @@ async fn all_or_nothing(
     result
 }
 
-/// The services owning `queues` (every activity of the order saga when empty), each with the
-/// activities asked of it, in the order of [`SERVICES`].
-fn queue_owners(queues: &[String]) -> anyhow::Result<Vec<(Service, Vec<&'static str>)>> {
-    for q in queues {
-        if !SERVICES
-            .iter()
-            .any(|s| s.activities().contains(&q.as_str()))
-        {
-            bail!("--queues: `{q}` is not an activity this build knows");
-        }
-    }
-    Ok(SERVICES
-        .iter()
-        .map(|s| {
-            let wanted: Vec<&'static str> = s
-                .activities()
-                .iter()
-                .copied()
-                .filter(|a| queues.is_empty() || queues.iter().any(|q| q == a))
-                .collect();
-            (*s, wanted)
-        })
-        .filter(|(_, wanted)| !wanted.is_empty())
-        .collect())
-}
-
-/// One service's activity handlers, and the built-in Stripe sandbox they may call.
-struct ServiceHandlers {
-    handlers: Vec<Arc<dyn Handler>>,
-    sandbox: Option<orderflow_stripe_sandbox::RunningSandbox>,
-}
-
-/// Connects (and migrates) what `service`'s handlers need, configured as its `run` would be,
-/// and adds those dependencies to `ready`.
-async fn service_handlers(
-    service: Service,
-    config: ServiceConfig,
+/// The services' settings from the flags: each service's database `orderflow_<service>` on the
+/// server of `--database-url` (or `database_url` for a single service), its default port on
+/// every interface (or `bind` for a single service).
+fn settings(
+    conn: &Connections,
     args: &ServiceArgs,
-    ready: &mut Readiness,
-) -> anyhow::Result<ServiceHandlers> {
-    use orderflow_service_kit::db::connect_and_migrate;
-    let url = config.database_url.clone();
-    let mut probe = |pool: PgPool| {
-        *ready = std::mem::take(ready).check(service.database_probe(), move || {
-            let pool = pool.clone();
-            async move { sqlx::query("select 1").execute(&pool).await.is_ok() }
-        });
+    jwt_secret: String,
+    concurrency: usize,
+    bind: Option<SocketAddr>,
+    database_url: Option<String>,
+) -> anyhow::Result<Settings> {
+    let server = conn.database_url.clone();
+    let stripe = match &args.stripe_api_base {
+        Some(base) => Some(orderflow_payment::StripeConfig {
+            api_base: base.clone(),
+            secret_key: args
+                .stripe_secret_key
+                .clone()
+                .context("STRIPE_SECRET_KEY is required with STRIPE_API_BASE")?,
+            webhook_secret: args.stripe_webhook_secret.clone().unwrap_or_default(),
+            ..orderflow_payment::StripeConfig::sandbox(base.clone())
+        }),
+        None => None,
     };
-    let plain = |handlers| ServiceHandlers {
-        handlers,
-        sandbox: None,
+    let admin = match (&args.admin_email, &args.admin_password) {
+        (Some(email), Some(password)) => Some(orderflow_user::config::AdminSeed {
+            email: email.clone(),
+            password: password.clone(),
+        }),
+        // ORDERFLOW_ADMIN_PASSWORD alone also guards the engine's admin UI; seeding an account
+        // needs the email too.
+        (None, _) => None,
+        (Some(_), None) => bail!("ORDERFLOW_ADMIN_EMAIL needs ORDERFLOW_ADMIN_PASSWORD"),
     };
-    Ok(match service {
-        Service::User => bail!("the user service has no activities"),
-        Service::Inventory => {
-            let pool = connect_and_migrate(&url, &orderflow_inventory::migrator()).await?;
-            probe(pool.clone());
-            plain(orderflow_inventory::handlers(
-                pool.into(),
-                &inventory_config(config, args),
-            ))
-        }
-        Service::Order => {
-            let pool = connect_and_migrate(&url, &orderflow_order::migrator()).await?;
-            probe(pool.clone());
-            plain(orderflow_order::handlers(pool))
-        }
-        Service::Notification => {
-            let pool = connect_and_migrate(&url, &orderflow_notification::migrator()).await?;
-            let config = notification_config(config, args);
-            let providers = orderflow_notification::providers(pool.clone(), &config)?;
-            probe(pool.clone());
-            plain(orderflow_notification::handlers(pool, providers))
-        }
-        Service::Payment => {
-            // No webhook endpoint here: the payment service's API receives Stripe's events.
-            let (stripe, sandbox) = stripe_config(args, None).await?;
-            let payments =
-                orderflow_payment::connect(&orderflow_payment::PaymentConfig::new(config, stripe))
-                    .await?;
-            let db = payments.db.clone();
-            *ready = std::mem::take(ready).check(service.database_probe(), move || {
-                let db = db.clone();
-                async move { db.ping().await }
-            });
-            if let Some(redis) = payments.cache.connection() {
-                *ready = std::mem::take(ready).redis(redis);
-            }
-            ServiceHandlers {
-                handlers: orderflow_payment::handlers(payments),
-                sandbox,
-            }
-        }
+    Ok(Settings {
+        jwt_secret,
+        engine_url: args.engine_url.clone(),
+        inventory_url: args.inventory_url.clone(),
+        user_url: args.user_url.clone(),
+        redis_url: conn.redis_url.clone(),
+        queue_prefix: conn.queue_prefix.clone(),
+        worker_concurrency: concurrency,
+        database_url: Arc::new(move |name| match &database_url {
+            Some(url) => Ok(url.clone()),
+            None => orderflow_service_kit::db::with_database(&server, &format!("orderflow_{name}")),
+        }),
+        bind: Arc::new(move |_, port| {
+            Some(bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port))))
+        }),
+        stripe,
+        smtp_url: args.smtp_url.clone(),
+        email_from: args.email_from.clone(),
+        seed_demo_products: args.seed_demo_products,
+        admin,
     })
 }
 
@@ -431,80 +425,6 @@ fn redact(url: &str) -> String {
             )
         }
         _ => url.to_owned(),
-    }
-}
-
-/// The services `up` runs, and the owners of the activities `worker` runs.
-const SERVICES: &[Service] = &[
-    Service::User,
-    Service::Inventory,
-    Service::Order,
-    Service::Payment,
-    Service::Notification,
-];
-
-/// A service this build can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Service {
-    User,
-    Inventory,
-    Order,
-    Payment,
-    Notification,
-}
-
-impl Service {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::User => orderflow_user::SERVICE,
-            Self::Inventory => orderflow_inventory::SERVICE,
-            Self::Order => orderflow_order::SERVICE,
-            Self::Payment => "payment",
-            Self::Notification => "notification",
-        }
-    }
-
-    fn port(self) -> u16 {
-        match self {
-            Self::User => ports::USER,
-            Self::Inventory => ports::INVENTORY,
-            Self::Order => ports::ORDER,
-            Self::Payment => ports::PAYMENT,
-            Self::Notification => ports::NOTIFICATION,
-        }
-    }
-
-    /// The activities its workers do.
-    fn activities(self) -> &'static [&'static str] {
-        use orderflow_workflows::order::contracts::*;
-        match self {
-            Self::User => &[],
-            Self::Inventory => &[INVENTORY_RESERVE, INVENTORY_RELEASE],
-            Self::Order => &[ORDER_CREATE, ORDER_CANCEL],
-            Self::Payment => &[PAYMENT_CHARGE, PAYMENT_REFUND],
-            Self::Notification => &[NOTIFICATION_SEND],
-        }
-    }
-
-    /// The name of its database's probe in a worker's `/ready`.
-    fn database_probe(self) -> &'static str {
-        match self {
-            Self::User => "user_database",
-            Self::Inventory => "inventory_database",
-            Self::Order => "order_database",
-            Self::Payment => "payment_database",
-            Self::Notification => "notification_database",
-        }
-    }
-}
-
-fn wired(name: ServiceName) -> Service {
-    match name {
-        ServiceName::User => Service::User,
-        ServiceName::Inventory => Service::Inventory,
-        ServiceName::Order => Service::Order,
-        ServiceName::Payment => Service::Payment,
-        ServiceName::Notification => Service::Notification,
     }
 }
 
@@ -531,143 +451,6 @@ fn jwt_secret(configured: Option<String>, may_generate: bool) -> anyhow::Result<
             bail!("ORDERFLOW_JWT_SECRET is required: every service must verify the same tokens")
         }
     }
-}
-
-/// The kit's settings of one service.
-fn service_config(
-    name: Service,
-    conn: &Connections,
-    args: &ServiceArgs,
-    secret: &str,
-    bind: Option<SocketAddr>,
-    database_url: Option<String>,
-    concurrency: usize,
-) -> anyhow::Result<ServiceConfig> {
-    let database_url = match database_url {
-        Some(url) => url,
-        None => orderflow_service_kit::db::with_database(
-            &conn.database_url,
-            &format!("orderflow_{}", name.as_str()),
-        )?,
-    };
-    Ok(ServiceConfig {
-        bind: bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], name.port()))),
-        database_url,
-        amqp_url: conn.amqp_url.clone(),
-        redis_url: conn.redis_url.clone(),
-        queue_prefix: conn.queue_prefix.clone(),
-        jwt_secret: secret.to_owned(),
-        engine_url: args.engine_url.clone(),
-        worker_concurrency: concurrency,
-    })
-}
-
-/// Runs one service until `stop`, through its crate's `run`.
-async fn run_service(
-    name: Service,
-    service: ServiceConfig,
-    args: &ServiceArgs,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    match name {
-        Service::User => {
-            let mut config = orderflow_user::UserConfig::local(service.jwt_secret.clone());
-            config.service = service;
-            config.admin = match (&args.admin_email, &args.admin_password) {
-                (Some(email), Some(password)) => Some(orderflow_user::config::AdminSeed {
-                    email: email.clone(),
-                    password: password.clone(),
-                }),
-                (None, None) => None,
-                // ORDERFLOW_ADMIN_PASSWORD alone also guards the engine's admin UI; seeding an
-                // account needs the email too.
-                (None, Some(_)) => None,
-                (Some(_), None) => bail!("ORDERFLOW_ADMIN_EMAIL needs ORDERFLOW_ADMIN_PASSWORD"),
-            };
-            orderflow_user::run(config, stop).await
-        }
-        Service::Inventory => orderflow_inventory::run(inventory_config(service, args), stop).await,
-        Service::Notification => {
-            orderflow_notification::run(notification_config(service, args), stop).await
-        }
-        Service::Order => {
-            let mut config = orderflow_order::OrderConfig::new(service);
-            config.inventory_url = args.inventory_url.clone();
-            config.user_url = args.user_url.clone();
-            orderflow_order::run(config, stop).await
-        }
-        Service::Payment => {
-            // Kept alive until the service stops.
-            let (stripe, sandbox) = stripe_config(args, Some(service.bind.port())).await?;
-            let config = orderflow_payment::PaymentConfig::new(service, stripe);
-            let result = orderflow_payment::run(config, stop).await;
-            drop(sandbox);
-            result
-        }
-    }
-}
-
-fn inventory_config(
-    service: ServiceConfig,
-    args: &ServiceArgs,
-) -> orderflow_inventory::InventoryConfig {
-    let mut config = orderflow_inventory::InventoryConfig::new(service);
-    config.seed_demo_products = args.seed_demo_products;
-    config
-}
-
-fn notification_config(
-    service: ServiceConfig,
-    args: &ServiceArgs,
-) -> orderflow_notification::NotificationConfig {
-    let mut config = orderflow_notification::NotificationConfig::new(service);
-    // Without SMTP the notification service keeps messages in its outbox table.
-    config.smtp_url = args.smtp_url.clone();
-    if let Some(from) = &args.email_from {
-        config.email_from = from.clone();
-    }
-    config
-}
-
-/// Stripe from the flags; without `--stripe-api-base`, a built-in sandbox started here (kept
-/// alive as long as the returned handle), posting its webhooks to the payment API on
-/// `webhook_port` if there is one in this process.
-async fn stripe_config(
-    args: &ServiceArgs,
-    webhook_port: Option<u16>,
-) -> anyhow::Result<(
-    orderflow_payment::StripeConfig,
-    Option<orderflow_stripe_sandbox::RunningSandbox>,
-)> {
-    use orderflow_payment::StripeConfig;
-    if let Some(base) = &args.stripe_api_base {
-        let config = StripeConfig {
-            api_base: base.clone(),
-            secret_key: args
-                .stripe_secret_key
-                .clone()
-                .context("STRIPE_SECRET_KEY is required with STRIPE_API_BASE")?,
-            webhook_secret: args.stripe_webhook_secret.clone().unwrap_or_default(),
-            ..StripeConfig::sandbox(base.clone())
-        };
-        return Ok((config, None));
-    }
-    let running =
-        orderflow_stripe_sandbox::RunningSandbox::start(orderflow_stripe_sandbox::SandboxConfig {
-            secret_key: StripeConfig::SANDBOX_SECRET_KEY.to_owned(),
-            webhook: webhook_port.map(|port| orderflow_stripe_sandbox::WebhookTarget {
-                url: format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe"),
-                secret: StripeConfig::SANDBOX_WEBHOOK_SECRET.to_owned(),
-            }),
-        })
-        .await
-        .context("starting the built-in Stripe sandbox")?;
-    tracing::warn!(
-        url = %running.url(),
-        "STRIPE_API_BASE is not set: payments go to a built-in Stripe sandbox in this process, \
-         which other processes do not see"
-    );
-    Ok((StripeConfig::sandbox(running.url()), Some(running)))
 }
 
 /// The admin UI's setup from the flags. `up` is for a developer's machine, so without a password

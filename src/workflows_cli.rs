@@ -254,7 +254,7 @@ mod tests {
 
     use orderflow_core::Registry;
     use orderflow_engine::api::{self, AppState};
-    use orderflow_testkit::{TestEnv, amqp_url, sagas, start_order};
+    use orderflow_testkit::{TestEnv, sagas, start_order};
 
     use super::*;
 
@@ -275,7 +275,7 @@ mod tests {
         let app = api::router(AppState {
             pool: env.pool.clone(),
             applier: applier.clone(),
-            amqp_url: amqp_url(),
+            queue: std::sync::Arc::new(env.queue()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

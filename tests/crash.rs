@@ -31,7 +31,7 @@ fn spawn_engine(env: &TestEnv) -> Child {
 
 fn spawn_workers(env: &TestEnv, concurrency: usize) -> CancellationToken {
     let stop = CancellationToken::new();
-    let mut worker = Worker::builder(amqp_url(), env.topology.clone());
+    let mut worker = Worker::builder(env.queue());
     for h in recording::order_saga_handlers(env.pool.clone()) {
         worker = worker.handler(h, concurrency);
     }

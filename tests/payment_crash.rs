@@ -126,7 +126,7 @@ async fn a_worker_killed_mid_charge_never_charges_twice() -> anyhow::Result<()> 
     let engine = env.spawn_engine(registry);
     // Every step but the payment's, in-process.
     let others = CancellationToken::new();
-    let worker = Worker::builder(amqp_url(), env.topology.clone()).handlers(
+    let worker = Worker::builder(env.queue()).handlers(
         recording::order_saga_handlers(env.pool.clone())
             .into_iter()
             .filter(|h| ![PAYMENT_CHARGE, PAYMENT_REFUND].contains(&h.activity())),
@@ -147,7 +147,7 @@ async fn a_worker_killed_mid_charge_never_charges_twice() -> anyhow::Result<()> 
     let mut port = free_port();
     let mut child = payment.spawn_worker(port);
     let probes = ready(port).await?;
-    for probe in ["payment_database", "broker", "redis"] {
+    for probe in ["payment_database", "broker", "payment_redis"] {
         assert_eq!(probes[probe], true, "/ready: {probes}");
     }
     let pool = sqlx::PgPool::connect(&payment.url).await?;

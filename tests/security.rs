@@ -19,7 +19,7 @@ use orderflow_service_kit::{
     kv,
     limit::{RateLimiter, Rule},
 };
-use orderflow_testkit::{TestEnv, amqp_url, pg_server};
+use orderflow_testkit::{TestEnv, pg_server};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -124,7 +124,7 @@ impl Stack {
                 EngineState {
                     pool: env.pool.clone(),
                     applier: env.applier(registry),
-                    amqp_url: amqp_url(),
+                    queue: std::sync::Arc::new(env.queue()),
                 },
                 Some(AdminConfig::with_password("operator", ADMIN_UI_PASSWORD)),
             ),
@@ -136,7 +136,6 @@ impl Stack {
         service.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         service.jwt_secret = SECRET.to_owned();
         service.queue_prefix = prefix.clone();
-        service.amqp_url = amqp_url();
         service.engine_url = engine.clone();
 
         let user_pool = fresh_db("user", &orderflow_user::migrator()).await?;

@@ -1,17 +1,15 @@
-//! Activities: the trait a service implements for each kind of work a saga asks for, and the
-//! worker runtime that runs them.
+//! The worker SDK: what a service links to do a saga's work and follow its end. Everything runs
+//! over the [`orderflow_queue::TaskQueue`] port, so the same code serves RabbitMQ in production
+//! and the embedded queue of `orderflow dev`.
 //!
 //! - [`activity`]: the [`Activity`] trait a service implements and the [`TaskContext`] it gets.
-//! - [`broker`]: RabbitMQ naming, connection with backoff and queue declaration, shared with the
-//!   engine so both sides agree on the topology.
-//! - [`worker`]: consumes task queues, runs activities, publishes results with confirms and acks
-//!   only after the result is confirmed.
-//! - [`queue`]: the task queue as an interface ([`queue::TaskQueue`]) with its RabbitMQ adapter
-//!   and the in-process, SQLite-backed queue of `orderflow dev`, and a worker over either.
+//! - [`worker`]: consumes task queues, runs activities, publishes results and acks each task
+//!   only after its result is published.
+//! - [`follower`]: follows finished workflows on a service's own queue, acking each event after
+//!   the service's handler returned.
 
 pub mod activity;
-pub mod broker;
-pub mod queue;
+pub mod follower;
 pub mod worker;
 
 pub use activity::{Activity, TaskContext};

@@ -1,17 +1,21 @@
-//! The worker runtime: consumes activity task queues, runs each task's handler and reports the
-//! outcome on the results queue.
+//! The worker: consumes activity task queues through the [`TaskQueue`] port, runs each task's
+//! handler and reports the outcome on the results queue. The same worker runs on RabbitMQ in
+//! production and on the embedded queue in `orderflow dev`.
 //!
 //! The one rule everything here serves (DESIGN.md §3.3): a task is acked only after its result is
-//! confirmed by the broker. A worker that dies, loses its connection or cannot publish leaves the
-//! task unacked, so the broker redelivers it and the (idempotent) activity runs again; a result
-//! is therefore never lost, at worst sent twice, and the engine ignores the duplicate.
+//! published (confirmed by the broker, committed by the embedded queue). A worker that dies,
+//! loses its connection or cannot publish leaves the task unacked, so it is delivered again and
+//! the (idempotent) activity runs again; a result is therefore never lost, at worst sent twice,
+//! and the engine ignores the duplicate.
 //!
-//! Per activity the worker has a *lane*: a consuming channel with its own prefetch, a semaphore
-//! bounding the handlers running at once, and a confirm channel for the results. Each delivery
-//! runs in its own tokio task: decode, run the handler until the task's deadline, publish the
-//! result, ack. A lane or connection failure tears the whole connection down and the worker
-//! reconnects with backoff; on shutdown every lane stops consuming and waits (up to the drain
-//! timeout) for its in-flight tasks to publish and ack before the connection closes.
+//! Per activity the worker has a *lane*: a consumer with its own prefetch and a semaphore bounding
+//! the handlers running at once (it outlives reconnects, so handlers still running from a lost
+//! connection count against it). Each delivery runs in its own tokio task: decode, run the
+//! handler until the task's deadline (a panic fails the attempt, not the worker), publish the
+//! result, ack. A lane whose consumer fails consumes again after a pause; the queue adapter makes
+//! a new connection if the old one is gone. On shutdown every lane stops consuming (what was
+//! prefetched goes back to the queue) and waits, up to the drain timeout, for its in-flight
+//! tasks to publish and ack.
 
 use std::{
     any::Any,
@@ -25,32 +29,19 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::{FutureExt, StreamExt, future::try_join_all};
-use lapin::{
-    Channel, Connection,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
-    types::FieldTable,
-};
+use futures::FutureExt;
 use orderflow_core::{ActivityError, ResultMessage, TaskMessage, TaskOutcome};
+use orderflow_queue::{Consumer, Delivery, Outgoing, TaskQueue};
+use orderflow_telemetry as telemetry;
 use serde_json::Value;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    task::{JoinError, JoinSet},
+    task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    activity::{Activity, TaskContext},
-    broker::{self, Outgoing, PublishError, Topology},
-};
-use orderflow_telemetry as telemetry;
-
-/// How long a result may wait for its confirm before the worker gives up on the connection.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::activity::{Activity, TaskContext};
 
 /// Runs one activity for the worker: the object-safe face of [`Activity`], so one worker can
 /// hold handlers of many types. Every [`Activity`] is a `Handler`; implement it directly for
@@ -94,23 +85,8 @@ pub enum WorkerError {
     ZeroLimit(String),
 }
 
-/// Why a connection was given up; the worker reconnects.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("publishing a result: {0}")]
-    Publish(#[from] PublishError),
-    #[error("no confirm for a result within {PUBLISH_TIMEOUT:?}")]
-    PublishTimeout,
-    #[error("the broker cancelled the consumer of `{0}`")]
-    ConsumerEnded(String),
-    #[error("a task runner failed: {0}")]
-    Runner(#[from] JoinError),
-}
-
-/// One activity's settings and its concurrency limit, which outlives reconnects so that handlers
-/// still running from a dropped connection count against it.
+/// One activity's settings and its concurrency limit.
+#[derive(Clone)]
 struct Lane {
     handler: Arc<dyn Handler>,
     concurrency: usize,
@@ -130,22 +106,20 @@ impl fmt::Debug for Lane {
 
 /// Builds a [`Worker`]; see [`Worker::builder`].
 #[derive(Debug)]
-pub struct WorkerBuilder {
-    amqp_url: String,
-    topology: Topology,
+pub struct WorkerBuilder<Q> {
+    queue: Q,
     lanes: Vec<Lane>,
     drain_timeout: Duration,
-    connect_patience: Duration,
 }
 
-impl WorkerBuilder {
+impl<Q: TaskQueue> WorkerBuilder<Q> {
     /// Runs `handler` with at most `concurrency` tasks at once; prefetch is `concurrency`.
     pub fn handler(self, handler: Arc<dyn Handler>, concurrency: usize) -> Self {
         let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
         self.handler_with_prefetch(handler, concurrency, prefetch)
     }
 
-    /// Like [`Self::handler`], with an explicit number of unacked deliveries the broker may push
+    /// Like [`Self::handler`], with an explicit number of unacked deliveries the queue may push
     /// ahead: more than `concurrency` keeps the next tasks at hand, fewer leaves them to other
     /// workers.
     pub fn handler_with_prefetch(
@@ -180,67 +154,67 @@ impl WorkerBuilder {
     }
 
     /// How long shutdown waits for in-flight tasks (default 30 s). Tasks still running then are
-    /// abandoned unacked, and the broker hands them to another worker.
+    /// abandoned unacked, and the queue hands them to another worker.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
     }
 
-    /// How long one connection attempt keeps retrying before the worker logs an error and starts
-    /// over (default 60 s). The worker never gives up on the broker by itself.
-    pub fn connect_patience(mut self, patience: Duration) -> Self {
-        self.connect_patience = patience;
-        self
-    }
-
-    pub fn build(self) -> Worker {
+    pub fn build(self) -> Worker<Q> {
         Worker {
-            amqp_url: self.amqp_url,
-            topology: self.topology,
+            queue: self.queue,
             lanes: self.lanes,
             drain_timeout: self.drain_timeout,
-            connect_patience: self.connect_patience,
         }
     }
 }
 
 /// Consumes the task queues of its activities until shut down.
 #[derive(Debug)]
-pub struct Worker {
-    amqp_url: String,
-    topology: Topology,
+pub struct Worker<Q> {
+    queue: Q,
     lanes: Vec<Lane>,
     drain_timeout: Duration,
-    connect_patience: Duration,
 }
 
-impl Worker {
-    pub fn builder(amqp_url: impl Into<String>, topology: Topology) -> WorkerBuilder {
+impl<Q: TaskQueue> Worker<Q> {
+    pub fn builder(queue: Q) -> WorkerBuilder<Q> {
         WorkerBuilder {
-            amqp_url: amqp_url.into(),
-            topology,
+            queue,
             lanes: Vec::new(),
             drain_timeout: Duration::from_secs(30),
-            connect_patience: Duration::from_secs(60),
         }
     }
 
-    /// Runs until `shutdown` completes, reconnecting whenever the broker goes away, then drains:
-    /// stops consuming, lets in-flight tasks publish their results and ack (up to the drain
-    /// timeout) and closes the connection. Returns early only if the configuration is invalid.
+    /// The activities this worker serves.
+    pub fn activities(&self) -> Vec<&str> {
+        self.lanes.iter().map(|l| l.handler.activity()).collect()
+    }
+
+    /// Runs until `shutdown` completes, consuming again whenever the queue goes away, then
+    /// drains: stops consuming, lets in-flight tasks publish their results and ack (up to the
+    /// drain timeout). Returns early only if the configuration is invalid.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         self.validate()?;
         let stop = CancellationToken::new();
-        let work = self.supervise(&stop);
-        tokio::pin!(work, shutdown);
-        tokio::select! {
-            () = &mut work => return Ok(()),
-            () = &mut shutdown => {
-                tracing::info!("worker shutting down; draining in-flight tasks");
-                stop.cancel();
+        let mut lanes = JoinSet::new();
+        for lane in &self.lanes {
+            let run = run_lane(
+                self.queue.clone(),
+                lane.clone(),
+                self.drain_timeout,
+                stop.clone(),
+            );
+            lanes.spawn(run);
+        }
+        shutdown.await;
+        tracing::info!("worker shutting down; draining in-flight tasks");
+        stop.cancel();
+        while let Some(done) = lanes.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a worker lane panicked");
             }
         }
-        work.await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -261,211 +235,162 @@ impl Worker {
         }
         Ok(())
     }
+}
 
-    /// Connects, runs a session, and after a failure reconnects with capped backoff, until `stop`.
-    async fn supervise(&self, stop: &CancellationToken) {
-        const MIN_DELAY: Duration = Duration::from_millis(100);
-        const MAX_DELAY: Duration = Duration::from_secs(5);
-        let mut delay = MIN_DELAY;
-        while !stop.is_cancelled() {
-            let connected = tokio::select! {
-                () = stop.cancelled() => return,
-                c = broker::connect(&self.amqp_url, self.connect_patience) => c,
-            };
-            let conn = match connected {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot connect to RabbitMQ; still trying");
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            let outcome = self.session(&conn, stop).await;
-            // Closing releases whatever is still unacked to other workers right away; a dead
-            // connection fails fast, a stuck one is abandoned.
-            let close = conn.close(200, "worker stopping");
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), close).await {
-                tracing::debug!(error = %e, "closing the connection");
+/// Runs one lane until `stop`, then drains it. A consumer that fails (the connection went away,
+/// the broker cancelled it) is replaced after a pause that grows while failures repeat.
+async fn run_lane<Q: TaskQueue>(
+    queue: Q,
+    lane: Lane,
+    drain_timeout: Duration,
+    stop: CancellationToken,
+) {
+    const MIN_DELAY: Duration = Duration::from_millis(100);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+    let activity = lane.handler.activity().to_owned();
+    let name = queue.topology().task_queue(&activity);
+    let results: Arc<str> = queue.topology().results_queue().into();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut delay = MIN_DELAY;
+    while !stop.is_cancelled() {
+        let consumed = tokio::select! {
+            () = stop.cancelled() => break,
+            c = queue.consume(&name, lane.prefetch) => c,
+        };
+        let mut consumer = match consumed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%activity, error = %e, retry_in = ?delay, "cannot consume; trying again");
+                pause(&stop, delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
+                continue;
             }
-            match outcome {
-                Ok(()) => return,
-                Err(e) => {
-                    if started.elapsed() > Duration::from_secs(30) {
-                        delay = MIN_DELAY;
-                    }
-                    tracing::warn!(
-                        error = %e,
-                        retry_in = ?delay,
-                        "worker lost its connection; reconnecting"
-                    );
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(MAX_DELAY);
-                }
-            }
-        }
-    }
-
-    /// Declares the topology and runs every lane on `conn`. Returns `Ok` once all lanes drained
-    /// after `stop`, or the first lane's failure (which aborts the others' tasks: their deliveries
-    /// are redelivered once the connection closes).
-    async fn session(
-        &self,
-        conn: &Connection,
-        stop: &CancellationToken,
-    ) -> Result<(), SessionError> {
-        let channel = conn.create_channel().await?;
-        let names: Vec<&str> = self.lanes.iter().map(|l| l.handler.activity()).collect();
-        self.topology.declare(&channel, &names).await?;
-        channel.close(200, "declared").await?;
-        let results_queue: Arc<str> = self.topology.results_queue().into();
-        try_join_all(
-            self.lanes
-                .iter()
-                .map(|lane| self.consume(lane, conn, &results_queue, stop)),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Runs one lane until `stop` (then drains it) or until its channels fail.
-    async fn consume(
-        &self,
-        lane: &Lane,
-        conn: &Connection,
-        results_queue: &Arc<str>,
-        stop: &CancellationToken,
-    ) -> Result<(), SessionError> {
-        let activity = lane.handler.activity();
-        let queue = self.topology.task_queue(activity);
-        let channel = conn.create_channel().await?;
-        channel
-            .basic_qos(lane.prefetch, BasicQosOptions::default())
-            .await?;
-        let publisher = broker::confirm_channel(conn).await?;
-        let mut consumer = channel
-            .basic_consume(
-                &queue,
-                "",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tracing::info!(%activity, %queue, concurrency = lane.concurrency, "consuming");
-        let mut tasks = JoinSet::new();
-        loop {
+        };
+        tracing::info!(%activity, queue = %name, concurrency = lane.concurrency, "consuming");
+        let started = Instant::now();
+        let failed = loop {
             // A permit first, so a delivery is only taken when a handler can start on it.
             let permit = tokio::select! {
                 biased;
-                () = stop.cancelled() => break,
-                Some(done) = tasks.join_next() => { done??; continue }
+                () = stop.cancelled() => break None,
+                Some(done) = tasks.join_next() => { runner_ended(&activity, done); continue }
                 permit = lane.permits.clone().acquire_owned() => {
                     permit.expect("the semaphore is never closed")
                 }
             };
-            let delivery = tokio::select! {
+            let next = tokio::select! {
                 biased;
-                () = stop.cancelled() => break,
-                Some(done) = tasks.join_next() => { done??; continue }
-                next = consumer.next() => match next {
-                    Some(delivery) => delivery?,
-                    None => return Err(SessionError::ConsumerEnded(queue)),
-                },
+                () = stop.cancelled() => break None,
+                Some(done) = tasks.join_next() => { runner_ended(&activity, done); continue }
+                next = consumer.next() => next,
             };
-            let run = process(
-                delivery,
-                lane.handler.clone(),
-                publisher.clone(),
-                results_queue.clone(),
-                permit,
-            );
-            tasks.spawn(run);
-        }
-
-        // Drain: no new deliveries, the prefetched ones go back to the queue for other workers,
-        // and in-flight tasks finish publishing and acking.
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        let tag = consumer.tag();
-        let drained = tokio::time::timeout_at(deadline, async {
-            if let Err(e) = channel
-                .basic_cancel(tag.as_str(), BasicCancelOptions::default())
-                .await
-            {
-                tracing::warn!(%activity, error = %e, "cancelling the consumer");
-            }
-            // After the cancel-ok the stream yields what was prefetched, then ends.
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                if let Err(e) = delivery.acker.nack(requeue).await {
-                    tracing::debug!(%activity, error = %e, "returning a prefetched task");
+            match next {
+                Ok(delivery) => {
+                    let (q, h, r) = (queue.clone(), lane.handler.clone(), results.clone());
+                    tasks.spawn(process(q, delivery, h, r, permit));
                 }
+                Err(e) => break Some(e),
             }
-            while let Some(done) = tasks.join_next().await {
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(
-                        %activity,
-                        error = %e,
-                        "task not acked while draining; it will be redelivered"
-                    ),
-                    Err(e) => tracing::error!(
-                        %activity,
-                        error = %e,
-                        "task runner failed while draining"
-                    ),
+        };
+        match failed {
+            Some(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    delay = MIN_DELAY;
                 }
+                tracing::warn!(%activity, error = %e, retry_in = ?delay, "lost the task queue; consuming again");
+                // In-flight tasks go on; their deliveries keep their channel until settled.
+                drop(consumer);
+                pause(&stop, delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
             }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                %activity,
-                abandoned = tasks.len(),
-                timeout = ?self.drain_timeout,
-                "drain timeout; abandoning in-flight tasks, the broker redelivers them"
-            );
-            tasks.shutdown().await;
+            None => {
+                drain(&activity, consumer, &mut tasks, drain_timeout).await;
+                return;
+            }
         }
-        let _ = publisher.close(200, "worker stopping").await;
-        let _ = channel.close(200, "worker stopping").await;
-        Ok(())
+    }
+    // Stopped while not consuming: the tasks of an earlier consumer may still be running.
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while let Some(done) = tasks.join_next().await {
+            runner_ended(&activity, done);
+        }
+    });
+    if drained.await.is_err() {
+        tasks.shutdown().await;
     }
 }
 
-/// Handles one delivery end to end. `Err` means the delivery could not be settled and the
-/// connection should be replaced.
-async fn process(
-    delivery: Delivery,
+/// Stops taking tasks (what was prefetched goes back to the queue for other workers) and waits
+/// for the in-flight ones to publish and ack, up to `timeout`; after it they are abandoned
+/// unacked, and the queue delivers them again.
+async fn drain<C: Consumer>(
+    activity: &str,
+    mut consumer: C,
+    tasks: &mut JoinSet<()>,
+    timeout: Duration,
+) {
+    let drained = tokio::time::timeout(timeout, async {
+        if let Err(e) = consumer.cancel().await {
+            tracing::warn!(%activity, error = %e, "cancelling the consumer");
+        }
+        while let Some(done) = tasks.join_next().await {
+            runner_ended(activity, done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            %activity,
+            abandoned = tasks.len(),
+            ?timeout,
+            "drain timeout; abandoning in-flight tasks, the queue delivers them again"
+        );
+        tasks.shutdown().await;
+    }
+    drop(consumer);
+}
+
+fn runner_ended(activity: &str, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        // The delivery was dropped unsettled, so it goes back to the queue.
+        tracing::error!(%activity, error = %e, "a task runner failed");
+    }
+}
+
+async fn pause(stop: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// Handles one delivery end to end. Anything that fails before the ack leaves the task to be
+/// delivered again.
+async fn process<Q: TaskQueue>(
+    queue: Q,
+    delivery: <Q::Consumer as Consumer>::Delivery,
     handler: Arc<dyn Handler>,
-    publisher: Channel,
-    results_queue: Arc<str>,
+    results: Arc<str>,
     _permit: OwnedSemaphorePermit,
-) -> Result<(), SessionError> {
-    let task = match serde_json::from_slice::<TaskMessage>(&delivery.data) {
+) {
+    let task = match serde_json::from_slice::<TaskMessage>(delivery.body()) {
         Ok(task) => task,
         Err(e) => {
-            // Redelivering cannot make it decodable; the queue's dead-letter exchange keeps it
-            // for a person to look at.
+            // Redelivering cannot make it decodable; the dead-letter queue keeps it for a person
+            // to look at.
             tracing::error!(
                 activity = handler.activity(),
                 error = %e,
-                bytes = delivery.data.len(),
+                bytes = delivery.body().len(),
                 "undecodable task; dead-lettering it"
             );
-            let reject = BasicNackOptions {
-                requeue: false,
-                multiple: false,
-            };
-            delivery.acker.nack(reject).await?;
-            return Ok(());
+            if let Err(e) = delivery.nack(false).await {
+                tracing::warn!(error = %e, "dead-lettering a task");
+            }
+            return;
         }
     };
-    if let Some(at) = broker::published_at(&delivery) {
+    if let Some(at) = delivery.published_at() {
         let waited = (Utc::now() - at).to_std().unwrap_or_default();
         metrics::SCHEDULE_TO_START
             .with_label_values(&[&task.activity])
@@ -473,7 +398,7 @@ async fn process(
     }
     // The hop's context (the relay's publish span) from the header; the saga root's from the
     // body when the header is missing.
-    let incoming = broker::traceparent(&delivery).or_else(|| task.traceparent.clone());
+    let incoming = delivery.traceparent().or_else(|| task.traceparent.clone());
     let span = tracing::info_span!(
         "activity",
         otel.name = %format_args!("activity {}", task.activity),
@@ -507,33 +432,22 @@ async fn process(
         let traceparent = telemetry::traceparent_of(&tracing::Span::current(), incoming.as_deref());
         let msg = Outgoing {
             exchange: "",
-            queue: &results_queue,
+            queue: &results,
             body: &body,
             message_id: task.task_id.to_string(),
             traceparent: traceparent.as_deref(),
         };
-        let published = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            broker::publish_confirmed(&publisher, &[msg]),
-        )
-        .await;
-        match published {
-            Ok(Ok(())) => {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-                Ok(())
+        match queue.publish(&[msg]).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the task will be delivered again");
+                }
             }
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => SessionError::Publish(e),
-                    _ => SessionError::PublishTimeout,
-                };
-                tracing::error!(%error, "result not published; the task will be redelivered");
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                let _ = delivery.acker.nack(requeue).await;
-                Err(error)
+            Err(e) => {
+                tracing::error!(error = %e, "result not published; the task will be delivered again");
+                if let Err(e) = delivery.nack(true).await {
+                    tracing::debug!(error = %e, "returning the task");
+                }
             }
         }
     }
@@ -542,7 +456,7 @@ async fn process(
 }
 
 /// Runs the handler for `task` and turns everything that can happen into an outcome.
-pub(crate) async fn execute(handler: &dyn Handler, task: &TaskMessage) -> TaskOutcome {
+async fn execute(handler: &dyn Handler, task: &TaskMessage) -> TaskOutcome {
     let failed = |error| TaskOutcome::Failed { error };
     if task.activity != handler.activity() {
         return failed(ActivityError::permanent(

@@ -1,24 +1,22 @@
-//! The worker runtime on the real RabbitMQ and Postgres: each test gets its own queue prefix and
-//! its own database, publishes tasks the way the engine's relay does, and reads what the worker
-//! put on the results and dead-letter queues. Waits poll a condition with a deadline.
+//! The worker conformance suite: the worker every command runs, on the real RabbitMQ and on the
+//! embedded queue, with the recording activities keeping their effects in Postgres. Each
+//! scenario is a generic function run once per backend; each run gets its own queue prefix (or
+//! queue file) and its own database, publishes tasks the way the engine's relay does, and reads
+//! what the worker put on the results and dead-letter queues. Waits poll with a deadline.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail, ensure};
 use async_trait::async_trait;
 use chrono::Utc;
-use lapin::{
-    Channel, Connection,
-    message::BasicGetMessage,
-    options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{AMQPValue, FieldTable},
-};
 use orderflow_activities::{
     Activity, ActivityError, TaskContext,
-    broker::{self, Outgoing, Topology},
-    worker::{Handler, Worker, WorkerError},
+    worker::{Handler, Worker, WorkerBuilder, WorkerError},
 };
 use orderflow_core::{Phase, ResultMessage, TaskId, TaskMessage, TaskOutcome, WorkflowId};
+use orderflow_queue::{
+    Consumer, Delivery, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue, rabbit::RabbitQueue,
+};
 use orderflow_testkit::recording::{self, Fault, RecordingActivity};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -42,25 +40,37 @@ fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A fresh database with the recording tables, a unique queue prefix, and a confirm channel for
-/// the test's own publishing and reading.
-struct Env {
+/// A fresh database with the recording tables and a task queue of its own.
+struct Env<Q> {
     pool: PgPool,
     database: String,
-    topology: Topology,
-    channel: Channel,
-    conn: Connection,
+    queue: Q,
+    file: Option<PathBuf>,
 }
 
-impl Env {
-    async fn new(activities: &[&str]) -> anyhow::Result<Self> {
+async fn rabbit_env() -> anyhow::Result<Env<RabbitQueue>> {
+    let tag = Uuid::new_v4().simple().to_string();
+    let topology = Topology::new(format!("test-{tag}."));
+    let queue = RabbitQueue::connect(amqp_url(), topology, Duration::from_secs(10))
+        .await
+        .context("connecting to RabbitMQ")?;
+    Env::new(queue, None).await
+}
+
+async fn embedded_env() -> anyhow::Result<Env<EmbeddedQueue>> {
+    let file = std::env::temp_dir().join(format!("orderflow-worker-{}.db", Uuid::new_v4()));
+    let queue = EmbeddedQueue::open(Some(&file), Topology::new("t.")).await?;
+    Env::new(queue, Some(file)).await
+}
+
+impl<Q: TaskQueue> Env<Q> {
+    async fn new(queue: Q, file: Option<PathBuf>) -> anyhow::Result<Self> {
         // Logs to the test output when `RUST_LOG` is set.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let tag = Uuid::new_v4().simple().to_string();
-        let database = format!("orderflow_test_{tag}");
+        let database = format!("orderflow_test_{}", Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&format!("{}/postgres", pg_server()))
@@ -75,25 +85,20 @@ impl Env {
             .connect(&format!("{}/{database}", pg_server()))
             .await?;
         recording::migrate(&pool).await?;
-        let topology = Topology::new(format!("test-{tag}."));
-        let conn = broker::connect(&amqp_url(), Duration::from_secs(10))
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = broker::confirm_channel(&conn).await?;
-        topology.declare(&channel, activities).await?;
         Ok(Self {
             pool,
             database,
-            topology,
-            channel,
-            conn,
+            queue,
+            file,
         })
     }
 
-    fn worker(&self) -> orderflow_activities::worker::WorkerBuilder {
-        Worker::builder(amqp_url(), self.topology.clone())
-            .drain_timeout(Duration::from_secs(10))
-            .connect_patience(Duration::from_secs(10))
+    fn topology(&self) -> &Topology {
+        self.queue.topology()
+    }
+
+    fn worker(&self) -> WorkerBuilder<Q> {
+        Worker::builder(self.queue.clone()).drain_timeout(Duration::from_secs(10))
     }
 
     fn recorder(&self, activity: &str) -> Arc<dyn Handler> {
@@ -106,7 +111,7 @@ impl Env {
     }
 
     async fn publish_raw(&self, activity: &str, body: &[u8]) -> anyhow::Result<()> {
-        let queue = self.topology.task_queue(activity);
+        let queue = self.topology().task_queue(activity);
         let msg = Outgoing {
             exchange: "",
             queue: &queue,
@@ -114,71 +119,50 @@ impl Env {
             message_id: Uuid::new_v4().to_string(),
             traceparent: None,
         };
-        broker::publish_confirmed(&self.channel, &[msg]).await?;
+        self.queue.publish(&[msg]).await?;
         Ok(())
     }
 
     /// Ready messages and consumers of `queue`.
-    async fn queue_counts(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let q = self
-            .channel
-            .queue_declare(queue, passive, FieldTable::default())
-            .await?;
-        Ok((q.message_count(), q.consumer_count()))
+    async fn queue_counts(&self, queue: &str) -> anyhow::Result<(u64, u32)> {
+        let stats = self.queue.inspect(queue).await?;
+        Ok((stats.depth, stats.consumers.unwrap_or(0)))
     }
 
-    async fn wait_for_messages(&self, queue: &str, n: u32) -> anyhow::Result<()> {
+    async fn wait_for_messages(&self, queue: &str, n: u64) -> anyhow::Result<()> {
         eventually(WAIT, &format!("{n} messages on {queue}"), || async {
             Ok((self.queue_counts(queue).await?.0 >= n).then_some(()))
         })
         .await
     }
 
-    /// Takes every message now on `queue`.
-    async fn take_all(&self, queue: &str) -> anyhow::Result<Vec<BasicGetMessage>> {
+    /// Takes (and acks) every message now on `queue`: its body and `traceparent` header.
+    async fn take_all(&self, queue: &str) -> anyhow::Result<Vec<(Vec<u8>, Option<String>)>> {
         let mut taken = Vec::new();
-        let options = BasicGetOptions { no_ack: true };
-        while let Some(msg) = self.channel.basic_get(queue, options).await? {
-            taken.push(msg);
+        let mut consumer = self.queue.consume(queue, 100).await?;
+        while let Ok(batch) =
+            tokio::time::timeout(Duration::from_millis(300), consumer.next_batch(100)).await
+        {
+            for d in batch? {
+                taken.push((d.body().to_vec(), d.traceparent()));
+                d.ack().await?;
+            }
         }
+        consumer.cancel().await?;
         Ok(taken)
     }
 
     /// Takes every result now on the results queue, with its `traceparent` header.
     async fn take_results(&self) -> anyhow::Result<Vec<(ResultMessage, Option<String>)>> {
-        let mut results = Vec::new();
-        for msg in self.take_all(&self.topology.results_queue()).await? {
-            let result: ResultMessage = serde_json::from_slice(&msg.delivery.data)?;
-            let traceparent = msg.delivery.properties.headers().as_ref().and_then(|h| {
-                match h.inner().get("traceparent") {
-                    Some(AMQPValue::LongString(s)) => {
-                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                    }
-                    _ => None,
-                }
-            });
-            results.push((result, traceparent));
-        }
-        Ok(results)
+        let results = self.topology().results_queue();
+        self.take_all(&results)
+            .await?
+            .into_iter()
+            .map(|(body, tp)| Ok((serde_json::from_slice(&body)?, tp)))
+            .collect()
     }
 
     async fn finish(self) -> anyhow::Result<()> {
-        for q in [
-            self.topology.results_queue(),
-            self.topology.dead_letter_queue(),
-            self.topology.task_queue(RECORD),
-            self.topology.task_queue(SLOW),
-            self.topology.task_queue(Greet::NAME),
-        ] {
-            self.channel
-                .queue_delete(&q, QueueDeleteOptions::default())
-                .await?;
-        }
-        self.conn.close(200, "test done").await?;
         self.pool.close().await;
         let admin = PgPoolOptions::new()
             .max_connections(1)
@@ -187,9 +171,46 @@ impl Env {
         sqlx::query(&format!("drop database {} with (force)", self.database))
             .execute(&admin)
             .await?;
+        if let Some(file) = &self.file {
+            let _ = std::fs::remove_file(file);
+        }
         Ok(())
     }
 }
+
+/// Each scenario once on RabbitMQ and once on the embedded queue.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod rabbitmq {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::rabbit_env().await?).await
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::embedded_env().await?).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    a_task_yields_one_completed_result_and_one_effect,
+    a_duplicate_task_yields_a_second_result_but_no_second_effect,
+    an_injected_permanent_fault_fails_the_task_without_retry,
+    a_transient_fault_is_retryable_and_spends_its_hits,
+    a_panic_fails_the_task_and_the_queue_keeps_flowing,
+    a_hanging_task_fails_with_timeout_at_its_deadline,
+    an_undecodable_task_is_dead_lettered,
+    shutdown_waits_for_the_task_in_flight_to_publish_and_ack,
+    a_typed_activity_decodes_its_input_or_fails_with_bad_input,
+);
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
 async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
@@ -232,7 +253,7 @@ struct Running {
     handle: JoinHandle<Result<(), WorkerError>>,
 }
 
-fn start(worker: Worker) -> Running {
+fn start<Q: TaskQueue>(worker: Worker<Q>) -> Running {
     let (shutdown, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(worker.run(async move {
         let _ = rx.await;
@@ -265,16 +286,16 @@ fn failed(outcome: &TaskOutcome) -> anyhow::Result<&ActivityError> {
     }
 }
 
-#[tokio::test]
-async fn a_task_yields_one_completed_result_and_one_effect() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn a_task_yields_one_completed_result_and_one_effect<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     let worker = start(env.worker().handler(env.recorder(RECORD), 4).build());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut t = task(RECORD, Uuid::new_v4(), "wf-1:reserve", json!({}));
     t.traceparent = Some(traceparent.into());
     env.publish(&t).await?;
 
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     worker.stop().await?;
 
@@ -294,14 +315,14 @@ async fn a_task_yields_one_completed_result_and_one_effect() -> anyhow::Result<(
         "traceparent is propagated"
     );
     assert_eq!(recording::effects_count(&env.pool, RECORD).await?, 1);
-    let (ready, _) = env.queue_counts(&env.topology.task_queue(RECORD)).await?;
+    let (ready, _) = env.queue_counts(&env.topology().task_queue(RECORD)).await?;
     assert_eq!(ready, 0, "the task was acked");
     env.finish().await
 }
 
-#[tokio::test]
-async fn a_duplicate_task_yields_a_second_result_but_no_second_effect() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn a_duplicate_task_yields_a_second_result_but_no_second_effect<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     let worker = start(env.worker().handler(env.recorder(RECORD), 4).build());
     let workflow = Uuid::new_v4();
     let first = task(RECORD, workflow, "same-key", json!({}));
@@ -310,7 +331,7 @@ async fn a_duplicate_task_yields_a_second_result_but_no_second_effect() -> anyho
     env.publish(&first).await?;
     env.publish(&second).await?;
 
-    env.wait_for_messages(&env.topology.results_queue(), 2)
+    env.wait_for_messages(&env.topology().results_queue(), 2)
         .await?;
     worker.stop().await?;
 
@@ -329,9 +350,9 @@ async fn a_duplicate_task_yields_a_second_result_but_no_second_effect() -> anyho
     env.finish().await
 }
 
-#[tokio::test]
-async fn an_injected_permanent_fault_fails_the_task_without_retry() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn an_injected_permanent_fault_fails_the_task_without_retry<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     let declined = Uuid::new_v4();
     recording::inject(
         &env.pool,
@@ -344,7 +365,7 @@ async fn an_injected_permanent_fault_fails_the_task_without_retry() -> anyhow::R
     env.publish(&bad).await?;
     env.publish(&good).await?;
 
-    env.wait_for_messages(&env.topology.results_queue(), 2)
+    env.wait_for_messages(&env.topology().results_queue(), 2)
         .await?;
     worker.stop().await?;
 
@@ -367,20 +388,20 @@ async fn an_injected_permanent_fault_fails_the_task_without_retry() -> anyhow::R
     env.finish().await
 }
 
-#[tokio::test]
-async fn a_transient_fault_is_retryable_and_spends_its_hits() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn a_transient_fault_is_retryable_and_spends_its_hits<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     recording::inject(&env.pool, &Fault::transient(RECORD, "unavailable").times(1)).await?;
     let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
     let workflow = Uuid::new_v4();
     let first = task(RECORD, workflow, "k", json!({}));
     env.publish(&first).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     let mut retry = task(RECORD, workflow, "k", json!({}));
     retry.attempt = 2;
     env.publish(&retry).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 2)
+    env.wait_for_messages(&env.topology().results_queue(), 2)
         .await?;
     worker.stop().await?;
 
@@ -397,19 +418,19 @@ async fn a_transient_fault_is_retryable_and_spends_its_hits() -> anyhow::Result<
     env.finish().await
 }
 
-#[tokio::test]
-async fn a_panic_fails_the_task_and_the_queue_keeps_flowing() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn a_panic_fails_the_task_and_the_queue_keeps_flowing<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     recording::inject(&env.pool, &Fault::panic(RECORD).times(1)).await?;
     // One at a time: if the panic leaked its permit, the next task would never run.
     let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
     let first = task(RECORD, Uuid::new_v4(), "boom", json!({}));
     env.publish(&first).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     let next = task(RECORD, Uuid::new_v4(), "after", json!({}));
     env.publish(&next).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 2)
+    env.wait_for_messages(&env.topology().results_queue(), 2)
         .await?;
     worker.stop().await?;
 
@@ -428,15 +449,15 @@ async fn a_panic_fails_the_task_and_the_queue_keeps_flowing() -> anyhow::Result<
     env.finish().await
 }
 
-#[tokio::test]
-async fn a_hanging_task_fails_with_timeout_at_its_deadline() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn a_hanging_task_fails_with_timeout_at_its_deadline<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     recording::inject(&env.pool, &Fault::hang(RECORD)).await?;
     let worker = start(env.worker().handler(env.recorder(RECORD), 1).build());
     let mut t = task(RECORD, Uuid::new_v4(), "slow", json!({}));
     t.deadline = Utc::now() + chrono::Duration::milliseconds(300);
     env.publish(&t).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     worker.stop().await?;
 
@@ -448,29 +469,27 @@ async fn a_hanging_task_fails_with_timeout_at_its_deadline() -> anyhow::Result<(
     env.finish().await
 }
 
-#[tokio::test]
-async fn an_undecodable_task_is_dead_lettered() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+async fn an_undecodable_task_is_dead_lettered<Q: TaskQueue>(env: Env<Q>) -> anyhow::Result<()> {
     let worker = start(env.worker().handler(env.recorder(RECORD), 2).build());
     env.publish_raw(RECORD, b"{ not a task").await?;
-    let dead = env.topology.dead_letter_queue();
+    let dead = env.topology().dead_letter_queue();
     env.wait_for_messages(&dead, 1).await?;
     // The queue keeps flowing after it.
     env.publish(&task(RECORD, Uuid::new_v4(), "k", json!({})))
         .await?;
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     worker.stop().await?;
 
     let dead = env.take_all(&dead).await?;
     ensure!(dead.len() == 1, "one dead letter, got {}", dead.len());
-    assert_eq!(dead[0].delivery.data, b"{ not a task");
+    assert_eq!(dead[0].0, b"{ not a task");
     let results = env.take_results().await?;
     ensure!(
         results.len() == 1,
         "only the good task has a result: {results:?}"
     );
-    let (ready, _) = env.queue_counts(&env.topology.task_queue(RECORD)).await?;
+    let (ready, _) = env.queue_counts(&env.topology().task_queue(RECORD)).await?;
     assert_eq!(ready, 0);
     env.finish().await
 }
@@ -494,9 +513,9 @@ impl Handler for Slow {
     }
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_the_task_in_flight_to_publish_and_ack() -> anyhow::Result<()> {
-    let env = Env::new(&[SLOW]).await?;
+async fn shutdown_waits_for_the_task_in_flight_to_publish_and_ack<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let slow = Slow {
         started: started.clone(),
@@ -510,7 +529,7 @@ async fn shutdown_waits_for_the_task_in_flight_to_publish_and_ack() -> anyhow::R
         .context("the task did not start")?;
 
     let _ = worker.shutdown.send(());
-    let queue = env.topology.task_queue(SLOW);
+    let queue = env.topology().task_queue(SLOW);
     eventually(WAIT, "the worker to stop consuming", || async {
         Ok((env.queue_counts(&queue).await?.1 == 0).then_some(()))
     })
@@ -537,9 +556,11 @@ async fn shutdown_waits_for_the_task_in_flight_to_publish_and_ack() -> anyhow::R
     env.finish().await
 }
 
+/// RabbitMQ pushes tasks ahead up to the prefetch; the embedded queue leases only what a handler
+/// starts on, so it has nothing pushed ahead to return.
 #[tokio::test]
 async fn shutdown_returns_prefetched_tasks_to_the_queue() -> anyhow::Result<()> {
-    let env = Env::new(&[SLOW]).await?;
+    let env = rabbit_env().await?;
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let slow = Slow {
         started: started.clone(),
@@ -551,7 +572,7 @@ async fn shutdown_returns_prefetched_tasks_to_the_queue() -> anyhow::Result<()> 
             .handler_with_prefetch(Arc::new(slow), 1, 3)
             .build(),
     );
-    let queue = env.topology.task_queue(SLOW);
+    let queue = env.topology().task_queue(SLOW);
     let first = task(SLOW, Uuid::new_v4(), "1", json!({}));
     env.publish(&first).await?;
     tokio::time::timeout(WAIT, started.notified())
@@ -590,22 +611,25 @@ async fn shutdown_returns_prefetched_tasks_to_the_queue() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn the_worker_resumes_after_the_broker_cancels_its_consumer() -> anyhow::Result<()> {
-    let env = Env::new(&[RECORD]).await?;
+    let env = rabbit_env().await?;
     let worker = start(env.worker().handler(env.recorder(RECORD), 2).build());
-    let queue = env.topology.task_queue(RECORD);
+    let queue = env.topology().task_queue(RECORD);
     eventually(WAIT, "the worker to consume", || async {
         Ok((env.queue_counts(&queue).await?.1 == 1).then_some(()))
     })
     .await?;
 
     // Deleting the queue cancels the worker's consumer, as a broker restart ends its connection.
-    env.channel
-        .queue_delete(&queue, QueueDeleteOptions::default())
+    let conn = orderflow_queue::rabbit::connect(&amqp_url(), WAIT).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .queue_delete(queue.as_str().into(), Default::default())
         .await?;
-    env.topology.declare_queue(&env.channel, &queue).await?;
+    orderflow_queue::rabbit::declare_queue(&channel, env.topology(), &queue).await?;
+    conn.close(200, "done".into()).await?;
     env.publish(&task(RECORD, Uuid::new_v4(), "k", json!({})))
         .await?;
-    env.wait_for_messages(&env.topology.results_queue(), 1)
+    env.wait_for_messages(&env.topology().results_queue(), 1)
         .await?;
     worker.stop().await?;
 
@@ -635,15 +659,15 @@ impl Activity for Greet {
     }
 }
 
-#[tokio::test]
-async fn a_typed_activity_decodes_its_input_or_fails_with_bad_input() -> anyhow::Result<()> {
-    let env = Env::new(&[Greet::NAME]).await?;
+async fn a_typed_activity_decodes_its_input_or_fails_with_bad_input<Q: TaskQueue>(
+    env: Env<Q>,
+) -> anyhow::Result<()> {
     let worker = start(env.worker().activity(Greet, 2).build());
     let good = task(Greet::NAME, Uuid::new_v4(), "a", json!({ "name": "Ada" }));
     let bad = task(Greet::NAME, Uuid::new_v4(), "b", json!({ "nom": 1 }));
     env.publish(&good).await?;
     env.publish(&bad).await?;
-    env.wait_for_messages(&env.topology.results_queue(), 2)
+    env.wait_for_messages(&env.topology().results_queue(), 2)
         .await?;
     worker.stop().await?;
 
@@ -664,7 +688,8 @@ async fn a_typed_activity_decodes_its_input_or_fails_with_bad_input() -> anyhow:
 
 #[tokio::test]
 async fn a_worker_refuses_an_activity_registered_twice() {
-    let worker = Worker::builder(amqp_url(), Topology::new("unused."))
+    let unused = RabbitQueue::new(amqp_url(), Topology::new("unused."), Duration::ZERO);
+    let worker = Worker::builder(unused)
         .activity(Greet, 1)
         .activity(Greet, 1)
         .build();

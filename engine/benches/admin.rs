@@ -32,7 +32,7 @@ use orderflow_engine::{
     admin::AdminConfig,
     api::{self, AppState},
 };
-use orderflow_testkit::{TestEnv, amqp_url};
+use orderflow_testkit::TestEnv;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -416,7 +416,7 @@ async fn main() -> anyhow::Result<()> {
         AppState {
             pool: env.pool.clone(),
             applier: env.applier(registry),
-            amqp_url: amqp_url(),
+            queue: std::sync::Arc::new(env.queue()),
         },
         Some(config),
     );

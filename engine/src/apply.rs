@@ -6,12 +6,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use orderflow_activities::broker::Topology;
 use orderflow_core::{
     Command, DecideError, Decision, Event, History, Registry, StepStatus, TaskMessage,
     WorkflowFinished, WorkflowId, WorkflowState, WorkflowStatus, protocol::finished_routing_key,
     replay,
 };
+use orderflow_queue::Topology;
 use serde_json::Value;
 use uuid::Uuid;
 

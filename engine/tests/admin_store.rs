@@ -9,7 +9,6 @@ mod admin_common;
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use orderflow_activities::broker::Topology;
 use orderflow_core::{Event, Registry, WorkflowId};
 use orderflow_engine::{
     admin::{
@@ -19,6 +18,7 @@ use orderflow_engine::{
     apply::{Applier, Outcome, StartRequest},
     store::sqlite::SqliteStore,
 };
+use orderflow_queue::Topology;
 use orderflow_testkit::order_input;
 use orderflow_workflows::order::contracts::*;
 use serde_json::json;

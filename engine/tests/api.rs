@@ -2,7 +2,7 @@
 //! test. No engine loops run here, so a started saga stays `running` with its first task in the
 //! outbox; worker results are applied by hand through the `Applier` where a test needs them.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -14,7 +14,8 @@ use orderflow_engine::{
     api::{AppState, router},
     apply::{Applier, Outcome},
 };
-use orderflow_testkit::{TestEnv, amqp_url, order_input};
+use orderflow_queue::rabbit::RabbitQueue;
+use orderflow_testkit::{TestEnv, order_input};
 use orderflow_workflows::order::contracts::INVENTORY_RESERVE;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -72,7 +73,7 @@ impl Api {
         let app = router(AppState {
             pool: env.pool.clone(),
             applier: applier.clone(),
-            amqp_url: amqp_url(),
+            queue: std::sync::Arc::new(env.queue()),
         });
         Ok(Self { env, applier, app })
     }
@@ -960,7 +961,11 @@ async fn ready_answers_503_when_the_broker_is_unreachable() -> anyhow::Result<()
     let app = router(AppState {
         pool: env.pool.clone(),
         applier,
-        amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        queue: Arc::new(RabbitQueue::new(
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+            env.topology.clone(),
+            Duration::ZERO,
+        )),
     });
 
     let res = app

@@ -4,32 +4,31 @@
 //!
 //! - `store_contract`: starts with idempotency keys, history, outbox taken only on commit,
 //!   timers, wake-ups.
-//! - `queue_contract`: order, prefetch, nack and requeue, dead-lettering, events routing, and
-//!   redelivery of what a dead consumer held.
-//! - `saga_contract`: the order saga through the portable engine and a queue worker, including
-//!   an engine stopped mid-saga and a new one (on the same data) finishing it.
+//! - `queue_contract`: order, prefetch, nack and requeue, dead-lettering, events routing, a batch
+//!   acked as one, a cancelled consumer giving back what was pushed ahead, the depth and
+//!   consumer counts, a wait that is given up losing nothing, and redelivery of what a dead
+//!   consumer held.
+//! - `saga_contract`: the order saga through the engine and the worker every command runs,
+//!   including an engine stopped mid-saga and a new one (on the same data) finishing it.
 
 use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use orderflow_activities::{
     TaskContext,
-    broker::Topology,
-    queue::{
-        Consumer, Delivery, Outgoing, TaskQueue, embedded::EmbeddedQueue, rabbit::RabbitQueue,
-        worker::QueueWorker,
-    },
-    worker::Handler,
+    worker::{Handler, Worker},
 };
 
 use orderflow_core::{ActivityError, Event, Registry, TaskMessage, WorkflowId};
 use orderflow_engine::{
-    EngineConfig,
+    Engine, EngineConfig,
     apply::{Applier, Outcome, StartError, StartRequest, now},
-    portable::PortableEngine,
     store::{
         backend::{Listener, Store, StoreTx, Wakeup},
         sqlite::SqliteStore,
     },
+};
+use orderflow_queue::{
+    Consumer, Delivery, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue, rabbit::RabbitQueue,
 };
 use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas};
 use orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES;
@@ -102,11 +101,12 @@ async fn queue_contract_rabbitmq() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let topology = env.topology.clone();
     let q = rabbit(&topology).await;
-    queue_contract(
-        q,
-        topology.clone(),
-        || async move { rabbit(&topology).await },
-    )
+    // A process that dies closes its connection.
+    let dying = q.clone();
+    queue_contract(q, topology.clone(), || async move {
+        dying.close().await;
+        rabbit(&topology).await
+    })
     .await
 }
 
@@ -127,7 +127,7 @@ async fn saga_contract_postgres_rabbitmq() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let topology = env.topology.clone();
     let pool = env.pool.clone();
-    saga_contract(topology.clone(), || {
+    saga_contract(|| {
         let (pool, topology) = (pool.clone(), topology.clone());
         async move { (pool, rabbit(&topology).await) }
     })
@@ -138,7 +138,7 @@ async fn saga_contract_postgres_rabbitmq() -> anyhow::Result<()> {
 async fn saga_contract_sqlite_embedded() -> anyhow::Result<()> {
     let dir = scratch_dir();
     let topology = Topology::new("t.");
-    saga_contract(topology.clone(), || {
+    saga_contract(|| {
         let (dir, topology) = (dir.clone(), topology.clone());
         // Every open is a restart on the same files.
         async move {
@@ -324,6 +324,11 @@ where
     assert_eq!(d2.body(), b"m2");
     assert!(d2.redelivered());
 
+    // The depth counts what waits, not what is out; the consumer counts itself.
+    let stats = q.inspect(&queue).await?;
+    assert_eq!((stats.depth, stats.consumers), (0, Some(1)), "{stats:?}");
+    assert!(d2.published_at().is_some(), "published_at");
+
     // A consumer that dies holding it (no ack, no nack): the next process gets it again.
     std::mem::forget(d2);
     drop(c);
@@ -363,6 +368,67 @@ where
         d.ack().await?;
     }
     assert_eq!(bodies, vec![b"e1".to_vec(), b"e2".to_vec()]);
+    drop(ce);
+
+    batches_and_cancels(&q2, &topology).await
+}
+
+/// A batch acked as one; a wait given up loses nothing; a cancelled consumer gives back what was
+/// pushed ahead to it and still settles what it handed out.
+async fn batches_and_cancels<Q: TaskQueue>(q: &Q, topology: &Topology) -> anyhow::Result<()> {
+    let queue = topology.task_queue("conformance.b");
+    q.declare(&queue).await?;
+    let bodies: Vec<Vec<u8>> = (0..6).map(|i| format!("b{i}").into_bytes()).collect();
+    let publish = |range: std::ops::Range<usize>| {
+        let out: Vec<Outgoing<'_>> = bodies[range]
+            .iter()
+            .map(|body| Outgoing {
+                exchange: "",
+                queue: &queue,
+                body,
+                message_id: Uuid::new_v4().to_string(),
+                traceparent: None,
+            })
+            .collect();
+        async move { q.publish(&out).await }
+    };
+    let mut c = q.consume(&queue, 10).await?;
+    // Nothing is there yet: the waits are given up, which must not swallow a message.
+    for _ in 0..3 {
+        let waited = tokio::time::timeout(Duration::from_millis(150), c.next_batch(10)).await;
+        assert!(waited.is_err(), "nothing was published yet");
+    }
+    publish(0..4).await?;
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(tokio::time::timeout(WITHIN, c.next_batch(10)).await??);
+    }
+    let seen: Vec<&[u8]> = got.iter().map(Delivery::body).collect();
+    assert_eq!(seen, [&b"b0"[..], b"b1", b"b2", b"b3"]);
+    Delivery::ack_all(got).await?;
+    let stats = q.inspect(&queue).await?;
+    assert_eq!(stats.depth, 0, "{stats:?}");
+
+    // Cancelled with deliveries out and more pushed ahead: what it handed out is still settled
+    // through it, the rest is delivered to the next consumer.
+    publish(4..6).await?;
+    let out = tokio::time::timeout(WITHIN, c.next()).await??;
+    assert_eq!(out.body(), b"b4");
+    c.cancel().await?;
+    assert!(
+        c.next().await.is_err(),
+        "a cancelled consumer hands out nothing"
+    );
+    let mut c2 = q.consume(&queue, 10).await?;
+    let next = tokio::time::timeout(WITHIN, c2.next()).await??;
+    assert_eq!(next.body(), b"b5");
+    out.ack().await?;
+    next.ack().await?;
+    let empty = tokio::time::timeout(Duration::from_millis(300), c2.next()).await;
+    assert!(
+        empty.is_err(),
+        "b4 was acked through the cancelled consumer"
+    );
     Ok(())
 }
 
@@ -391,22 +457,24 @@ impl Handler for Succeed {
     }
 }
 
-fn workers<Q: TaskQueue>(q: Q, topology: &Topology) -> QueueWorker<Q> {
+fn workers<Q: TaskQueue>(q: Q) -> Worker<Q> {
     ORDER_SAGA_ACTIVITIES
         .iter()
-        .fold(QueueWorker::new(q, topology.clone()), |w, a| {
+        .fold(Worker::builder(q), |w, a| {
             w.handler(Arc::new(Succeed(a)), 4)
         })
+        .build()
 }
 
-fn config(topology: &Topology) -> EngineConfig {
-    let mut config = EngineConfig::new(amqp_url(), topology.clone());
-    config.poll_fallback = Duration::from_millis(200);
-    config
+fn config() -> EngineConfig {
+    EngineConfig {
+        poll_fallback: Duration::from_millis(200),
+        ..EngineConfig::default()
+    }
 }
 
 /// `open` opens the store and queue; called again, it is a restart on the same data.
-async fn saga_contract<S, Q, F, Fut>(topology: Topology, open: F) -> anyhow::Result<()>
+async fn saga_contract<S, Q, F, Fut>(open: F) -> anyhow::Result<()>
 where
     S: Store,
     Q: TaskQueue,
@@ -415,10 +483,10 @@ where
 {
     // First life: an engine but no workers; the saga gets as far as its first task.
     let (store, queue) = open().await;
-    let engine = PortableEngine::new(store.clone(), queue.clone(), registry(), config(&topology));
+    let engine = Engine::new(store.clone(), queue.clone(), registry(), config());
     let stop = CancellationToken::new();
     let running = tokio::spawn(engine.clone().run(stop.clone()));
-    let id = engine.applier.start(&store, request(None, "h")).await?.id;
+    let id = engine.applier().start(&store, request(None, "h")).await?.id;
     eventually(WITHIN, "the reserve task to be published", || {
         let store = store.clone();
         async move {
@@ -433,11 +501,12 @@ where
 
     // Second life on the same data: the engine and workers resume and finish the saga.
     let (store, queue) = open().await;
-    let engine = PortableEngine::new(store.clone(), queue.clone(), registry(), config(&topology));
+    let engine = Engine::new(store.clone(), queue.clone(), registry(), config());
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     tokio::spawn(engine.run(stop.clone()));
-    tokio::spawn(workers(queue.clone(), &topology).run(stop.clone()));
+    let s = stop.clone();
+    tokio::spawn(workers(queue.clone()).run(s.cancelled_owned()));
     let status = eventually(WITHIN, "the saga to complete", || {
         let store = store.clone();
         async move {

@@ -18,7 +18,7 @@ use orderflow_core::Registry;
 use orderflow_engine::api::{self, AppState};
 use orderflow_telemetry::{self as telemetry, Export, Telemetry, TelemetryConfig};
 use orderflow_testkit::recording::{self, Fault};
-use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input, sagas, settled};
+use orderflow_testkit::{TestEnv, eventually, order_input, sagas, settled};
 use orderflow_workflows::order::contracts::*;
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -173,7 +173,7 @@ impl Stack {
         let app = api::router(AppState {
             pool: env.pool.clone(),
             applier,
-            amqp_url: amqp_url(),
+            queue: std::sync::Arc::new(env.queue()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
@@ -185,7 +185,7 @@ impl Stack {
                 .await
         });
         let workers = CancellationToken::new();
-        let worker = Worker::builder(amqp_url(), env.topology.clone())
+        let worker = Worker::builder(env.queue())
             .handlers(recording::order_saga_handlers(env.pool.clone()), 4)
             .build();
         let w = workers.clone();

@@ -5,17 +5,13 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use futures::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions},
-    types::FieldTable,
+use orderflow_engine::loops::backlog::{
+    Backlog, OUTBOX_LAG, OUTBOX_ROWS, QUEUE_CONSUMERS, QUEUE_DEPTH, WORKFLOWS_STUCK,
 };
-use orderflow_activities::broker::{self, Outgoing};
-use orderflow_engine::queue_metrics::{
-    OUTBOX_LAG, OUTBOX_ROWS, QUEUE_CONSUMERS, QUEUE_DEPTH, QueueMetrics, QueueSample,
-    WORKFLOWS_STUCK,
+use orderflow_queue::{
+    Consumer as _, Delivery as _, Outgoing, QueueStats, TaskQueue, rabbit::RabbitQueue,
 };
-use orderflow_testkit::{TestEnv, amqp_url, eventually};
+use orderflow_testkit::{TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,7 +21,7 @@ const CHARGE: &str = "payment.charge";
 const MISSING: &str = "inventory.reserve";
 
 /// Publishes `n` persistent tasks to `queue` and waits for the broker's confirms.
-async fn publish(channel: &lapin::Channel, queue: &str, n: usize) -> anyhow::Result<()> {
+async fn publish(q: &RabbitQueue, queue: &str, n: usize) -> anyhow::Result<()> {
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|i| format!("{{\"n\":{i}}}").into_bytes())
         .collect();
@@ -39,60 +35,36 @@ async fn publish(channel: &lapin::Channel, queue: &str, n: usize) -> anyhow::Res
             traceparent: None,
         })
         .collect();
-    broker::publish_confirmed(channel, &msgs).await?;
+    q.publish(&msgs).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let conn = broker::connect(&amqp_url(), Duration::from_secs(10)).await?;
-    let channel = broker::confirm_channel(&conn).await?;
+    let queue = env.queue();
     let charge_queue = env.topology.task_queue(CHARGE);
     let missing_queue = env.topology.task_queue(MISSING);
-    env.topology.declare_queue(&channel, &charge_queue).await?;
-    publish(&channel, &charge_queue, 5).await?;
+    publish(&queue, &charge_queue, 5).await?;
 
     // One sample by hand. The missing queue comes first: the sampler declares it as the relay
-    // would (no 404 for lapin to log as an error every tick), empty and without consumers, and
-    // goes on to the next.
-    let mut sampler = QueueMetrics::new(
-        env.pool.clone(),
-        amqp_url(),
-        env.topology.clone(),
-        vec![MISSING.to_owned(), CHARGE.to_owned()],
-    );
+    // would, empty and without consumers, and goes on to the next.
+    let activities = vec![MISSING.to_owned(), CHARGE.to_owned()];
+    let sampler = Backlog::new(env.pool.clone(), queue.clone(), activities.clone());
     let seen = sampler.sample_queues().await?;
+    let empty = QueueStats {
+        depth: 0,
+        consumers: Some(0),
+    };
+    let five = QueueStats {
+        depth: 5,
+        consumers: Some(0),
+    };
     assert_eq!(
         seen,
-        vec![
-            (
-                missing_queue.clone(),
-                QueueSample {
-                    depth: 0,
-                    consumers: 0
-                }
-            ),
-            (
-                charge_queue.clone(),
-                QueueSample {
-                    depth: 5,
-                    consumers: 0
-                }
-            ),
-        ]
+        vec![(missing_queue.clone(), empty), (charge_queue.clone(), five)]
     );
-    channel
-        .queue_declare(
-            &missing_queue,
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("the sampler left {missing_queue} undeclared: {e}"))?;
+    assert_eq!(queue.inspect(&missing_queue).await?, empty);
     assert_eq!(QUEUE_DEPTH.with_label_values(&[&charge_queue]).get(), 5);
     let text = orderflow_engine::metrics::render();
     ensure!(
@@ -105,35 +77,22 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
     // The loop keeps the gauges current: more tasks raise the depth...
     let stop = CancellationToken::new();
     tokio::spawn(
-        QueueMetrics::new(
-            env.pool.clone(),
-            amqp_url(),
-            env.topology.clone(),
-            vec![MISSING.to_owned(), CHARGE.to_owned()],
-        )
-        .interval(Duration::from_millis(50))
-        .run(stop.clone()),
+        Backlog::new(env.pool.clone(), queue.clone(), activities)
+            .interval(Duration::from_millis(50))
+            .run(stop.clone()),
     );
-    publish(&channel, &charge_queue, 3).await?;
+    publish(&queue, &charge_queue, 3).await?;
     eventually(WAIT, "a depth of 8", || async {
         Ok((QUEUE_DEPTH.with_label_values(&[&charge_queue]).get() == 8).then_some(()))
     })
     .await?;
 
     // ...and a worker taking them shows as a consumer while the depth falls to zero.
-    let worker = conn.create_channel().await?;
-    worker.basic_qos(2, BasicQosOptions::default()).await?;
-    let mut consumer = worker
-        .basic_consume(
-            &charge_queue,
-            "test-worker",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let worker = env.queue();
+    let mut consumer = worker.consume(&charge_queue, 2).await?;
     let acker = tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+        while let Ok(delivery) = consumer.next().await {
+            let _ = delivery.ack().await;
         }
     });
     eventually(WAIT, "one consumer and an empty queue", || async {
@@ -142,8 +101,8 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
         Ok((consumers == 1 && depth == 0).then_some(()))
     })
     .await?;
-    worker.close(200, "done").await?;
     acker.abort();
+    worker.close().await;
     eventually(WAIT, "no consumer once the worker left", || async {
         Ok((QUEUE_CONSUMERS.with_label_values(&[&charge_queue]).get() == 0).then_some(()))
     })
@@ -182,17 +141,7 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
         Ok((OUTBOX_ROWS.get() == 0 && OUTBOX_LAG.get() == 0.0).then_some(()))
     })
     .await?;
-
     stop.cancel();
-    for q in [
-        &charge_queue,
-        &missing_queue,
-        &env.topology.dead_letter_queue(),
-    ] {
-        channel
-            .queue_delete(q, QueueDeleteOptions::default())
-            .await?;
-    }
     Ok(())
 }
 
@@ -200,20 +149,20 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
 async fn a_broker_that_cannot_be_reached_is_an_error_not_a_zero() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     // Port 1 on loopback refuses connections at once.
-    let mut sampler = QueueMetrics::new(
-        env.pool.clone(),
+    let unreachable = RabbitQueue::new(
         "amqp://guest:guest@127.0.0.1:1/%2f",
         env.topology.clone(),
-        vec![CHARGE.to_owned()],
-    )
-    .interval(Duration::from_millis(200));
+        Duration::ZERO,
+    );
+    let sampler = Backlog::new(env.pool.clone(), unreachable, vec![CHARGE.to_owned()])
+        .interval(Duration::from_millis(200));
     let queue = env.topology.task_queue(CHARGE);
     QUEUE_DEPTH.with_label_values(&[&queue]).set(7);
     let err = sampler.sample_queues().await;
     ensure!(err.is_err(), "sampling an unreachable broker succeeded");
     // The last known value stays: an outage must not look like an emptied queue on the dashboards.
     assert_eq!(QUEUE_DEPTH.with_label_values(&[&queue]).get(), 7);
-    // The database half works on its own.
-    sampler.sample_database().await?;
+    // The store half works on its own.
+    sampler.sample_store().await?;
     Ok(())
 }

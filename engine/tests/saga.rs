@@ -4,16 +4,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orderflow_activities::{
-    broker::{self, Outgoing},
-    worker::Worker,
-};
+use orderflow_activities::worker::Worker;
+use orderflow_queue::{Consumer as _, Delivery as _, Outgoing, TaskQueue as _};
 
 use orderflow_testkit::recording::{self, Fault};
 
 use orderflow_core::{Event, Registry, ResultMessage, TaskOutcome, WorkflowId};
 use orderflow_engine::apply::{Applier, Outcome};
-use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, scheduled, settled, start_order};
+use orderflow_testkit::{TestEnv, eventually, sagas, scheduled, settled, start_order};
 use orderflow_workflows::order::contracts::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +55,7 @@ impl Stack {
 
     fn spawn_workers(&mut self, activities: &[&str]) {
         let stop = CancellationToken::new();
-        let mut worker = Worker::builder(amqp_url(), self.env.topology.clone());
+        let mut worker = Worker::builder(self.env.queue());
         for h in recording::order_saga_handlers(self.env.pool.clone()) {
             if activities.contains(&h.activity()) {
                 worker = worker.handler(h, 8);
@@ -279,8 +277,6 @@ async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
             output: serde_json::json!({"again": true}),
         },
     };
-    let conn = broker::connect(&amqp_url(), Duration::from_secs(5)).await?;
-    let ch = broker::confirm_channel(&conn).await?;
     let bytes = serde_json::to_vec(&duplicate)?;
     let queue = stack.env.topology.results_queue();
     let msg = Outgoing {
@@ -290,7 +286,7 @@ async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
         message_id: "dup".into(),
         traceparent: None,
     };
-    broker::publish_confirmed(&ch, &[msg]).await?;
+    stack.env.queue().publish(&[msg]).await?;
     let ignored = eventually(SETTLE, "the duplicate to be recorded", || async {
         let row: Option<(String,)> = sqlx::query_as(
             "select ignored from history where workflow_id = $1 and ignored is not null",
@@ -409,26 +405,12 @@ async fn an_engine_started_later_resumes_unsent_tasks() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_hear_when_a_saga_finishes_and_why() -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-
     // No charge worker until the fault is in place, so the declined saga cannot charge first.
     let mut stack = Stack::new(sagas::fast_order(), &[PAYMENT_CHARGE]).await?;
-    let conn = broker::connect(&amqp_url(), Duration::from_secs(5)).await?;
-    let ch = conn.create_channel().await?;
-    let topology = &stack.env.topology;
-    let queue = format!("{}order.workflow-events", topology.prefix);
-    topology
-        .bind_events(&ch, &queue, "workflow.finished.order")
-        .await?;
-    let mut events = ch
-        .basic_consume(
-            &queue,
-            "",
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await?;
+    let queue = stack.env.queue();
+    let name = stack.env.topology.events_queue("order");
+    queue.bind_events(&name, "workflow.finished.order").await?;
+    let mut events = queue.consume(&name, 10).await?;
 
     let fault = Fault::permanent(PAYMENT_CHARGE, "card_declined");
     let declined = start_order(&stack.env, &stack.applier).await?;
@@ -437,11 +419,9 @@ async fn services_hear_when_a_saga_finishes_and_why() -> anyhow::Result<()> {
     stack.spawn_workers(&[PAYMENT_CHARGE]);
     let mut heard = std::collections::HashMap::new();
     while heard.len() < 2 {
-        let delivery = tokio::time::timeout(SETTLE, events.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
-        let finished: orderflow_core::WorkflowFinished = serde_json::from_slice(&delivery.data)?;
-        delivery.ack(BasicAckOptions::default()).await?;
+        let delivery = tokio::time::timeout(SETTLE, events.next()).await??;
+        let finished: orderflow_core::WorkflowFinished = serde_json::from_slice(delivery.body())?;
+        delivery.ack().await?;
         heard.insert(finished.workflow_id.0, finished);
     }
     assert_eq!(heard[&ok].status, orderflow_core::WorkflowStatus::Completed);

@@ -9,7 +9,7 @@ use orderflow_activities::worker::{Handler, Worker};
 use orderflow_testkit::recording::{self, Fault, RecordingActivity};
 
 use orderflow_core::Registry;
-use orderflow_testkit::{TestEnv, amqp_url, eventually, scheduled, settled, start_order};
+use orderflow_testkit::{TestEnv, eventually, scheduled, settled, start_order};
 use orderflow_workflows::order;
 use orderflow_workflows::order::contracts::{
     FRAUD_CHECK, INVENTORY_RELEASE, INVENTORY_RESERVE, NOTIFICATION_SEND, ORDER_CREATE,
@@ -23,7 +23,7 @@ fn workers(env: &TestEnv, skip: &[&str]) -> CancellationToken {
     let mut handlers = recording::order_saga_handlers(env.pool.clone());
     handlers
         .push(Arc::new(RecordingActivity::new(FRAUD_CHECK, env.pool.clone())) as Arc<dyn Handler>);
-    let mut worker = Worker::builder(amqp_url(), env.topology.clone());
+    let mut worker = Worker::builder(env.queue());
     for h in handlers
         .into_iter()
         .filter(|h| !skip.contains(&h.activity()))

@@ -18,10 +18,13 @@ use std::{
 
 use futures::StreamExt;
 use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
-use orderflow_activities::broker::{self, Outgoing};
+use orderflow_queue::{Outgoing, rabbit};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -62,7 +65,7 @@ impl Row {
 
 /// Runs every pattern on both queue versions with `args.sagas * 4` messages each.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
-    let conn = broker::connect(&args.conn.amqp_url, Duration::from_secs(10)).await?;
+    let conn = rabbit::connect(&args.conn.amqp_url, Duration::from_secs(10)).await?;
     let ticks = measure::clock_ticks();
     let messages = args.sagas * 4;
     let tag = Uuid::new_v4().simple().to_string();
@@ -87,11 +90,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
             )
             .await;
             let channel = conn.create_channel().await?;
-            channel.queue_delete(&queue, Default::default()).await?;
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await?;
             rows.push(row?);
         }
     }
-    let _ = conn.close(200, "broker floor done").await;
+    let _ = conn.close(200, "broker floor done".into()).await;
     Ok(rows)
 }
 
@@ -113,19 +118,24 @@ async fn one(
         durable: true,
         ..Default::default()
     };
-    consuming.queue_declare(queue, durable, queue_args).await?;
+    consuming
+        .queue_declare(queue.into(), durable, queue_args)
+        .await?;
     consuming
         .basic_qos(concurrency.max(1) as u16, BasicQosOptions::default())
         .await?;
     let mut consumer = consuming
         .basic_consume(
-            queue,
-            "",
+            queue.into(),
+            "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let publisher = broker::confirm_channel(conn).await?;
+    let publisher = conn.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let broker_before = measure::broker_cpu(ticks);
     let client_before = measure::cpu_seconds(std::process::id(), ticks).unwrap_or(0.0);
     let started = Instant::now();
@@ -152,7 +162,7 @@ async fn one(
         let ids: Vec<usize> = (0..messages).collect();
         for chunk in ids.chunks(concurrency.max(1)) {
             let batch: Vec<Outgoing<'_>> = chunk.iter().map(|&i| msg(i)).collect();
-            broker::publish_confirmed(&publisher, &batch).await?;
+            rabbit::publish_confirmed(&publisher, &batch).await?;
         }
     } else {
         let next = Arc::new(AtomicUsize::new(0));
@@ -164,7 +174,7 @@ async fn one(
                     if i >= messages {
                         return anyhow::Ok(());
                     }
-                    broker::publish_confirmed(&publisher, &[msg(i)]).await?;
+                    rabbit::publish_confirmed(&publisher, &[msg(i)]).await?;
                 }
             }
         });
@@ -174,8 +184,8 @@ async fn one(
     let elapsed = started.elapsed();
     let broker_cpu = measure::broker_cpu(ticks) - broker_before;
     let client_cpu = measure::cpu_seconds(std::process::id(), ticks).unwrap_or(0.0) - client_before;
-    let _ = publisher.close(200, "done").await;
-    let _ = consuming.close(200, "done").await;
+    let _ = publisher.close(200, "done".into()).await;
+    let _ = consuming.close(200, "done".into()).await;
     Ok(Row {
         pattern,
         queue_version,

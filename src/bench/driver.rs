@@ -13,7 +13,10 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{options::BasicConsumeOptions, types::FieldTable};
-use orderflow_activities::broker;
+use orderflow_queue::{
+    TaskQueue as _,
+    rabbit::{self, RabbitQueue},
+};
 
 use super::activities::DECLINED_CARD;
 use orderflow_core::{WorkflowFinished, WorkflowStatus};
@@ -92,17 +95,19 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Binds the driver's queue to the finished events and starts consuming them.
     pub async fn connect(db: &BenchDb, args: &BenchArgs, target: Target) -> anyhow::Result<Self> {
-        let amqp = broker::connect(&args.conn.amqp_url, Duration::from_secs(10)).await?;
-        let channel = amqp.create_channel().await?;
         let queue = db.finished_queue();
-        db.topology()
-            .bind_events(&channel, &queue, &db.finished_routing_key())
+        let patience = Duration::from_secs(10);
+        RabbitQueue::connect(&args.conn.amqp_url, db.topology(), patience)
+            .await?
+            .bind_events(&queue, &db.finished_routing_key())
             .await?;
+        let amqp = rabbit::connect(&args.conn.amqp_url, patience).await?;
+        let channel = amqp.create_channel().await?;
         // No acks: these events only time the run, and the check reads the database anyway.
         let mut consumer = channel
             .basic_consume(
-                &queue,
-                "bench-driver",
+                queue.as_str().into(),
+                "bench-driver".into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -352,7 +357,7 @@ impl Driver {
 
     pub async fn close(self) {
         self.consumer.abort();
-        let _ = self.amqp.close(200, "bench done").await;
+        let _ = self.amqp.close(200, "bench done".into()).await;
         self.pool.close().await;
     }
 }

@@ -11,13 +11,14 @@
 //! confirmed order and none for a cancelled one, stock conserved (nothing left reserved, as many
 //! units sold as confirmed), one notification per confirmed order, the engine's outbox empty.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
+use orderflow_queue::rabbit::RabbitQueue;
 use orderflow_service_kit::{
-    ServiceConfig,
     auth::{JwtKeys, Role},
     db,
+    parts::Placement,
 };
 use orderflow_stripe_sandbox::{RunningSandbox, SandboxConfig};
 use serde_json::json;
@@ -27,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{BenchArgs, check::Check, stack::BenchDb};
+use crate::services::{SERVICES, Settings};
 
 /// The product every bench order buys, and how many units it is stocked with.
 pub const SKU: &str = "bench-sku";
 const PRICE: i64 = 2599;
 const STOCKED: i64 = 1_000_000_000;
-const SERVICES: [&str; 5] = ["user", "inventory", "order", "payment", "notification"];
 
 /// The five services running in this process, and the sandbox they charge.
 pub struct Running {
@@ -63,46 +64,50 @@ impl Running {
         let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let mut urls = HashMap::new();
-        let mut configs = HashMap::new();
-        for name in SERVICES {
-            let bind = free_port()?;
-            urls.insert(name, format!("http://{bind}"));
-            let mut c = ServiceConfig::local(name, bind.port());
-            c.bind = bind;
-            c.database_url = db::with_database(&db.url, &format!("{}_{name}", db.name))?;
-            c.amqp_url = args.conn.amqp_url.clone();
-            c.queue_prefix = db.prefix.clone();
-            c.jwt_secret = secret.clone();
-            c.engine_url = engine_url.to_owned();
+        let mut binds = HashMap::new();
+        for service in SERVICES {
+            binds.insert(service.name, free_port()?);
+        }
+        let urls: HashMap<&str, String> = binds
+            .iter()
+            .map(|(name, bind)| (*name, format!("http://{bind}")))
+            .collect();
+        let (db_url, db_name) = (db.url.clone(), db.name.clone());
+        let settings = Settings {
+            jwt_secret: secret.clone(),
+            engine_url: engine_url.to_owned(),
+            inventory_url: urls["inventory"].clone(),
+            user_url: urls["user"].clone(),
+            redis_url: args.conn.redis_url.clone(),
+            queue_prefix: db.prefix.clone(),
             // Below the services' pool size (10): the notification service's outbox provider
             // takes a second connection while its handler holds a transaction, so as many
             // sends at once as pooled connections starve each other until the task times out.
-            c.worker_concurrency = args.worker_concurrency.min(8);
-            configs.insert(name, c);
-        }
-        let service = |name: &str| configs[name].clone();
-        let s = stop.clone();
-        let mut user = orderflow_user::UserConfig::local(secret.clone());
-        user.service = service("user");
-        tasks.spawn(async move { orderflow_user::run(user, s).await });
-        let s = stop.clone();
-        let inventory = orderflow_inventory::InventoryConfig::new(service("inventory"));
-        tasks.spawn(async move { orderflow_inventory::run(inventory, s).await });
-        let s = stop.clone();
-        let payment = orderflow_payment::PaymentConfig::new(
-            service("payment"),
-            orderflow_payment::StripeConfig::sandbox(sandbox.url()),
+            worker_concurrency: args.worker_concurrency.min(8),
+            database_url: Arc::new(move |name| {
+                db::with_database(&db_url, &format!("{db_name}_{name}"))
+            }),
+            bind: Arc::new(move |name, _| binds.get(name).copied()),
+            stripe: Some(orderflow_payment::StripeConfig::sandbox(sandbox.url())),
+            smtp_url: None,
+            email_from: None,
+            seed_demo_products: false,
+            admin: None,
+        };
+        let queue = RabbitQueue::new(
+            args.conn.amqp_url.clone(),
+            db.topology(),
+            orderflow_service_kit::config::BROKER_PATIENCE,
         );
-        tasks.spawn(async move { orderflow_payment::run(payment, s).await });
-        let s = stop.clone();
-        let notification = orderflow_notification::NotificationConfig::new(service("notification"));
-        tasks.spawn(async move { orderflow_notification::run(notification, s).await });
-        let s = stop.clone();
-        let mut order = orderflow_order::OrderConfig::new(service("order"));
-        order.inventory_url = urls["inventory"].clone();
-        order.user_url = urls["user"].clone();
-        tasks.spawn(async move { orderflow_order::run(order, s).await });
+        for service in SERVICES {
+            let placement = Placement {
+                bind: service.bind(&settings),
+                concurrency: settings.worker_concurrency,
+                workers: true,
+            };
+            let parts = service.parts(&settings).await?;
+            tasks.spawn(parts.run(queue.clone(), placement, stop.clone()));
+        }
 
         let mut running = Self {
             stop,
@@ -229,7 +234,7 @@ impl Running {
             ledger,
             urls: SERVICES
                 .iter()
-                .map(|s| Ok((*s, self.database_url(s)?)))
+                .map(|s| Ok((s.name, self.database_url(s.name)?)))
                 .collect::<anyhow::Result<_>>()?,
         })
     }
@@ -336,10 +341,10 @@ impl Checked {
 /// Drops the services' databases (those that were created).
 pub async fn drop_all(db: &BenchDb) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(&format!("{}/postgres", db.server())).await?;
-    for name in SERVICES {
+    for service in SERVICES {
         sqlx::query(&format!(
-            "drop database if exists {}_{name} with (force)",
-            db.name
+            "drop database if exists {}_{} with (force)",
+            db.name, service.name
         ))
         .execute(&mut admin)
         .await?;

@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use orderflow_activities::{broker, broker::Topology, worker::Worker};
+use orderflow_activities::worker::Worker;
+use orderflow_queue::{Topology, rabbit::RabbitQueue};
+use orderflow_service_kit::config::BROKER_PATIENCE;
 
 use super::activities as bench;
 use orderflow_core::protocol::finished_routing_key;
@@ -100,7 +102,7 @@ impl BenchDb {
         .execute(&admin)
         .await?;
         admin.close().await;
-        let conn = broker::connect(amqp_url, Duration::from_secs(5)).await?;
+        let conn = orderflow_queue::rabbit::connect(amqp_url, Duration::from_secs(5)).await?;
         let channel = conn.create_channel().await?;
         let t = self.topology();
         let mut queues: Vec<String> = orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES
@@ -114,14 +116,14 @@ impl BenchDb {
         ]);
         for q in queues {
             channel
-                .queue_delete(&q, Default::default())
+                .queue_delete(q.as_str().into(), Default::default())
                 .await
                 .with_context(|| format!("deleting queue {q}"))?;
         }
         channel
-            .exchange_delete(&t.events_exchange(), Default::default())
+            .exchange_delete(t.events_exchange().into(), Default::default())
             .await?;
-        let _ = conn.close(200, "bench done").await;
+        let _ = conn.close(200, "bench done".into()).await;
         Ok(())
     }
 
@@ -389,12 +391,17 @@ async fn start_in_process(
         .connect(&db.url)
         .await?;
     let registry = Arc::new(orderflow_workflows::registry());
-    let config = EngineConfig::new(args.conn.amqp_url.clone(), db.topology());
-    let engine = Engine::new(engine_pool.clone(), registry, config);
+    let queue = RabbitQueue::new(args.conn.amqp_url.clone(), db.topology(), BROKER_PATIENCE);
+    let engine = Engine::new(
+        engine_pool.clone(),
+        queue.clone(),
+        registry,
+        EngineConfig::default(),
+    );
     let app = api::router(AppState {
         pool: engine_pool.clone(),
-        applier: engine.applier.clone(),
-        amqp_url: args.conn.amqp_url.clone(),
+        applier: engine.applier().clone(),
+        queue: Arc::new(queue),
     });
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let mut tasks = Vec::new();
@@ -428,8 +435,13 @@ async fn start_in_process(
     })
 }
 
-fn bench_worker(amqp_url: &str, topology: Topology, pool: PgPool, args: &BenchArgs) -> Worker {
-    let mut worker = Worker::builder(amqp_url, topology);
+fn bench_worker(
+    amqp_url: &str,
+    topology: Topology,
+    pool: PgPool,
+    args: &BenchArgs,
+) -> Worker<RabbitQueue> {
+    let mut worker = Worker::builder(RabbitQueue::new(amqp_url, topology, BROKER_PATIENCE));
     for h in bench::order_saga_handlers(pool) {
         worker = worker.handler(h, args.worker_concurrency);
     }

@@ -8,7 +8,7 @@ use tower::ServiceExt as _;
 
 /// Routes by path prefix: the first `(prefix, router)` whose prefix is the path or a parent of
 /// it answers; otherwise `rest` does.
-pub fn router(routes: Vec<(&'static str, Router)>, rest: Router) -> Router {
+pub fn router(routes: Vec<(String, Router)>, rest: Router) -> Router {
     Router::new().fallback(move |req: Request| {
         let routes = routes.clone();
         let rest = rest.clone();
@@ -58,8 +58,8 @@ mod tests {
     async fn each_prefix_goes_to_its_service_and_the_rest_to_the_engine() {
         let app = router(
             vec![
-                ("/api/v1/orders", answering("order")),
-                ("/api/v1/products", answering("inventory")),
+                ("/api/v1/orders".to_owned(), answering("order")),
+                ("/api/v1/products".to_owned(), answering("inventory")),
             ],
             Router::new()
                 .route("/health", get(|| async { "engine" }))

@@ -1,8 +1,8 @@
 //! `orderflow dev`: the whole platform in one process with nothing else installed. The engine
-//! runs its portable loops ([`orderflow_engine::portable`]) on the embedded SQLite store, tasks,
-//! results and finished-saga events go through the in-process queue (durable in SQLite), and the
-//! five services run as in `orderflow up` but each on its own SQLite database
-//! ([`services`]), with payments through the built-in Stripe sandbox (a real HTTP client against
+//! ([`orderflow_engine::Engine`], the one `orderflow up` runs) is on the embedded SQLite store,
+//! tasks, results and finished-saga events go through the in-process queue (durable in SQLite),
+//! and the five services run from the parts `orderflow up` runs, each on its own SQLite
+//! database ([`services`]), with payments through the built-in Stripe sandbox (a real HTTP client against
 //! `orderflow-stripe-sandbox` on a local port, so Stripe's test cards succeed, decline or fail)
 //! and emails in the notification service's outbox. One address serves it all ([`gateway`]): the
 //! services' APIs, the engine's API and the admin UI (both on the embedded store).
@@ -19,13 +19,8 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
-use orderflow_activities::{
-    broker::Topology,
-    queue::{embedded::EmbeddedQueue, worker::QueueWorker},
-};
-use orderflow_engine::{
-    EngineConfig, admin::AdminConfig, portable::PortableEngine, store::sqlite::SqliteStore,
-};
+use orderflow_engine::{Engine, EngineConfig, admin::AdminConfig, store::sqlite::SqliteStore};
+use orderflow_queue::{Topology, embedded::EmbeddedQueue};
 use tokio_util::sync::CancellationToken;
 
 pub use demo::{DEMO_ADMIN_EMAIL, DEMO_EMAIL, DEMO_PASSWORD, place_order_curl};
@@ -127,21 +122,14 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
     let demo_token = demo::ensure_users(services.db("user"), &wiring).await?;
 
     let registry = Arc::new(orderflow_workflows::registry());
-    let engine = PortableEngine::new(
+    let engine = Engine::new(
         store.clone(),
         queue.clone(),
         registry,
-        EngineConfig::new("", topology.clone()),
+        EngineConfig::default(),
     );
-    let applier = engine.applier.clone();
+    let applier = engine.applier().clone();
     tasks.spawn(engine.run(stop.clone()));
-    let worker = services
-        .handlers
-        .iter()
-        .fold(QueueWorker::new(queue, topology), |w, h| {
-            w.handler(h.clone(), 8)
-        });
-    tasks.spawn(worker.run(stop.clone()));
 
     // The engine's API and admin UI answer whatever no service owns.
     let admin = AdminConfig {
@@ -150,10 +138,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         ))),
         ..AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD)
     };
-    let engine = orderflow_engine::api::router_embedded(store, applier, Some(admin));
+    let engine =
+        orderflow_engine::api::router_embedded(store, applier, Arc::new(queue), Some(admin));
     let emails = demo::emails_router(services.db("notification").clone());
     let mut routes = services.routes;
-    routes.push(("/dev/emails", emails));
+    routes.push(("/dev/emails".to_owned(), emails));
     let app: Router = gateway::router(routes, engine);
     tasks.spawn({
         let stop = stop.clone();

@@ -7,9 +7,9 @@ pub mod recording;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use orderflow_activities::broker::Topology;
 use orderflow_core::Registry;
 use orderflow_engine::{Engine, EngineConfig, apply::Applier};
+use orderflow_queue::{Topology, rabbit::RabbitQueue};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -72,7 +72,12 @@ impl TestEnv {
     }
 
     pub fn config(&self) -> EngineConfig {
-        EngineConfig::new(amqp_url(), self.topology.clone())
+        EngineConfig::default()
+    }
+
+    /// The task queue on this machine's RabbitMQ, under the test's prefix.
+    pub fn queue(&self) -> RabbitQueue {
+        RabbitQueue::new(amqp_url(), self.topology.clone(), Duration::from_secs(30))
     }
 
     pub fn applier(&self, registry: Arc<Registry>) -> Applier {
@@ -82,7 +87,7 @@ impl TestEnv {
     /// Runs an engine in-process until the returned token is cancelled.
     pub fn spawn_engine(&self, registry: Arc<Registry>) -> CancellationToken {
         let stop = CancellationToken::new();
-        let engine = Engine::new(self.pool.clone(), registry, self.config());
+        let engine = Engine::new(self.pool.clone(), self.queue(), registry, self.config());
         tokio::spawn(engine.run(stop.clone()));
         stop
     }

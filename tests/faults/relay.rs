@@ -24,10 +24,16 @@ use futures::StreamExt;
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
 };
-use orderflow_activities::broker::{self, Outgoing, Topology};
+use orderflow_queue::{
+    Outgoing, Topology,
+    rabbit::{self as broker, declare_events, declare_queue},
+};
 use orderflow_workflows::order::contracts::ORDER_SAGA_ACTIVITIES;
 use rand::seq::SliceRandom;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -60,10 +66,22 @@ pub async fn start(amqp_url: &str, guards: &mut Vec<DropGuard>) -> anyhow::Resul
     let conn = broker::connect(amqp_url, Duration::from_secs(30)).await?;
     let (up, down) = (Topology::new(UPSTREAM), Topology::new(""));
     let ch = conn.create_channel().await?;
-    up.declare(&ch, &ORDER_SAGA_ACTIVITIES).await?;
-    down.declare(&ch, &ORDER_SAGA_ACTIVITIES).await?;
-    down.declare_events(&ch).await?;
-    up.bind_events(&ch, EVENTS_QUEUE, "#").await?;
+    for t in [&up, &down] {
+        declare_queue(&ch, t, &t.results_queue()).await?;
+        for a in ORDER_SAGA_ACTIVITIES {
+            declare_queue(&ch, t, &t.task_queue(a)).await?;
+        }
+        declare_events(&ch, t).await?;
+    }
+    declare_queue(&ch, &up, EVENTS_QUEUE).await?;
+    ch.queue_bind(
+        EVENTS_QUEUE.into(),
+        up.events_exchange().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     let counts = Arc::new(Counts::default());
     let stop = CancellationToken::new();
     let conn = Arc::new(conn);
@@ -143,11 +161,11 @@ async fn forward(
 ) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(64, BasicQosOptions::default()).await?;
-    let publisher = broker::confirm_channel(conn).await?;
+    let publisher = confirm_channel(conn).await?;
     let mut consumer = ch
         .basic_consume(
-            from,
-            "",
+            from.into(),
+            "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -233,13 +251,19 @@ async fn publish(
     Ok(())
 }
 
+async fn confirm_channel(conn: &Connection) -> anyhow::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
 fn traceparent(d: &Delivery) -> Option<String> {
     match d
         .properties
         .headers()
         .as_ref()?
         .inner()
-        .get("traceparent")?
+        .get(&ShortString::from("traceparent"))?
     {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
@@ -250,7 +274,7 @@ fn traceparent(d: &Delivery) -> Option<String> {
 /// queues, as a broken producer would; returns how many.
 pub async fn poison(amqp_url: &str) -> anyhow::Result<usize> {
     let conn = broker::connect(amqp_url, Duration::from_secs(30)).await?;
-    let ch = broker::confirm_channel(&conn).await?;
+    let ch = confirm_channel(&conn).await?;
     let topology = Topology::new("");
     let queues: Vec<String> = [
         "inventory.reserve",
@@ -275,7 +299,7 @@ pub async fn poison(amqp_url: &str) -> anyhow::Result<usize> {
         })
         .collect();
     broker::publish_confirmed(&ch, &msgs).await?;
-    let _ = conn.close(200, "poisoned").await;
+    let _ = conn.close(200, "poisoned".into()).await;
     Ok(msgs.len())
 }
 
@@ -291,7 +315,7 @@ pub async fn dead_letters(amqp_url: &str, expected: usize) -> anyhow::Result<usi
     let mut held = 0;
     for _ in 0..300 {
         held = ch
-            .queue_declare(&dlq, passive, FieldTable::default())
+            .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
             .await?
             .message_count() as usize;
         if held >= expected {
@@ -299,7 +323,7 @@ pub async fn dead_letters(amqp_url: &str, expected: usize) -> anyhow::Result<usi
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = conn.close(200, "counted").await;
+    let _ = conn.close(200, "counted".into()).await;
     anyhow::ensure!(
         held == expected,
         "{held} messages in {dlq}, {expected} poisoned tasks published"

@@ -47,6 +47,8 @@ use axum::{
 pub use backend::Backend;
 pub use error::AdminError;
 
+use orderflow_queue::QueueView;
+
 use crate::{api::AppState, apply::Applier, store::sqlite::SqliteStore};
 
 /// The password `orderflow up` uses when `ORDERFLOW_ADMIN_PASSWORD` is not set, printed at start.
@@ -118,19 +120,20 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// On the engine's Postgres, asking RabbitMQ at `app.amqp_url` about queue consumers.
+    /// On the engine's Postgres, asking `app.queue` about queue consumers.
     pub fn new(app: AppState, config: AdminConfig) -> Self {
-        let probe = stuck::QueueProbe::new(
-            app.amqp_url.clone(),
-            app.applier.topology.clone(),
-            config.probe_ttl,
-        );
+        let probe = stuck::QueueProbe::new(app.queue.clone(), config.probe_ttl);
         Self::with_probe(Backend::Postgres(app.pool), app.applier, config, probe)
     }
 
-    /// On the embedded store, whose in-process queue has no broker to ask about consumers.
-    pub fn embedded(store: SqliteStore, applier: Applier, config: AdminConfig) -> Self {
-        let probe = stuck::QueueProbe::without_broker(applier.topology.clone(), config.probe_ttl);
+    /// On the embedded store.
+    pub fn embedded(
+        store: SqliteStore,
+        applier: Applier,
+        queue: Arc<dyn QueueView>,
+        config: AdminConfig,
+    ) -> Self {
+        let probe = stuck::QueueProbe::new(queue, config.probe_ttl);
         Self::with_probe(Backend::Sqlite(store), applier, config, probe)
     }
 
@@ -163,11 +166,16 @@ where
 
 /// The admin routes on the embedded store of `orderflow dev`, for its router to merge. The
 /// store's migrations include the sessions table.
-pub fn router_embedded<S>(store: SqliteStore, applier: Applier, config: AdminConfig) -> Router<S>
+pub fn router_embedded<S>(
+    store: SqliteStore,
+    applier: Applier,
+    queue: Arc<dyn QueueView>,
+    config: AdminConfig,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    routes(AdminState::embedded(store, applier, config))
+    routes(AdminState::embedded(store, applier, queue, config))
 }
 
 fn routes<S>(state: AdminState) -> Router<S>

@@ -13,9 +13,8 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use lapin::{Connection, options::QueueDeclareOptions, types::FieldTable};
-use orderflow_activities::broker::{self, Topology};
 use orderflow_core::{Phase, SagaState, StepStatus, TaskSpec, WorkflowStatus};
+use orderflow_queue::{QueueStats, QueueView};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -24,32 +23,17 @@ use super::{
     query::{StuckKind, StuckRow, TimerRow},
 };
 
-/// One activity queue as RabbitMQ reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueState {
-    /// The queue exists; `consumers` workers listen and `ready` tasks wait.
-    Declared { consumers: u32, ready: u32 },
-    /// No such queue: no worker has ever declared it.
-    Missing,
-}
-
-impl QueueState {
-    pub fn has_worker(self) -> bool {
-        matches!(self, Self::Declared { consumers, .. } if consumers > 0)
-    }
-}
-
 /// What the probe saw at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeResult {
     /// By activity, for every activity a task is out on.
-    pub queues: BTreeMap<String, QueueState>,
+    pub queues: BTreeMap<String, QueueStats>,
     /// Workflows whose task is out on a queue with no worker, with the activity.
     pub no_worker: Vec<(Uuid, String)>,
-    /// Why the broker could not be asked, if it could not.
+    /// Why the queue could not be asked, if it could not.
     pub error: Option<String>,
-    /// There is no broker to ask (the in-process queue of `orderflow dev`), so which queues
-    /// have a worker is unknown and nothing is reported as waiting on one without.
+    /// The queue cannot count its consumers, so which queues have a worker is unknown and
+    /// nothing is reported as waiting on one without.
     pub no_broker: bool,
 }
 
@@ -59,53 +43,33 @@ impl ProbeResult {
     }
 }
 
-/// Asks RabbitMQ (a passive queue declare answers with the consumer count) about the queues that
-/// tasks are out on. The answer is reused for a few seconds, so a page that refreshes itself, or
-/// many operators, cost the broker and the database one look per interval. Without a broker
-/// ([`QueueProbe::without_broker`]) it answers that it does not know.
-#[derive(Debug)]
-pub struct QueueProbe {
-    /// `None` on the embedded queue, which does not count its consumers.
-    amqp_url: Option<String>,
-    topology: Topology,
-    ttl: Duration,
-    inner: Mutex<ProbeCache>,
+fn has_worker(q: &QueueStats) -> bool {
+    q.consumers.is_none_or(|n| n > 0)
 }
 
-#[derive(Debug, Default)]
-struct ProbeCache {
-    conn: Option<Connection>,
-    last: Option<(Instant, Arc<ProbeResult>)>,
+/// Asks the task queue about the queues that tasks are out on: how many tasks wait and how many
+/// workers consume. The answer is reused for a few seconds, so a page that refreshes itself, or
+/// many operators, cost the queue and the database one look per interval.
+#[derive(Debug)]
+pub struct QueueProbe {
+    queue: Arc<dyn QueueView>,
+    ttl: Duration,
+    last: Mutex<Option<(Instant, Arc<ProbeResult>)>>,
 }
 
 impl QueueProbe {
-    pub fn new(amqp_url: String, topology: Topology, ttl: Duration) -> Self {
+    pub fn new(queue: Arc<dyn QueueView>, ttl: Duration) -> Self {
         Self {
-            amqp_url: Some(amqp_url),
-            topology,
+            queue,
             ttl,
-            inner: Mutex::new(ProbeCache::default()),
-        }
-    }
-
-    /// A probe for the in-process task queue: there is no broker to ask about consumers.
-    pub fn without_broker(topology: Topology, ttl: Duration) -> Self {
-        Self {
-            amqp_url: None,
-            ..Self::new(String::new(), topology, ttl)
+            last: Mutex::new(None),
         }
     }
 
     /// The latest answer, asking again when it is older than the probe's TTL.
     pub async fn check(&self, db: &Backend) -> Result<Arc<ProbeResult>, sqlx::Error> {
-        if self.amqp_url.is_none() {
-            return Ok(Arc::new(ProbeResult {
-                no_broker: true,
-                ..ProbeResult::default()
-            }));
-        }
-        let mut cache = self.inner.lock().await;
-        if let Some((at, r)) = &cache.last
+        let mut last = self.last.lock().await;
+        if let Some((at, r)) = last.as_ref()
             && at.elapsed() < self.ttl
         {
             return Ok(r.clone());
@@ -113,78 +77,28 @@ impl QueueProbe {
         let out = db.tasks_out().await?;
         let activities: BTreeSet<String> = out.iter().filter_map(|(_, a)| a.clone()).collect();
         let mut result = ProbeResult::default();
-        match self.ask(&mut cache.conn, &activities).await {
-            Ok(queues) => result.queues = queues,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin: cannot ask RabbitMQ about queue consumers");
-                cache.conn = None;
-                result.error = Some(e.to_string());
+        for activity in activities {
+            let name = self.queue.topology().task_queue(&activity);
+            match self.queue.inspect(&name).await {
+                Ok(stats) => {
+                    result.no_broker |= stats.consumers.is_none();
+                    result.queues.insert(activity, stats);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin: cannot ask the task queue about consumers");
+                    result.error = Some(e.to_string());
+                    break;
+                }
             }
         }
         result.no_worker = out
             .into_iter()
             .filter_map(|(id, a)| a.map(|a| (id, a)))
-            .filter(|(_, a)| result.queues.get(a).is_some_and(|q| !q.has_worker()))
+            .filter(|(_, a)| result.queues.get(a).is_some_and(|q| !has_worker(q)))
             .collect();
         let result = Arc::new(result);
-        cache.last = Some((Instant::now(), result.clone()));
+        *last = Some((Instant::now(), result.clone()));
         Ok(result)
-    }
-
-    async fn ask(
-        &self,
-        conn: &mut Option<Connection>,
-        activities: &BTreeSet<String>,
-    ) -> Result<BTreeMap<String, QueueState>, lapin::Error> {
-        let mut out = BTreeMap::new();
-        if activities.is_empty() {
-            return Ok(out);
-        }
-        let Some(amqp_url) = &self.amqp_url else {
-            return Ok(out);
-        };
-        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-            let c = tokio::time::timeout(
-                Duration::from_secs(3),
-                broker::connect(amqp_url, Duration::ZERO),
-            )
-            .await
-            .map_err(|_| lapin::Error::InvalidConnectionState(lapin::ConnectionState::Closed))??;
-            *conn = Some(c);
-        }
-        let Some(c) = conn.as_ref() else {
-            return Ok(out);
-        };
-        let mut channel = c.create_channel().await?;
-        for activity in activities {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let queue = self.topology.task_queue(activity);
-            match channel
-                .queue_declare(&queue, passive, FieldTable::default())
-                .await
-            {
-                Ok(q) => {
-                    out.insert(
-                        activity.clone(),
-                        QueueState::Declared {
-                            consumers: q.consumer_count(),
-                            ready: q.message_count(),
-                        },
-                    );
-                }
-                // A passive declare of a missing queue closes the channel with 404.
-                Err(lapin::Error::ProtocolError(e)) if e.get_id() == 404 => {
-                    out.insert(activity.clone(), QueueState::Missing);
-                    channel = c.create_channel().await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let _ = channel.close(200, "done").await;
-        Ok(out)
     }
 }
 
@@ -254,12 +168,9 @@ pub fn why(
     let out = state.as_ref().and_then(|s| s.in_flight.as_ref());
     if let (Some(_), Some(task)) = (out, &task)
         && let Some(q) = probe.queues.get(&task.activity)
-        && !q.has_worker()
+        && !has_worker(q)
     {
-        let queue_says = match q {
-            QueueState::Declared { ready, .. } => format!("{ready} tasks waiting"),
-            QueueState::Missing => "the queue was never declared".to_owned(),
-        };
+        let queue_says = format!("{} tasks waiting", q.depth);
         return why(
             StuckKind::NoWorker,
             format!(

@@ -525,7 +525,7 @@ pub async fn stuck_page(
             p.flash.err { "RabbitMQ cannot be asked about consumers, so sagas waiting on a queue without a worker are not shown: " (e) }
         }
         @if probe.no_broker {
-            p.flash #no-broker { "The in-process task queue does not report its consumers, so no saga is shown as waiting on a queue without a worker." }
+            p.flash #no-broker { "The task queue does not report its consumers, so no saga is shown as waiting on a queue without a worker." }
         }
         div #live data-refresh="5" {
             nav.counts aria-label="stuck sagas by cause" {

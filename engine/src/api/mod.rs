@@ -7,7 +7,7 @@ mod openapi;
 mod problem;
 mod workflows;
 
-use std::time::{Duration, Instant};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -17,6 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use orderflow_queue::QueueView;
 use sqlx::PgPool;
 
 pub use problem::ApiError;
@@ -28,13 +29,13 @@ use crate::{
     store::sqlite::SqliteStore,
 };
 
-/// What an engine process on Postgres and RabbitMQ serves the API with.
+/// What an engine process on Postgres serves the API with.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub applier: Applier,
-    /// Probed by `/ready`.
-    pub amqp_url: String,
+    /// The task queue, probed by `/ready`.
+    pub queue: Arc<dyn QueueView>,
 }
 
 /// What every handler shares.
@@ -42,8 +43,8 @@ pub struct AppState {
 pub(crate) struct ApiState {
     pub db: Backend,
     pub applier: Applier,
-    /// Probed by `/ready`; `None` with the in-process queue, which has no broker.
-    pub amqp_url: Option<String>,
+    /// Probed by `/ready`.
+    pub queue: Arc<dyn QueueView>,
 }
 
 /// The whole HTTP surface of an engine process.
@@ -58,7 +59,7 @@ pub fn router_with_admin(state: AppState, admin: Option<AdminConfig>) -> Router 
         ApiState {
             db: Backend::Postgres(state.pool),
             applier: state.applier,
-            amqp_url: Some(state.amqp_url),
+            queue: state.queue,
         },
         ui,
     )
@@ -67,16 +68,23 @@ pub fn router_with_admin(state: AppState, admin: Option<AdminConfig>) -> Router 
 /// The whole HTTP surface on the embedded store of `orderflow dev` (tasks on the in-process
 /// queue), with the operators' web UI under `/admin` when `admin` is set. `/ready` asks only
 /// the store: there is no broker.
-pub fn router_embedded(store: SqliteStore, applier: Applier, admin: Option<AdminConfig>) -> Router {
+pub fn router_embedded(
+    store: SqliteStore,
+    applier: Applier,
+    queue: Arc<dyn QueueView>,
+    admin: Option<AdminConfig>,
+) -> Router {
     let ui = match admin {
-        Some(config) => crate::admin::router_embedded(store.clone(), applier.clone(), config),
+        Some(config) => {
+            crate::admin::router_embedded(store.clone(), applier.clone(), queue.clone(), config)
+        }
         None => Router::new(),
     };
     routes(
         ApiState {
             db: Backend::Sqlite(store),
             applier,
-            amqp_url: None,
+            queue,
         },
         ui,
     )
@@ -120,21 +128,11 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// `/ready`: 200 only when the database and RabbitMQ both answer. With the in-process queue
+/// `/ready`: 200 only when the database and the broker both answer. With the in-process queue
 /// there is no broker (`"broker": null`) and the database alone decides.
 async fn ready(State(state): State<ApiState>) -> Response {
     let db = state.db.ping().await;
-    let broker = match &state.amqp_url {
-        None => None,
-        Some(url) => Some(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                orderflow_activities::broker::connect(url, Duration::ZERO),
-            )
-            .await
-            .is_ok_and(|c| c.is_ok()),
-        ),
-    };
+    let broker = state.queue.reachable().await;
     let status = if db && broker != Some(false) {
         StatusCode::OK
     } else {

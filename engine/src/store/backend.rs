@@ -62,12 +62,20 @@ pub trait StoreTx: Send {
         limit: i64,
     ) -> impl Future<Output = sqlx::Result<Vec<Uuid>>> + Send;
 
-    /// Deletes and returns `(workflow, timer)` of the due timers of locked workflows.
+    /// Deletes and returns the due timers of locked workflows.
     fn take_due_timers(
         &mut self,
         workflows: &[Uuid],
         now: DateTime<Utc>,
-    ) -> impl Future<Output = sqlx::Result<Vec<(Uuid, Uuid)>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Vec<DueTimer>>> + Send;
+}
+
+/// A due timer, taken for firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct DueTimer {
+    pub workflow_id: Uuid,
+    pub id: Uuid,
+    pub fire_at: DateTime<Utc>,
 }
 
 /// What a store wakes its pollers for, after a commit that made work for them.
@@ -123,6 +131,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// How many workflows are in each status.
     fn count_by_status(&self) -> impl Future<Output = sqlx::Result<Vec<(String, i64)>>> + Send;
 
+    /// Outbox rows waiting, and the age in seconds of the oldest.
+    fn outbox_lag(&self) -> impl Future<Output = sqlx::Result<(i64, f64)>> + Send;
+
+    /// `(needs attention, retrying, overdue)`: workflows in `needs_attention`, waiting on a
+    /// retry timer, and with a timer due before `overdue_before`.
+    fn stuck_counts(
+        &self,
+        overdue_before: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<(i64, i64, i64)>> + Send;
+
     /// Subscribes to one kind of wake-up.
     fn listen(&self, what: Wakeup) -> impl Future<Output = sqlx::Result<Self::Listener>> + Send;
 }
@@ -158,7 +176,7 @@ macro_rules! pg_tx {
                 &mut self,
                 workflows: &[Uuid],
                 now: DateTime<Utc>,
-            ) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+            ) -> sqlx::Result<Vec<DueTimer>> {
                 timers::take_due(self, workflows, now).await
             }
         }
@@ -212,6 +230,16 @@ impl Store for PgPool {
     async fn count_by_status(&self) -> sqlx::Result<Vec<(String, i64)>> {
         let mut conn = self.acquire().await?;
         workflows::count_by_status(&mut conn).await
+    }
+
+    async fn outbox_lag(&self) -> sqlx::Result<(i64, f64)> {
+        let mut conn = self.acquire().await?;
+        outbox::lag(&mut conn).await
+    }
+
+    async fn stuck_counts(&self, overdue_before: DateTime<Utc>) -> sqlx::Result<(i64, i64, i64)> {
+        let mut conn = self.acquire().await?;
+        crate::admin::query::stuck_counts(&mut conn, overdue_before).await
     }
 
     async fn listen(&self, what: Wakeup) -> sqlx::Result<PgListener> {

@@ -8,8 +8,8 @@
 use std::{path::Path, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use orderflow_activities::queue::sqlite_pool;
 use orderflow_core::RecordedEvent;
+use orderflow_queue::sqlite_pool;
 use sqlx::{
     QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction, migrate::Migrator,
 };
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    backend::{Listener, Store, StoreTx, Wakeup},
+    backend::{DueTimer, Listener, Store, StoreTx, Wakeup},
     change::{Change, NewWorkflow},
     outbox::OutboxRow,
     workflows::{ListFilter, Locked, WorkflowRow},
@@ -250,15 +250,23 @@ impl StoreTx for SqliteTx {
         &mut self,
         workflows: &[Uuid],
         now: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    ) -> sqlx::Result<Vec<DueTimer>> {
         if workflows.is_empty() {
             return Ok(Vec::new());
         }
         let mut q = QueryBuilder::new("delete from timers where fire_at <= ");
         q.push_bind(micros(now)).push(" and workflow_id in ");
         push_ids(&mut q, workflows);
-        q.push(" returning workflow_id, id");
-        q.build_query_as().fetch_all(&mut *self.tx).await
+        q.push(" returning workflow_id, id, fire_at");
+        let rows: Vec<(Uuid, Uuid, i64)> = q.build_query_as().fetch_all(&mut *self.tx).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(workflow_id, id, at)| DueTimer {
+                workflow_id,
+                id,
+                fire_at: from_micros(at),
+            })
+            .collect())
     }
 }
 
@@ -393,6 +401,24 @@ impl Store for SqliteStore {
         sqlx::query_as("select status, count(*) from workflows group by status order by status")
             .fetch_all(&self.pool)
             .await
+    }
+
+    async fn outbox_lag(&self) -> sqlx::Result<(i64, f64)> {
+        let (rows, oldest): (i64, Option<i64>) =
+            sqlx::query_as("select count(*), min(created_at) from outbox")
+                .fetch_one(&self.pool)
+                .await?;
+        let lag = oldest.map_or(0.0, |t| {
+            (Utc::now() - from_micros(t))
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e6
+        });
+        Ok((rows, lag.max(0.0)))
+    }
+
+    async fn stuck_counts(&self, overdue_before: DateTime<Utc>) -> sqlx::Result<(i64, i64, i64)> {
+        crate::admin::sqlite::stuck_counts(&self.pool, overdue_before).await
     }
 
     async fn listen(&self, what: Wakeup) -> sqlx::Result<SqliteListener> {

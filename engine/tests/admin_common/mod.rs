@@ -12,21 +12,18 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use orderflow_activities::{
-    queue::{embedded::EmbeddedQueue, worker::QueueWorker},
-    worker::Worker,
-};
+use orderflow_activities::worker::{Handler, Worker};
 use orderflow_core::{RecordedEvent, Registry, RetryPolicy, SagaDefinition, Step};
 use orderflow_engine::{
-    EngineConfig,
+    Engine, EngineConfig,
     admin::{AdminConfig, Backend},
     api::{self, AppState},
     apply::{Applier, StartRequest},
-    portable::PortableEngine,
     store::{backend::Store, sqlite::SqliteStore},
 };
+use orderflow_queue::{TaskQueue, embedded::EmbeddedQueue};
 use orderflow_testkit::recording;
-use orderflow_testkit::{TestEnv, amqp_url, eventually, order_input};
+use orderflow_testkit::{TestEnv, eventually, order_input};
 use orderflow_workflows::order::contracts::*;
 use reqwest::{StatusCode, header::HeaderMap};
 use tokio_util::sync::CancellationToken;
@@ -194,6 +191,32 @@ impl Resp {
     }
 }
 
+/// Runs what `setup` asks for on `store` and `queue`: the engine, and workers for `handlers`.
+fn run<S: Store, Q: TaskQueue>(
+    store: S,
+    queue: Q,
+    registry: &Arc<Registry>,
+    engine: bool,
+    handlers: Vec<Arc<dyn Handler>>,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    if engine {
+        let engine = Engine::new(
+            store,
+            queue.clone(),
+            registry.clone(),
+            EngineConfig::default(),
+        );
+        tokio::spawn(engine.run(stop.clone()));
+    }
+    if !handlers.is_empty() {
+        let worker = Worker::builder(queue).handlers(handlers, 8).build();
+        let s = stop.clone();
+        tokio::spawn(async move { worker.run(s.cancelled_owned()).await });
+    }
+    stop
+}
+
 /// The value of the first hidden input `name` in a page.
 pub fn hidden(html: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
@@ -207,31 +230,26 @@ impl Ui {
         let env = TestEnv::new().await?;
         let registry = Arc::new(Registry::new().with(setup.def));
         let applier = env.applier(registry.clone());
-        let handlers = recording::order_saga_handlers(env.pool.clone())
+        let handlers: Vec<Arc<dyn Handler>> = recording::order_saga_handlers(env.pool.clone())
             .into_iter()
-            .filter(|h| setup.workers.contains(&h.activity()));
+            .filter(|h| setup.workers.contains(&h.activity()))
+            .collect();
         let mut stops = Vec::new();
         let mut files = Vec::new();
         let (db, app) = match setup.store {
             Db::Postgres => {
-                if setup.engine {
-                    stops.push(env.spawn_engine(registry.clone()));
-                }
-                if !setup.workers.is_empty() {
-                    let stop = CancellationToken::new();
-                    let worker = handlers
-                        .fold(Worker::builder(amqp_url(), env.topology.clone()), |w, h| {
-                            w.handler(h, 8)
-                        });
-                    let s = stop.clone();
-                    tokio::spawn(async move { worker.build().run(s.cancelled_owned()).await });
-                    stops.push(stop);
-                }
+                stops.push(run(
+                    env.pool.clone(),
+                    env.queue(),
+                    &registry,
+                    setup.engine,
+                    handlers,
+                ));
                 let app = api::router_with_admin(
                     AppState {
                         pool: env.pool.clone(),
                         applier: applier.clone(),
-                        amqp_url: amqp_url(),
+                        queue: std::sync::Arc::new(env.queue()),
                     },
                     Some(setup.config),
                 );
@@ -244,25 +262,19 @@ impl Ui {
                 files.push(dir.join(format!("orderflow-admin-{tag}-queue.db")));
                 let store = SqliteStore::open(Some(&files[0])).await?;
                 let queue = EmbeddedQueue::open(Some(&files[1]), env.topology.clone()).await?;
-                let stop = CancellationToken::new();
-                if setup.engine {
-                    let engine = PortableEngine::new(
-                        store.clone(),
-                        queue.clone(),
-                        registry.clone(),
-                        EngineConfig::new("", env.topology.clone()),
-                    );
-                    tokio::spawn(engine.run(stop.clone()));
-                }
-                if !setup.workers.is_empty() {
-                    let worker = handlers
-                        .fold(QueueWorker::new(queue, env.topology.clone()), |w, h| {
-                            w.handler(h, 8)
-                        });
-                    tokio::spawn(worker.run(stop.clone()));
-                }
-                stops.push(stop);
-                let app = api::router_embedded(store.clone(), applier.clone(), Some(setup.config));
+                stops.push(run(
+                    store.clone(),
+                    queue.clone(),
+                    &registry,
+                    setup.engine,
+                    handlers,
+                ));
+                let app = api::router_embedded(
+                    store.clone(),
+                    applier.clone(),
+                    Arc::new(queue),
+                    Some(setup.config),
+                );
                 (Backend::Sqlite(store), app)
             }
         };

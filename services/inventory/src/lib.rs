@@ -31,16 +31,16 @@ pub mod sweeper;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use orderflow_activities::worker::{Handler, Worker};
+use orderflow_activities::{follower::Subscription, worker::Handler};
+use orderflow_core::protocol::finished_routing_key;
 use orderflow_service_kit::{
     auth::JwtKeys,
     db::{Db, Migrations},
-    events::{self, Subscription},
     http::{self, Readiness},
-    parts::Parts,
+    parts::{Follower, ServiceParts},
 };
+use orderflow_workflows::order::ORDER_SAGA;
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
 pub use activities::handlers as activity_handlers;
 pub use api::AppState;
@@ -77,20 +77,22 @@ pub fn handlers(db: Db, config: &InventoryConfig) -> Vec<Arc<dyn Handler>> {
     activities::handlers(db, config.reservation_ttl)
 }
 
+/// The activities its workers do.
+pub const ACTIVITIES: &[&str] = &[
+    orderflow_workflows::order::contracts::INVENTORY_RESERVE,
+    orderflow_workflows::order::contracts::INVENTORY_RELEASE,
+];
+
 /// What the service follows: the order saga's end.
-pub fn subscription(config: &InventoryConfig) -> Subscription {
-    Subscription {
-        amqp_url: config.service.amqp_url.clone(),
-        topology: config.service.topology(),
-        service: SERVICE.to_owned(),
-        routing_key: orderflow_core::protocol::finished_routing_key("order"),
-    }
+pub fn subscription() -> Subscription {
+    Subscription::new(SERVICE, finished_routing_key(ORDER_SAGA))
 }
 
-/// Connects to the database the URL names (Postgres, or an embedded SQLite file or memory) and
-/// migrates it, then serves the API, runs the activity workers, follows finished sagas and sweeps
-/// expired reservations, until `stop`. If one part fails the others are stopped too.
-pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Result<()> {
+/// Connects to the database the URL names (Postgres, or an embedded SQLite file or memory),
+/// migrates it and seeds the demo catalogue if asked. The parts: the API (public catalogue,
+/// admin writes), the reserve and release handlers, the follower that settles reservations when
+/// their saga ends, and the sweeper of expired reservations.
+pub async fn parts(config: InventoryConfig) -> anyhow::Result<ServiceParts> {
     let db = Db::connect(&config.service.database_url, &migrations()).await?;
     if config.seed_demo_products {
         let n = seed_demo_products(&db)
@@ -104,34 +106,18 @@ pub async fn run(config: InventoryConfig, stop: CancellationToken) -> anyhow::Re
         db: db.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
     };
-    let ready = Readiness::new()
-        .database(db.clone())
-        .amqp(config.service.amqp_url.clone());
-    let app = router(state, ready);
-
-    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
-        .handlers(
-            handlers(db.clone(), &config),
-            config.service.worker_concurrency,
-        )
-        .build();
-    let mut parts = Parts::new(SERVICE, &stop);
-    parts.spawn_worker(worker);
-    let (sub, every) = (subscription(&config), config.sweep_interval);
-    parts.spawn_infallible(events::follow(
-        sub,
-        {
-            let db = db.clone();
-            move |event| {
-                let db = db.clone();
-                async move { settle::on_workflow_finished(&db, &event).await }
-            }
-        },
-        parts.stop(),
+    let mut parts = ServiceParts::new(SERVICE, &["products", "reservations"], api::routes(state));
+    parts.ready = Readiness::new().database(db.clone());
+    parts.handlers = handlers(db.clone(), &config);
+    parts.followers.push(Follower::new(
+        subscription(),
+        db.clone(),
+        |db, event| async move { settle::on_workflow_finished(&db, &event).await },
     ));
-    parts.spawn_infallible(sweeper::run(db.clone(), every, parts.stop()));
-    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
-    let outcome = parts.join().await;
-    db.close().await;
-    outcome
+    let (sweep_db, every) = (db.clone(), config.sweep_interval);
+    parts.loops.push(Box::new(move |stop| {
+        Box::pin(sweeper::run(sweep_db, every, stop))
+    }));
+    parts.db = Some(db);
+    Ok(parts)
 }

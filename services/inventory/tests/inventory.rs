@@ -16,6 +16,7 @@ use chrono::Utc;
 use futures::StreamExt as _;
 use orderflow_activities::{
     Activity, TaskContext,
+    follower::{self, Subscription},
     worker::{Handler, Worker},
 };
 use orderflow_core::{Phase, Registry, WorkflowFinished, WorkflowId, WorkflowStatus};
@@ -32,12 +33,11 @@ use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
     db::Db,
-    events::{self, Subscription},
     http::Readiness,
 };
 use orderflow_service_testkit::{Api, fresh_db, raw};
 use orderflow_testkit::recording::{self, RecordingActivity};
-use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas};
+use orderflow_testkit::{TestEnv, eventually, sagas};
 use orderflow_workflows::order::contracts::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -339,11 +339,11 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
     let engine = env.spawn_engine(registry);
 
     let mut config = InventoryConfig::new(ServiceConfig::local("inventory", 0));
-    config.service.amqp_url = amqp_url();
     config.service.queue_prefix = env.topology.prefix.clone();
-    let sub = orderflow_inventory::subscription(&config);
-    sub.declare().await?;
-    tokio::spawn(events::follow(
+    let sub = orderflow_inventory::subscription();
+    sub.declare(&env.queue()).await?;
+    tokio::spawn(follower::follow(
+        env.queue(),
         sub,
         {
             let pool = pool.clone();
@@ -358,10 +358,11 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
     let ends: Arc<Mutex<HashMap<Uuid, WorkflowFinished>>> = Arc::default();
     let audit = Subscription {
         service: "audit".into(),
-        ..orderflow_inventory::subscription(&config)
+        ..orderflow_inventory::subscription()
     };
-    audit.declare().await?;
-    tokio::spawn(events::follow(
+    audit.declare(&env.queue()).await?;
+    tokio::spawn(follower::follow(
+        env.queue(),
         audit,
         {
             let ends = ends.clone();
@@ -373,7 +374,7 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let mut worker = Worker::builder(amqp_url(), env.topology.clone()).handlers(
+    let mut worker = Worker::builder(env.queue()).handlers(
         orderflow_inventory::handlers(Db::from(pool.clone()), &config),
         16,
     );

@@ -10,7 +10,6 @@ pub struct ServiceConfig {
     pub bind: SocketAddr,
     /// The service's own database (`orderflow_<service>`); created if missing.
     pub database_url: String,
-    pub amqp_url: String,
     pub redis_url: String,
     /// Prepended to every queue and exchange name, so tests and tenants can share one broker.
     pub queue_prefix: String,
@@ -28,7 +27,6 @@ impl std::fmt::Debug for ServiceConfig {
         f.debug_struct("ServiceConfig")
             .field("bind", &self.bind)
             .field("database_url", &self.database_url)
-            .field("amqp_url", &self.amqp_url)
             .field("redis_url", &self.redis_url)
             .field("queue_prefix", &self.queue_prefix)
             .field("jwt_secret", &"<redacted>")
@@ -49,13 +47,12 @@ pub mod ports {
 }
 
 impl ServiceConfig {
-    /// Defaults for this machine's local Postgres, RabbitMQ and Redis: service `name` on `port`
+    /// Defaults for this machine's local Postgres and Redis: service `name` on `port`
     /// with its database `orderflow_<name>`. The JWT secret must still be set by the caller.
     pub fn local(name: &str, port: u16) -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], port)),
             database_url: format!("postgres://postgres@127.0.0.1:5432/orderflow_{name}"),
-            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             queue_prefix: String::new(),
             jwt_secret: String::new(),
@@ -64,9 +61,9 @@ impl ServiceConfig {
         }
     }
 
-    /// The broker topology this service's workers and consumers use.
-    pub fn topology(&self) -> orderflow_activities::broker::Topology {
-        orderflow_activities::broker::Topology::new(self.queue_prefix.clone())
+    /// The queue names this service's workers and followers use.
+    pub fn topology(&self) -> orderflow_queue::Topology {
+        orderflow_queue::Topology::new(self.queue_prefix.clone())
     }
 }
 

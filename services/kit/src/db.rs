@@ -102,7 +102,7 @@ impl Db {
 
     /// An embedded database: `file`, or memory with `None`, migrated.
     pub async fn sqlite(file: Option<&Path>, migrations: &Migrations) -> anyhow::Result<Self> {
-        let pool = orderflow_activities::queue::sqlite_pool(file)
+        let pool = orderflow_queue::sqlite_pool(file)
             .await
             .with_context(|| match file {
                 Some(f) => format!("opening {}", f.display()),

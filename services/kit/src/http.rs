@@ -4,6 +4,7 @@
 //! A service builds its `/api/v1` router and hands it to [`app`] with its [`Readiness`] probes.
 
 use std::{
+    borrow::Cow,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -60,12 +61,12 @@ type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send +
 /// What `/ready` checks: named probes, each true when its dependency answers.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    probes: Vec<(&'static str, Probe)>,
+    probes: Vec<(Cow<'static, str>, Probe)>,
 }
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.probes.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = self.probes.iter().map(|(n, _)| n.as_ref()).collect();
         f.debug_struct("Readiness").field("probes", &names).finish()
     }
 }
@@ -81,8 +82,10 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = bool> + Send + 'static,
     {
-        self.probes
-            .push((name, Arc::new(move || Box::pin(check()) as Pin<Box<_>>)));
+        self.probes.push((
+            name.into(),
+            Arc::new(move || Box::pin(check()) as Pin<Box<_>>),
+        ));
         self
     }
 
@@ -102,19 +105,11 @@ impl Readiness {
         })
     }
 
-    /// RabbitMQ accepts a connection.
-    pub fn amqp(self, url: String) -> Self {
+    /// The task queue's broker answers (a queue in this process has none, and is not probed).
+    pub fn queue<Q: orderflow_queue::TaskQueue>(self, queue: Q) -> Self {
         self.check("broker", move || {
-            let url = url.clone();
-            async move {
-                match orderflow_activities::broker::connect(&url, Duration::ZERO).await {
-                    Ok(conn) => {
-                        conn.close(200, "ready probe").await.ok();
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
+            let queue = queue.clone();
+            async move { queue.reachable().await.unwrap_or(true) }
         })
     }
 
@@ -131,13 +126,25 @@ impl Readiness {
         })
     }
 
+    /// Adds `other`'s probes, each named `<prefix>_<name>` (a worker process serving several
+    /// services checks each one's database).
+    pub fn merge(mut self, prefix: &str, other: Readiness) -> Self {
+        self.probes.extend(
+            other
+                .probes
+                .into_iter()
+                .map(|(name, probe)| (format!("{prefix}_{name}").into(), probe)),
+        );
+        self
+    }
+
     /// Runs every probe concurrently, each bounded by a timeout.
-    pub async fn run(&self) -> Vec<(&'static str, bool)> {
+    pub async fn run(&self) -> Vec<(String, bool)> {
         futures::future::join_all(self.probes.iter().map(|(name, probe)| async move {
             let ok = tokio::time::timeout(PROBE_TIMEOUT, probe())
                 .await
                 .unwrap_or(false);
-            (*name, ok)
+            (name.to_string(), ok)
         }))
         .await
     }
@@ -163,7 +170,7 @@ async fn ready_response(ready: &Readiness) -> Response {
     let all = results.iter().all(|(_, ok)| *ok);
     let body: serde_json::Map<String, serde_json::Value> = results
         .into_iter()
-        .map(|(name, ok)| (name.to_owned(), ok.into()))
+        .map(|(name, ok)| (name, ok.into()))
         .collect();
     let status = if all {
         StatusCode::OK

@@ -10,17 +10,15 @@
 //!   `application/problem+json`, and [`problem::parse_json`] which names the offending field.
 //! - [`http`]: `/health`, `/ready` (dependency probes), `/metrics`, the request-duration
 //!   middleware, [`http::app`] which assembles a service's router, and [`http::serve`].
-//! - [`events`]: follows the engine's `WorkflowFinished` events on a service's own queue, acking
-//!   each only after the service's handler committed.
 //! - [`kv`]: a Redis connection that reconnects by itself.
 //! - [`limit`]: rate limits shared by every replica (a window counter in Redis), answered 429.
 //! - [`openapi`]: the bearer scheme and the route serving each API's OpenAPI document.
-//! - [`parts`]: a service process's parts (server, workers, followers) run and stopped as one.
+//! - [`parts`]: what a service contributes to a process ([`parts::ServiceParts`]: its API, activity
+//!   handlers, followers of finished workflows and background loops), and running them as one.
 
 pub mod auth;
 pub mod config;
 pub mod db;
-pub mod events;
 pub mod http;
 pub mod kv;
 pub mod limit;

@@ -340,7 +340,11 @@ async fn connect_and_migrate_creates_the_database_and_ready_reports_each_depende
     let ready = Readiness::new()
         .postgres(pool.clone())
         .redis(redis)
-        .amqp(orderflow_testkit::amqp_url())
+        .queue(orderflow_queue::rabbit::RabbitQueue::new(
+            orderflow_testkit::amqp_url(),
+            orderflow_queue::Topology::default(),
+            std::time::Duration::ZERO,
+        ))
         .check("engine", || async { false });
     let router = http::app("kit-ready", Router::new(), ready);
     let (status, _, body) = call(&router, "/ready", None).await;

@@ -25,15 +25,14 @@ pub mod templates;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use orderflow_activities::worker::{Handler, Worker};
+use orderflow_activities::worker::Handler;
 use orderflow_service_kit::{
     auth::JwtKeys,
     db::{Db, Migrations},
     http::{self, Readiness},
-    parts::Parts,
+    parts::ServiceParts,
 };
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
 pub use api::AppState;
 pub use config::NotificationConfig;
@@ -106,10 +105,17 @@ pub fn handlers(db: impl Into<Db>, providers: Providers) -> Vec<Arc<dyn Handler>
     })]
 }
 
-/// Migrates, then serves the API and runs the `notification.send` worker until `stop`. If one
-/// part fails the other is stopped too. The database is Postgres or SQLite by the URL's scheme.
-pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow::Result<()> {
+/// The activities its workers do.
+pub const ACTIVITIES: &[&str] = &[orderflow_workflows::order::contracts::NOTIFICATION_SEND];
+
+/// Connects to and migrates the database (Postgres or SQLite by the URL's scheme) and picks the
+/// providers. The parts: the API and the `notification.send` handler. On an embedded database
+/// only this process sends, so a message a killed process held mid-delivery is freed first.
+pub async fn parts(config: NotificationConfig) -> anyhow::Result<ServiceParts> {
     let db = Db::connect(&config.service.database_url, &migrations()).await?;
+    if matches!(db, Db::Sqlite(_)) {
+        store::release_holds(&db).await?;
+    }
     let providers = providers(db.clone(), &config)?;
     tracing::info!(
         email = providers.email.name(),
@@ -121,23 +127,13 @@ pub async fn run(config: NotificationConfig, stop: CancellationToken) -> anyhow:
         db: db.clone(),
         keys: JwtKeys::new(&config.service.jwt_secret),
     };
-    let ready = Readiness::new()
-        .database(db.clone())
-        .amqp(config.service.amqp_url.clone());
-    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
-        .handlers(
-            handlers(db.clone(), providers),
-            config.service.worker_concurrency,
-        )
-        .build();
-    let mut parts = Parts::new(SERVICE, &stop);
-    parts.spawn_worker(worker);
-    parts.spawn(http::serve(
-        config.service.bind,
-        router(state, ready),
-        parts.stop(),
-    ));
-    let outcome = parts.join().await;
-    db.close().await;
-    outcome
+    let mut parts = ServiceParts::new(
+        SERVICE,
+        &["notifications", "contacts", "outbox"],
+        api::routes(state),
+    );
+    parts.ready = Readiness::new().database(db.clone());
+    parts.handlers = handlers(db.clone(), providers);
+    parts.db = Some(db);
+    Ok(parts)
 }

@@ -35,7 +35,7 @@ use orderflow_service_kit::{
 };
 use orderflow_service_testkit::{Api, SmtpServer, free_port, fresh_db};
 use orderflow_testkit::recording::RecordingActivity;
-use orderflow_testkit::{TestEnv, amqp_url, eventually, sagas, settled, start_order};
+use orderflow_testkit::{TestEnv, eventually, sagas, settled, start_order};
 use orderflow_workflows::order::contracts::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -518,7 +518,7 @@ async fn the_saga_confirms_by_email_once_smtp_is_back() -> anyhow::Result<()> {
     config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
     config.email_from = FROM.into();
     config.send_timeout = Duration::from_secs(1);
-    let mut worker = Worker::builder(amqp_url(), env.topology.clone()).handlers(
+    let mut worker = Worker::builder(env.queue()).handlers(
         orderflow_notification::handlers(
             pool.clone(),
             orderflow_notification::providers(pool.clone(), &config)?,

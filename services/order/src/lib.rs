@@ -30,18 +30,18 @@ pub mod store;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use orderflow_activities::worker::Worker;
+use orderflow_activities::follower::Subscription;
+use orderflow_core::protocol::finished_routing_key;
 use orderflow_service_kit::{
     auth::JwtKeys,
     db::{Db, Migrations},
-    events::{self, Subscription},
-    http::{self, Readiness},
+    http::Readiness,
     limit::{Limits, RateLimiter},
-    parts::Parts,
+    parts::{Follower, ServiceParts},
 };
+use orderflow_workflows::order::ORDER_SAGA;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub use activities::handlers;
 pub use api::{AppState, router};
@@ -69,18 +69,18 @@ pub fn migrations() -> Migrations {
 }
 
 /// The order service follows the end of every order saga.
-pub fn subscription(config: &OrderConfig) -> Subscription {
-    Subscription {
-        amqp_url: config.service.amqp_url.clone(),
-        topology: config.service.topology(),
-        service: SERVICE.to_owned(),
-        routing_key: orderflow_core::protocol::finished_routing_key("order"),
-    }
+pub fn subscription() -> Subscription {
+    Subscription::new(SERVICE, finished_routing_key(ORDER_SAGA))
 }
 
+/// The activities its workers do.
+pub const ACTIVITIES: &[&str] = &[
+    orderflow_workflows::order::contracts::ORDER_CREATE,
+    orderflow_workflows::order::contracts::ORDER_CANCEL,
+];
+
 /// The handler state for `config`, over `db`. Orders per user are counted in Redis, shared by
-/// every replica; on an embedded database there is only this process, so they are counted here
-/// and the service needs no Redis.
+/// every replica; without Redis (`orderflow dev`, one process) they are counted here.
 pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     metrics::register();
     let clients = clients::Clients::new(
@@ -91,14 +91,15 @@ pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     )
     .context("building the HTTP client")?;
     let rule = Limits::from_env()?.orders;
-    let order_limit = match &db {
-        Db::Postgres(_) => RateLimiter::new(
+    let order_limit = if config.service.redis_url.is_empty() {
+        RateLimiter::in_process("orders", rule)
+    } else {
+        RateLimiter::new(
             &config.service.redis_url,
             &config.service.queue_prefix,
             "orders",
             rule,
-        )?,
-        Db::Sqlite(_) => RateLimiter::in_process("orders", rule),
+        )?
     };
     Ok(AppState {
         db,
@@ -110,48 +111,32 @@ pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     })
 }
 
-/// What [`run`] serves over HTTP, for a caller that mounts the router and runs the workers
-/// itself (`orderflow dev`): connects to and migrates the database named by the config's URL
-/// (`postgres://`, `sqlite://<file>` or `sqlite::memory:`) and builds the state. The readiness
-/// checks cover the database.
-pub async fn prepare(config: &OrderConfig) -> anyhow::Result<(AppState, Readiness)> {
+/// Connects to and migrates the database named by the config's URL (`postgres://`,
+/// `sqlite://<file>` or `sqlite::memory:`) and builds the state.
+pub async fn prepare(config: &OrderConfig) -> anyhow::Result<AppState> {
     let db = Db::connect(&config.service.database_url, &migrations()).await?;
-    let ready = Readiness::new().database(db.clone());
-    Ok((state(config, db)?, ready))
+    state(config, db)
 }
 
-/// Migrates, then serves the API, runs the `order.create` / `order.cancel` workers, follows
-/// finished sagas and starts pending sagas, until `stop`. If one part fails the rest stop too.
-pub async fn run(config: OrderConfig, stop: CancellationToken) -> anyhow::Result<()> {
-    let (state, ready) = prepare(&config).await?;
+/// The parts: the API (`POST /orders` and the order reads), the `order.create` /
+/// `order.cancel` handlers, the follower that settles an order when its saga ends, and the
+/// starter that starts the sagas of stored orders the engine did not take yet.
+pub async fn parts(config: OrderConfig) -> anyhow::Result<ServiceParts> {
+    let state = prepare(&config).await?;
     let db = state.db.clone();
-    let ready = ready.amqp(config.service.amqp_url.clone());
-    let app = http::app(SERVICE, router(state.clone()), ready);
-
-    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
-        .handlers(handlers(db.clone()), config.service.worker_concurrency)
-        .build();
-    let mut parts = Parts::new(SERVICE, &stop);
-    parts.spawn_worker(worker);
-    parts.spawn_infallible(events::follow(
-        subscription(&config),
-        {
-            let db = db.clone();
-            move |event| {
-                let db = db.clone();
-                async move { follow::on_workflow_finished(&db, &event).await }
-            }
-        },
-        parts.stop(),
-    ));
-    parts.spawn_infallible(starter::run(
+    let mut parts = ServiceParts::new(SERVICE, &["orders"], router(state.clone()));
+    parts.ready = Readiness::new().database(db.clone());
+    parts.handlers = handlers(db.clone());
+    parts.followers.push(Follower::new(
+        subscription(),
         db.clone(),
-        state.clients.clone(),
-        state.wake.clone(),
-        config.start_interval,
-        config.start_backoff_cap,
-        parts.stop(),
+        |db, event| async move { follow::on_workflow_finished(&db, &event).await },
     ));
-    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
-    parts.join().await
+    let (interval, cap) = (config.start_interval, config.start_backoff_cap);
+    let (clients, wake, starter_db) = (state.clients.clone(), state.wake.clone(), db.clone());
+    parts.loops.push(Box::new(move |stop| {
+        Box::pin(starter::run(starter_db, clients, wake, interval, cap, stop))
+    }));
+    parts.db = Some(db);
+    Ok(parts)
 }

@@ -828,20 +828,18 @@ async fn prepare_opens_the_database_its_url_names() -> anyhow::Result<()> {
         config.service.database_url = url.clone();
         // Nothing listens there.
         config.service.redis_url = "redis://127.0.0.1:1".to_owned();
-        let (state, ready) = orderflow_order::prepare(&config).await?;
+        let parts = orderflow_order::parts(config).await?;
+        let db = parts.db.clone().expect("the order service has a database");
         let sqlite = url.starts_with("sqlite:");
-        assert_eq!(matches!(state.db, Db::Sqlite(_)), sqlite, "{url}");
-        assert_eq!(ready.run().await, vec![("database", true)], "{url}");
-        let id = place(&state.db).await?;
-        assert_eq!(
-            order(&state.db, id).await?.status,
-            OrderStatus::Pending,
-            "{url}"
-        );
-        state.db.close().await;
+        assert_eq!(matches!(db, Db::Sqlite(_)), sqlite, "{url}");
+        let ready = parts.ready.clone();
+        assert_eq!(ready.run().await, vec![("database".into(), true)], "{url}");
+        let id = place(&db).await?;
+        assert_eq!(order(&db, id).await?.status, OrderStatus::Pending, "{url}");
+        db.close().await;
         assert_eq!(
             ready.run().await,
-            vec![("database", false)],
+            vec![("database".into(), false)],
             "{url}: closed"
         );
     }

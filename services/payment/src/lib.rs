@@ -36,16 +36,15 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use orderflow_activities::worker::{Handler, Worker};
+use orderflow_activities::worker::Handler;
 use orderflow_service_kit::{
     auth::JwtKeys,
     db::{Db, Migrations},
     http::{self, Readiness},
     kv,
-    parts::Parts,
+    parts::ServiceParts,
 };
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
 pub use activities::Payments;
 pub use api::AppState;
@@ -123,29 +122,28 @@ pub fn app_state(db: Db, config: &PaymentConfig) -> AppState {
     }
 }
 
-/// Migrates, then serves the API (webhooks included) and runs the charge and refund workers
-/// until `stop`. If one part fails the other is stopped too.
-pub async fn run(config: PaymentConfig, stop: CancellationToken) -> anyhow::Result<()> {
+/// The activities its workers do.
+pub const ACTIVITIES: &[&str] = &[
+    orderflow_workflows::order::contracts::PAYMENT_CHARGE,
+    orderflow_workflows::order::contracts::PAYMENT_REFUND,
+];
+
+/// Connects the database, Stripe and the outcome cache. The parts: the API (webhooks included)
+/// and the charge and refund handlers. Stripe is not probed by `/ready`: an outage there is the
+/// breaker's business, and the service still answers its API and refuses charges fast meanwhile.
+pub async fn parts(config: PaymentConfig) -> anyhow::Result<ServiceParts> {
     let payments = connect(&config).await?;
     let db = payments.db.clone();
-    let state = app_state(db.clone(), &config);
-    // Stripe is not probed: an outage there is the breaker's business, and the service still
-    // answers its API and refuses charges fast meanwhile.
-    let mut ready = Readiness::new()
-        .database(db.clone())
-        .amqp(config.service.amqp_url.clone());
+    let mut parts = ServiceParts::new(
+        SERVICE,
+        &["payments", "webhooks"],
+        api::routes(app_state(db.clone(), &config)),
+    );
+    parts.ready = Readiness::new().database(db.clone());
     if let Some(redis) = payments.cache.connection() {
-        ready = ready.redis(redis);
+        parts.ready = parts.ready.redis(redis);
     }
-    let app = router(state, ready);
-
-    let worker = Worker::builder(&config.service.amqp_url, config.service.topology())
-        .handlers(handlers(payments), config.service.worker_concurrency)
-        .build();
-    let mut parts = Parts::new(SERVICE, &stop);
-    parts.spawn_worker(worker);
-    parts.spawn(http::serve(config.service.bind, app, parts.stop()));
-    let outcome = parts.join().await;
-    db.close().await;
-    outcome
+    parts.handlers = handlers(payments);
+    parts.db = Some(db);
+    Ok(parts)
 }

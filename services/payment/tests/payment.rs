@@ -897,7 +897,7 @@ impl Saga {
             Arc::new(orderflow_core::Registry::new().with(orderflow_testkit::sagas::fast_order()));
         let applier = env.applier(registry.clone());
         let engine = env.spawn_engine(registry);
-        let mut worker = Worker::builder(orderflow_testkit::amqp_url(), env.topology.clone())
+        let mut worker = Worker::builder(env.queue())
             .handlers(orderflow_payment::handlers(w.payments.clone()), 4);
         for h in recording::order_saga_handlers(env.pool.clone()) {
             if ![PAYMENT_CHARGE, PAYMENT_REFUND].contains(&h.activity()) {
@@ -981,12 +981,13 @@ async fn order_sagas_charge_once_and_compensate_declines_and_later_failures() ->
     Ok(())
 }
 
-/// `run` as `orderflow up` calls it, and on SQLite with no Redis URL as `orderflow dev` may.
+/// The service's parts run as `orderflow up` runs them (RabbitMQ), and on SQLite with no Redis
+/// URL as `orderflow dev` may.
 async fn the_service_runs_ready_and_stops_on_its_token(setup: Setup) -> anyhow::Result<()> {
     orderflow_testkit::init_tracing();
     let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
     let tag = Uuid::new_v4().simple().to_string();
-    // A port the OS just handed out and took back: `run` binds the configured address itself.
+    // A port the OS just handed out and took back: the host binds the configured address itself.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -1008,7 +1009,18 @@ async fn the_service_runs_ready_and_stops_on_its_token(setup: Setup) -> anyhow::
     let config =
         orderflow_payment::PaymentConfig::new(service, StripeConfig::sandbox(sandbox.url()));
     let stop = CancellationToken::new();
-    let running = tokio::spawn(orderflow_payment::run(config, stop.clone()));
+    let queue = orderflow_queue::rabbit::RabbitQueue::new(
+        orderflow_testkit::amqp_url(),
+        config.service.topology(),
+        Duration::from_secs(30),
+    );
+    let placement = orderflow_service_kit::parts::Placement {
+        bind: Some(config.service.bind),
+        concurrency: 4,
+        workers: true,
+    };
+    let parts = orderflow_payment::parts(config).await?;
+    let running = tokio::spawn(parts.run(queue, placement, stop.clone()));
 
     let http = reqwest::Client::new();
     let ready = format!("http://127.0.0.1:{port}/ready");

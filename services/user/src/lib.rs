@@ -28,12 +28,12 @@ use anyhow::Context as _;
 use orderflow_service_kit::{
     auth::JwtKeys,
     db::{Db, Migrations},
-    http::{self, Readiness},
+    http::Readiness,
     kv,
     limit::Limits,
+    parts::ServiceParts,
 };
 use sqlx::migrate::Migrator;
-use tokio_util::sync::CancellationToken;
 
 pub use api::{AppState, router};
 pub use config::{SessionBackend, UserConfig};
@@ -98,10 +98,13 @@ pub async fn prepare(config: &UserConfig) -> anyhow::Result<(AppState, Readiness
     Ok((state, ready))
 }
 
-/// Runs the user service until `stop`: migrates its database, seeds the admin, serves the API.
-/// The service has no activities: nothing in the order saga is done by it.
-pub async fn run(config: UserConfig, stop: CancellationToken) -> anyhow::Result<()> {
+/// The parts: the API (accounts, logins, tokens). The service has no activities: nothing in the
+/// order saga is done by it.
+pub async fn parts(config: UserConfig) -> anyhow::Result<ServiceParts> {
     let (state, ready) = prepare(&config).await?;
-    let app = http::app(SERVICE, router(state), ready);
-    http::serve(config.service.bind, app, stop).await
+    let db = state.db.clone();
+    let mut parts = ServiceParts::new(SERVICE, &["users", "auth"], router(state));
+    parts.ready = ready;
+    parts.db = Some(db);
+    Ok(parts)
 }

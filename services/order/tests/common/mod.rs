@@ -14,20 +14,23 @@ use axum::{
     Router,
     http::{Method, StatusCode},
 };
-use orderflow_activities::worker::{Handler, Worker};
+use orderflow_activities::{
+    follower::{self, Subscription},
+    worker::{Handler, Worker},
+};
 use orderflow_core::{Registry, WorkflowFinished};
 use orderflow_engine::api::AppState as EngineState;
 use orderflow_order::OrderConfig;
+use orderflow_queue::rabbit::RabbitQueue;
 use orderflow_service_kit::{
     ServiceConfig,
     auth::{JwtKeys, Role},
     db::Db,
-    events::{self, Subscription},
     http::{self, Readiness},
     kv,
 };
 use orderflow_service_testkit::{Answer, call, fresh_db, serve};
-use orderflow_testkit::{TestEnv, amqp_url, eventually};
+use orderflow_testkit::{TestEnv, eventually};
 use serde_json::{Value, json};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
@@ -113,7 +116,6 @@ impl Stack {
         service.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         service.jwt_secret = SECRET.to_owned();
         service.queue_prefix = topology.prefix.clone();
-        service.amqp_url = amqp_url();
         service.engine_url = engine_url;
 
         // The user service.
@@ -146,7 +148,8 @@ impl Stack {
         inv_config.service = service.clone();
         let db = inv_db.clone();
         follow(
-            orderflow_inventory::subscription(&inv_config),
+            env.queue(),
+            orderflow_inventory::subscription(),
             &stop,
             move |e| {
                 let db = db.clone();
@@ -170,10 +173,15 @@ impl Stack {
         config.start_backoff_cap = Duration::from_millis(200);
         let state = orderflow_order::state(&config, order_db.clone())?;
         let db = order_db.clone();
-        follow(orderflow_order::subscription(&config), &stop, move |e| {
-            let db = db.clone();
-            async move { orderflow_order::follow::on_workflow_finished(&db, &e).await }
-        })
+        follow(
+            env.queue(),
+            orderflow_order::subscription(),
+            &stop,
+            move |e| {
+                let db = db.clone();
+                async move { orderflow_order::follow::on_workflow_finished(&db, &e).await }
+            },
+        )
         .await?;
         tokio::spawn(orderflow_order::starter::run(
             order_db.clone(),
@@ -220,13 +228,13 @@ impl Stack {
         orderflow_engine::api::router(EngineState {
             pool: env.pool.clone(),
             applier: env.applier(registry.clone()),
-            amqp_url: amqp_url(),
+            queue: Arc::new(env.queue()),
         })
     }
 
     /// Runs `handlers` on the stack's queues until the stack stops.
     pub fn spawn_worker(&self, handlers: Vec<Arc<dyn Handler>>) {
-        let worker = Worker::builder(amqp_url(), self.env.topology.clone())
+        let worker = Worker::builder(self.env.queue())
             .handlers(handlers, 8)
             .build();
         tokio::spawn(worker.run(self.stop.clone().cancelled_owned()));
@@ -402,6 +410,7 @@ impl Stack {
 /// Follows `sub` with `handle` until `stop`, bound before any saga starts so that no
 /// `WorkflowFinished` is published to nobody.
 async fn follow<F, Fut, E>(
+    queue: RabbitQueue,
     sub: Subscription,
     stop: &CancellationToken,
     handle: F,
@@ -411,8 +420,8 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    sub.declare().await?;
-    tokio::spawn(events::follow(sub, handle, stop.clone()));
+    sub.declare(&queue).await?;
+    tokio::spawn(follower::follow(queue, sub, handle, stop.clone()));
     Ok(())
 }
 

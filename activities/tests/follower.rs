@@ -1,21 +1,23 @@
-//! `events::follow_on`: finished-saga events followed on the embedded queue of `orderflow dev`,
-//! with the same contract as on RabbitMQ: acked only after the handler succeeded, redelivered
-//! after it failed, dead-lettered when undecodable.
+//! The follower conformance suite: finished-workflow events followed on RabbitMQ and on the
+//! embedded queue with one contract: acked only after the handler succeeded, redelivered after
+//! it failed, dead-lettered when undecodable.
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use orderflow_activities::{
-    broker::{Outgoing, Topology},
-    queue::{TaskQueue as _, embedded::EmbeddedQueue},
-};
+use orderflow_activities::follower::{Subscription, WorkflowFinished, follow};
 use orderflow_core::{WorkflowId, WorkflowStatus, protocol::finished_routing_key};
-use orderflow_service_kit::events::{Subscription, WorkflowFinished, follow_on};
+use orderflow_queue::{
+    Consumer as _, Delivery as _, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue,
+    rabbit::RabbitQueue,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
 
 fn finished(id: Uuid) -> WorkflowFinished {
     WorkflowFinished {
@@ -30,22 +32,28 @@ fn finished(id: Uuid) -> WorkflowFinished {
 }
 
 #[tokio::test]
+async fn events_on_rabbitmq_are_acked_after_the_handler_and_retried_after_a_failure()
+-> anyhow::Result<()> {
+    let amqp = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let topology = Topology::new(format!("follow-{}.", Uuid::new_v4().simple()));
+    let queue = RabbitQueue::connect(amqp, topology, WAIT).await?;
+    acked_after_the_handler(queue).await
+}
+
+#[tokio::test]
 async fn events_on_the_embedded_queue_are_acked_after_the_handler_and_retried_after_a_failure()
 -> anyhow::Result<()> {
-    let topology = Topology::default();
-    let queue = EmbeddedQueue::open(None, topology.clone()).await?;
-    let sub = Subscription {
-        amqp_url: String::new(),
-        topology: topology.clone(),
-        service: "inventory".into(),
-        routing_key: finished_routing_key("order"),
-    };
+    acked_after_the_handler(EmbeddedQueue::open(None, Topology::default()).await?).await
+}
+
+async fn acked_after_the_handler<Q: TaskQueue>(queue: Q) -> anyhow::Result<()> {
+    let sub = Subscription::new("inventory", finished_routing_key("order"));
     // Bound before anything is published, as a service binds at start.
-    queue.declare(&sub.queue()).await?;
-    queue.bind_events(&sub.queue(), &sub.routing_key).await?;
+    sub.declare(&queue).await?;
 
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    let exchange = topology.events_exchange();
+    let exchange = queue.topology().events_exchange();
     let bodies = [
         serde_json::to_vec(&finished(first))?,
         b"not an event".to_vec(),
@@ -66,7 +74,7 @@ async fn events_on_the_embedded_queue_are_acked_after_the_handler_and_retried_af
     // The handler fails the first event once, then takes everything.
     let seen: Arc<Mutex<Vec<Uuid>>> = Arc::default();
     let stop = CancellationToken::new();
-    let follower = tokio::spawn(follow_on(
+    let follower = tokio::spawn(follow(
         queue.clone(),
         sub.clone(),
         {
@@ -85,15 +93,12 @@ async fn events_on_the_embedded_queue_are_acked_after_the_handler_and_retried_af
         },
         stop.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = {
-            let seen = seen.lock().unwrap();
-            seen.contains(&second) && seen.iter().filter(|id| **id == first).count() == 2
-        };
-        if done {
-            break;
-        }
+    let handled = || {
+        let seen = seen.lock().unwrap();
+        seen.contains(&second) && seen.iter().filter(|id| **id == first).count() == 2
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !handled() {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "events not handled: {:?}",
@@ -101,10 +106,17 @@ async fn events_on_the_embedded_queue_are_acked_after_the_handler_and_retried_af
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Nothing else comes: the undecodable message was dead-lettered, the rest acked.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     follower.await?;
+    // Nothing else is left: the undecodable message was dead-lettered, the rest acked.
+    let stats = queue.inspect(&sub.queue_name(&queue)).await?;
+    assert_eq!(stats.depth, 0, "{stats:?}");
+    let mut dead = queue
+        .consume(&queue.topology().dead_letter_queue(), 10)
+        .await?;
+    let d = tokio::time::timeout(WAIT, dead.next()).await??;
+    assert_eq!(d.body(), b"not an event");
+    d.ack().await?;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen.len(),
