@@ -5,11 +5,11 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use anyhow::{Context, bail};
 use orderflow_activities::worker::Worker;
 use orderflow_core::{History, Registry, WorkflowId, replay};
-use orderflow_engine::admin::{AdminConfig, DEV_PASSWORD};
 use orderflow_engine::{
     Engine, EngineConfig,
+    admin::{self, AdminConfig, DEV_PASSWORD},
     api::{self, AppState},
-    store,
+    store::Reads as _,
 };
 use orderflow_queue::{Topology, rabbit::RabbitQueue};
 use orderflow_service_kit::{
@@ -142,11 +142,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .max_connections(1)
                 .connect(&database_url)
                 .await?;
-            let mut conn = pool.acquire().await?;
-            let row = store::workflows::get(&mut conn, id.0)
+            let (row, events) = pool
+                .workflow(id.0)
                 .await?
                 .with_context(|| format!("ID: no workflow {id}"))?;
-            let events = store::history::load(&mut conn, id.0).await?;
             let history = History {
                 workflow_id: id,
                 workflow_type: row.workflow_type,
@@ -246,14 +245,11 @@ async fn serve_engine(
         registry,
         EngineConfig::default(),
     );
-    let app = api::router_with_admin(
-        AppState {
-            pool,
-            applier: engine.applier().clone(),
-            queue: Arc::new(queue),
-        },
-        admin,
-    );
+    let state = AppState::new(pool, engine.applier().clone(), queue);
+    let app = match admin {
+        Some(config) => api::router_with(state.clone(), admin::router(state, config)),
+        None => api::router(state),
+    };
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;

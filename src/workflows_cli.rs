@@ -272,11 +272,11 @@ mod tests {
     async fn lists_shows_and_acts_through_the_rest_api() -> anyhow::Result<()> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
-        let app = api::router(AppState {
-            pool: env.pool.clone(),
-            applier: applier.clone(),
-            queue: std::sync::Arc::new(env.queue()),
-        });
+        let app = api::router(AppState::new(
+            env.pool.clone(),
+            applier.clone(),
+            env.queue(),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });

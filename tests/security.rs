@@ -119,18 +119,12 @@ impl Stack {
         let prefix = env.topology.prefix.clone();
         let keys = JwtKeys::new(SECRET);
         let registry = Arc::new(orderflow_workflows::registry());
-        let engine = serve(
-            orderflow_engine::api::router_with_admin(
-                EngineState {
-                    pool: env.pool.clone(),
-                    applier: env.applier(registry),
-                    queue: std::sync::Arc::new(env.queue()),
-                },
-                Some(AdminConfig::with_password("operator", ADMIN_UI_PASSWORD)),
-            ),
-            &stop,
-        )
-        .await?;
+        let state = EngineState::new(env.pool.clone(), env.applier(registry), env.queue());
+        let admin = orderflow_engine::admin::router(
+            state.clone(),
+            AdminConfig::with_password("operator", ADMIN_UI_PASSWORD),
+        );
+        let engine = serve(orderflow_engine::api::router_with(state, admin), &stop).await?;
 
         let mut service = ServiceConfig::local("order", 0);
         service.bind = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -412,13 +412,10 @@ async fn main() -> anyhow::Result<()> {
     // Every stuck page asks the broker and scans the tasks out, as the first view after the
     // cache expires does: the worst case, not the cached one.
     config.probe_ttl = Duration::ZERO;
-    let app = api::router_with_admin(
-        AppState {
-            pool: env.pool.clone(),
-            applier: env.applier(registry),
-            queue: std::sync::Arc::new(env.queue()),
-        },
-        Some(config),
+    let state = AppState::new(env.pool.clone(), env.applier(registry), env.queue());
+    let app = api::router_with(
+        state.clone(),
+        orderflow_engine::admin::router(state, config),
     );
     let cookie = session(&env).await?;
     let pick = |kind: &str| {

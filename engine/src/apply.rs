@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     metrics,
     store::{
-        backend::{Store, StoreTx},
+        Store, StoreTx,
         change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
     },
 };

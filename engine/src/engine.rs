@@ -9,7 +9,7 @@ use orderflow_queue::TaskQueue;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{EngineConfig, apply::Applier, loops::supervise, store::backend::Store};
+use crate::{EngineConfig, apply::Applier, loops::supervise, store::Store};
 
 /// An engine on store `S` and queue `Q`. Clones share the store and queue.
 #[derive(Debug, Clone)]

@@ -935,11 +935,10 @@ async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()>
     let queue =
         orderflow_queue::embedded::EmbeddedQueue::open(Some(&ui.files[1]), ui.env.topology.clone())
             .await?;
-    let app = orderflow_engine::api::router_embedded(
-        reopened,
-        ui.applier.clone(),
-        std::sync::Arc::new(queue),
-        Some(Setup::default().config),
+    let state = orderflow_engine::api::AppState::new(reopened, ui.applier.clone(), queue);
+    let app = orderflow_engine::api::router_with(
+        state.clone(),
+        orderflow_engine::admin::router(state, Setup::default().config),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

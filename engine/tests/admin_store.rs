@@ -1,6 +1,6 @@
 //! The admin UI's reads and sessions answer the same on both stores: each scenario runs on the
 //! engine's Postgres (`postgres::`) and on the embedded SQLite store of `orderflow dev`
-//! (`sqlite::`), through [`Backend`], with no HTTP in between. The HTTP flows are in `admin.rs`;
+//! (`sqlite::`), through the read seam (`Database`), with no HTTP in between. The HTTP flows are in `admin.rs`;
 //! these cover what pages rarely reach: expired sessions, every filter and cursor bound, each
 //! kind of stuck, the audit's order and page bound, and a refused action leaving nothing behind.
 
@@ -11,12 +11,12 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use orderflow_core::{Event, Registry, WorkflowId};
 use orderflow_engine::{
-    admin::{
-        Backend,
-        query::{ListFilter, StuckFilter, StuckKind},
-    },
     apply::{Applier, Outcome, StartRequest},
-    store::sqlite::SqliteStore,
+    store::{
+        Database,
+        reads::{ListFilter, ListRow, Session, StuckFilter, StuckKind},
+        sqlite::SqliteStore,
+    },
 };
 use orderflow_queue::Topology;
 use orderflow_testkit::order_input;
@@ -30,14 +30,14 @@ macro_rules! on_both_stores {
             $(#[tokio::test]
             async fn $name() -> anyhow::Result<()> {
                 let env = orderflow_testkit::TestEnv::new().await?;
-                super::$name(&super::Backend::Postgres(env.pool.clone()), &super::applier()).await
+                super::$name(&env.pool, &super::applier()).await
             })*
         }
         mod sqlite {
             $(#[tokio::test]
             async fn $name() -> anyhow::Result<()> {
                 let store = super::SqliteStore::open(None).await?;
-                super::$name(&super::Backend::Sqlite(store), &super::applier()).await
+                super::$name(&store, &super::applier()).await
             })*
         }
     };
@@ -58,7 +58,11 @@ fn applier() -> Applier {
     Applier::new(Arc::new(Registry::new().with(def)), Topology::default())
 }
 
-async fn start(db: &Backend, applier: &Applier, keys: serde_json::Value) -> anyhow::Result<Uuid> {
+async fn start(
+    db: &dyn Database,
+    applier: &Applier,
+    keys: serde_json::Value,
+) -> anyhow::Result<Uuid> {
     let req = StartRequest {
         workflow_type: "order".into(),
         input: order_input(),
@@ -76,12 +80,12 @@ fn list(limit: i64) -> ListFilter {
     }
 }
 
-fn ids(rows: &[orderflow_engine::admin::query::ListRow]) -> Vec<Uuid> {
+fn ids(rows: &[ListRow]) -> Vec<Uuid> {
     rows.iter().map(|r| r.id).collect()
 }
 
 async fn sessions_live_until_they_expire_or_are_closed(
-    db: &Backend,
+    db: &dyn Database,
     _: &Applier,
 ) -> anyhow::Result<()> {
     db.open_session(b"live", "admin:ada", "csrf-1", Duration::from_secs(3600))
@@ -90,7 +94,10 @@ async fn sessions_live_until_they_expire_or_are_closed(
         .await?;
     assert_eq!(
         db.session(b"live").await?,
-        Some(("admin:ada".to_owned(), "csrf-1".to_owned()))
+        Some(Session {
+            actor: "admin:ada".to_owned(),
+            csrf_token: "csrf-1".to_owned(),
+        })
     );
     assert_eq!(db.session(b"gone").await?, None, "an expired session");
     assert_eq!(db.session(b"never").await?, None);
@@ -105,7 +112,7 @@ async fn sessions_live_until_they_expire_or_are_closed(
 }
 
 async fn the_list_honours_every_filter_and_bound(
-    db: &Backend,
+    db: &dyn Database,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let before_all = Utc::now() - chrono::Duration::milliseconds(5);
@@ -124,7 +131,7 @@ async fn the_list_honours_every_filter_and_bound(
                     reason: "test".into(),
                 },
             )],
-            |_| true,
+            Box::new(|_| true),
         )
         .await?;
     assert!(matches!(kept[..], [Outcome::Applied { .. }]), "{kept:?}");
@@ -200,7 +207,7 @@ async fn the_list_honours_every_filter_and_bound(
 }
 
 async fn each_kind_of_stuck_is_found_with_its_latest_task(
-    db: &Backend,
+    db: &dyn Database,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let a = start(db, applier, json!({})).await?;
@@ -304,7 +311,7 @@ async fn each_kind_of_stuck_is_found_with_its_latest_task(
                 reason: "test".into(),
             },
         )],
-        |_| true,
+        Box::new(|_| true),
     )
     .await?;
     assert_eq!(
@@ -319,7 +326,7 @@ async fn each_kind_of_stuck_is_found_with_its_latest_task(
 }
 
 async fn the_audit_lists_operator_actions_newest_first(
-    db: &Backend,
+    db: &dyn Database,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let a = start(db, applier, json!({})).await?;
@@ -333,7 +340,7 @@ async fn the_audit_lists_operator_actions_newest_first(
             actor: "admin:ops".into(),
             reason: reason.into(),
         };
-        db.apply(applier, &[(WorkflowId(id), event)], |_| true)
+        db.apply(applier, &[(WorkflowId(id), event)], Box::new(|_| true))
             .await?;
         // Distinct instants, so the order is the order of the actions.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -354,7 +361,7 @@ async fn the_audit_lists_operator_actions_newest_first(
 }
 
 async fn a_refused_or_unkept_action_leaves_no_trace(
-    db: &Backend,
+    db: &dyn Database,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let id = start(db, applier, json!({})).await?;
@@ -363,7 +370,7 @@ async fn a_refused_or_unkept_action_leaves_no_trace(
         reason: "x".into(),
     };
     let unkept = db
-        .apply(applier, &[(WorkflowId(id), cancel())], |_| false)
+        .apply(applier, &[(WorkflowId(id), cancel())], Box::new(|_| false))
         .await?;
     assert!(matches!(unkept[..], [Outcome::Applied { .. }]));
     assert_eq!(db.history(id).await?.len(), 1, "rolled back");
@@ -376,12 +383,14 @@ async fn a_refused_or_unkept_action_leaves_no_trace(
         actor: "admin:ops".into(),
         reason: "x".into(),
     };
-    db.apply(applier, &[(WorkflowId(id), terminate)], |_| true)
+    db.apply(applier, &[(WorkflowId(id), terminate)], Box::new(|_| true))
         .await?;
     let refused = db
-        .apply(applier, &[(WorkflowId(id), cancel())], |o| {
-            matches!(o, [Outcome::Applied { .. }])
-        })
+        .apply(
+            applier,
+            &[(WorkflowId(id), cancel())],
+            Box::new(|o| matches!(o, [Outcome::Applied { .. }])),
+        )
         .await?;
     assert!(matches!(refused[..], [Outcome::Rejected(_)]), "{refused:?}");
     assert_eq!(db.history(id).await?.len(), 2);
@@ -389,7 +398,11 @@ async fn a_refused_or_unkept_action_leaves_no_trace(
     assert_eq!(row.status, "terminated");
     assert_eq!(history.len(), 2);
     let missing = db
-        .apply(applier, &[(WorkflowId(Uuid::now_v7()), cancel())], |_| true)
+        .apply(
+            applier,
+            &[(WorkflowId(Uuid::now_v7()), cancel())],
+            Box::new(|_| true),
+        )
         .await?;
     assert!(matches!(missing[..], [Outcome::NotFound]));
     assert!(db.workflow(Uuid::now_v7()).await?.is_none());

@@ -70,11 +70,11 @@ impl Api {
     async fn new() -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(orderflow_workflows::registry()));
-        let app = router(AppState {
-            pool: env.pool.clone(),
-            applier: applier.clone(),
-            queue: std::sync::Arc::new(env.queue()),
-        });
+        let app = router(AppState::new(
+            env.pool.clone(),
+            applier.clone(),
+            env.queue(),
+        ));
         Ok(Self { env, applier, app })
     }
 
@@ -958,15 +958,15 @@ async fn ready_answers_503_when_the_broker_is_unreachable() -> anyhow::Result<()
     let env = TestEnv::new().await?;
     let applier = env.applier(Arc::new(orderflow_workflows::registry()));
     // Port 1 on localhost refuses connections at once.
-    let app = router(AppState {
-        pool: env.pool.clone(),
+    let app = router(AppState::new(
+        env.pool.clone(),
         applier,
-        queue: Arc::new(RabbitQueue::new(
+        RabbitQueue::new(
             "amqp://guest:guest@127.0.0.1:1/%2f",
             env.topology.clone(),
             Duration::ZERO,
-        )),
-    });
+        ),
+    ));
 
     let res = app
         .oneshot(Request::get("/ready").body(Body::empty())?)

@@ -22,10 +22,7 @@ use orderflow_core::{ActivityError, Event, Registry, TaskMessage, WorkflowId};
 use orderflow_engine::{
     Engine, EngineConfig,
     apply::{Applier, Outcome, StartError, StartRequest, now},
-    store::{
-        backend::{Listener, Store, StoreTx, Wakeup},
-        sqlite::SqliteStore,
-    },
+    store::{Listener, Store, StoreTx, Wakeup, sqlite::SqliteStore},
 };
 use orderflow_queue::{
     Consumer, Delivery, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue, rabbit::RabbitQueue,
@@ -180,7 +177,7 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
     assert_eq!((again.id, again.created), (first.id, false));
     let reused = applier.start(&store, request(Some("k-1"), "h-2")).await;
     assert!(matches!(reused, Err(StartError::KeyReused)), "{reused:?}");
-    assert_eq!(store.count_by_status().await?, vec![("running".into(), 1)]);
+    assert_eq!(store.counts().await?, vec![("running".into(), 1)]);
 
     // Outbox rows leave only with a commit: a rolled back take puts them back.
     let mut tx = store.begin().await?;

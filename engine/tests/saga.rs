@@ -105,8 +105,8 @@ async fn assert_replays(
     id: Uuid,
     def: orderflow_core::SagaDefinition,
 ) -> anyhow::Result<()> {
-    let mut conn = stack.env.pool.acquire().await?;
-    let events = orderflow_engine::store::history::load(&mut conn, id).await?;
+    use orderflow_engine::store::Reads as _;
+    let events = stack.env.pool.history(id).await?;
     let history = orderflow_core::History {
         workflow_id: WorkflowId(id),
         workflow_type: "order".into(),

@@ -138,8 +138,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         ))),
         ..AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD)
     };
-    let engine =
-        orderflow_engine::api::router_embedded(store, applier, Arc::new(queue), Some(admin));
+    let state = orderflow_engine::api::AppState::new(store, applier, queue);
+    let engine = orderflow_engine::api::router_with(
+        state.clone(),
+        orderflow_engine::admin::router(state, admin),
+    );
     let emails = demo::emails_router(services.db("notification").clone());
     let mut routes = services.routes;
     routes.push(("/dev/emails".to_owned(), emails));

@@ -111,7 +111,7 @@ pub async fn single(
     let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
         .db
-        .apply(&st.applier, &[(id, event)], applied)
+        .apply(&st.applier, &[(id, event)], Box::new(applied))
         .await?
         .pop()
         .unwrap_or(Outcome::NotFound);
@@ -229,7 +229,7 @@ impl Bulk {
         if self.view == "stuck" {
             let Query(p) = Query::<StuckParams>::try_from_uri(&uri)
                 .map_err(|e| AdminError::bad("query", e.body_text()))?;
-            let probe = st.probe.check(&st.db).await?;
+            let probe = st.probe.check(&*st.db).await?;
             let mut filter = p.filter(st, &probe, limit + 1)?;
             filter.before_id = None;
             filter.upto_id = upto;
@@ -306,7 +306,10 @@ pub async fn bulk_run(
             .iter()
             .map(|id| (WorkflowId(*id), event.clone()))
             .collect();
-        let outcomes = st.db.apply(&st.applier, &events, |_| true).await?;
+        let outcomes = st
+            .db
+            .apply(&st.applier, &events, Box::new(|_| true))
+            .await?;
         for (id, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Outcome::Applied { .. } => report.applied.push(*id),

@@ -72,7 +72,10 @@ impl FromRequestParts<AdminState> for Operator {
             return Err(AdminError::LoginRequired { next });
         };
         match st.db.session(&sha256(&token)).await? {
-            Some((actor, csrf)) => Ok(Operator { actor, csrf }),
+            Some(session) => Ok(Operator {
+                actor: session.actor,
+                csrf: session.csrf_token,
+            }),
             None => Err(AdminError::LoginRequired { next }),
         }
     }

@@ -4,17 +4,16 @@
 //! the decider (`Applier::apply`), so it lands in the workflow's history with the operator as its
 //! actor and the reason they gave, and the audit view lists it.
 //!
-//! - [`backend`]: the database the UI (and the REST API) reads and writes, Postgres or the
-//!   embedded SQLite store of `orderflow dev` ([`router_embedded`]).
+//! The UI reads and acts through the engine's read seam ([`crate::store::Database`]), so it runs
+//! on Postgres or on the embedded store of `orderflow dev` alike, and asks the task queue
+//! ([`orderflow_queue::QueueView`]) which queues have workers.
+//!
 //! - [`auth`]: login (an operator account configured for the process), sessions in the database
 //!   behind an HttpOnly, SameSite=Strict cookie, the per-session CSRF token every POST must
 //!   carry, and the [`auth::Operator`] extractor that sends anyone without a session to the login
 //!   page.
-//! - [`query`]: the reads behind the pages on Postgres (list with filters and cursor pages,
-//!   counts, the stuck set, one workflow's timers, the audit trail), each answered from an index;
-//!   [`sqlite`]: the same reads, and the sessions, in SQLite's dialect.
-//! - [`stuck`]: why a saga is stuck, in one line, and [`stuck::QueueProbe`], which asks RabbitMQ
-//!   which activity queues have no consumer (the in-process queue cannot say).
+//! - [`stuck`]: why a saga is stuck, in one line, and [`stuck::QueueProbe`], which asks the task
+//!   queue which activity queues have no consumer.
 //! - [`timeline`]: a saga's steps as an SVG diagram, forward path and compensation path.
 //! - [`views`]: the HTML of every page.
 //! - [`actions`]: single and bulk operator actions (retry, retry from a step, cancel, terminate,
@@ -24,11 +23,8 @@
 
 pub mod actions;
 pub mod auth;
-pub mod backend;
 pub mod error;
 pub mod outbox;
-pub mod query;
-pub mod sqlite;
 pub mod stuck;
 pub mod timeline;
 pub mod views;
@@ -44,12 +40,9 @@ use axum::{
     routing::{get, post},
 };
 
-pub use backend::Backend;
 pub use error::AdminError;
 
-use orderflow_queue::QueueView;
-
-use crate::{api::AppState, apply::Applier, store::sqlite::SqliteStore};
+use crate::{api::AppState, apply::Applier, store::Database};
 
 /// The password `orderflow up` uses when `ORDERFLOW_ADMIN_PASSWORD` is not set, printed at start.
 /// Only for a developer's machine: `orderflow engine` has no default and serves no password login
@@ -112,7 +105,7 @@ impl AdminConfig {
 /// What every admin handler shares.
 #[derive(Clone, Debug)]
 pub struct AdminState {
-    pub db: Backend,
+    pub db: Arc<dyn Database>,
     pub applier: Applier,
     pub config: Arc<AdminConfig>,
     pub probe: Arc<stuck::QueueProbe>,
@@ -120,32 +113,12 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// On the engine's Postgres, asking `app.queue` about queue consumers.
+    /// On the engine's database and queue of `app`.
     pub fn new(app: AppState, config: AdminConfig) -> Self {
-        let probe = stuck::QueueProbe::new(app.queue.clone(), config.probe_ttl);
-        Self::with_probe(Backend::Postgres(app.pool), app.applier, config, probe)
-    }
-
-    /// On the embedded store.
-    pub fn embedded(
-        store: SqliteStore,
-        applier: Applier,
-        queue: Arc<dyn QueueView>,
-        config: AdminConfig,
-    ) -> Self {
-        let probe = stuck::QueueProbe::new(queue, config.probe_ttl);
-        Self::with_probe(Backend::Sqlite(store), applier, config, probe)
-    }
-
-    fn with_probe(
-        db: Backend,
-        applier: Applier,
-        config: AdminConfig,
-        probe: stuck::QueueProbe,
-    ) -> Self {
+        let probe = stuck::QueueProbe::new(app.queue, config.probe_ttl);
         Self {
-            db,
-            applier,
+            db: app.db,
+            applier: app.applier,
             config: Arc::new(config),
             probe: Arc::new(probe),
             throttle: Arc::new(auth::LoginThrottle::default()),
@@ -153,35 +126,12 @@ impl AdminState {
     }
 }
 
-/// The admin routes, for the engine's router to merge; empty when `config` is `None`.
-pub fn router<S>(app: AppState, config: Option<AdminConfig>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    match config {
-        Some(config) => routes(AdminState::new(app, config)),
-        None => Router::new(),
-    }
+/// The admin routes, for the engine's router to merge ([`crate::api::router_with`]).
+pub fn router(app: AppState, config: AdminConfig) -> Router {
+    routes(AdminState::new(app, config))
 }
 
-/// The admin routes on the embedded store of `orderflow dev`, for its router to merge. The
-/// store's migrations include the sessions table.
-pub fn router_embedded<S>(
-    store: SqliteStore,
-    applier: Applier,
-    queue: Arc<dyn QueueView>,
-    config: AdminConfig,
-) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    routes(AdminState::embedded(store, applier, queue, config))
-}
-
-fn routes<S>(state: AdminState) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
+fn routes(state: AdminState) -> Router {
     Router::new()
         .route("/admin", get(|| async { Redirect::to("/admin/workflows") }))
         .route(

@@ -18,9 +18,9 @@ use orderflow_queue::{QueueStats, QueueView};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{
-    backend::Backend,
-    query::{StuckKind, StuckRow, TimerRow},
+use crate::store::{
+    Database,
+    reads::{StuckKind, StuckRow, TimerRow},
 };
 
 /// What the probe saw at one moment.
@@ -67,7 +67,7 @@ impl QueueProbe {
     }
 
     /// The latest answer, asking again when it is older than the probe's TTL.
-    pub async fn check(&self, db: &Backend) -> Result<Arc<ProbeResult>, sqlx::Error> {
+    pub async fn check(&self, db: &dyn Database) -> Result<Arc<ProbeResult>, sqlx::Error> {
         let mut last = self.last.lock().await;
         if let Some((at, r)) = last.as_ref()
             && at.elapsed() < self.ttl

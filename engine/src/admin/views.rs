@@ -23,10 +23,10 @@ use super::{
     AdminError, AdminState,
     auth::{self, FLASH_COOKIE, Operator},
     error::{url_decode, url_encode},
-    query::{self, ListFilter, StuckFilter, StuckKind},
     stuck::{self, human},
     timeline,
 };
+use crate::store::reads::{ListFilter, ListRow, StuckFilter, StuckKind, TimerRow};
 
 const PAGE_SIZE: i64 = 50;
 
@@ -368,7 +368,7 @@ pub async fn list_page(
     Ok(page(&st, frame, body))
 }
 
-fn list_table(rows: &[query::ListRow], view: &str) -> Markup {
+fn list_table(rows: &[ListRow], view: &str) -> Markup {
     html! {
         table.rows data-view=(view) {
             thead { tr {
@@ -502,7 +502,7 @@ pub async fn stuck_page(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Response, AdminError> {
     let Query(params) = q.map_err(query_error)?;
-    let probe = st.probe.check(&st.db).await?;
+    let probe = st.probe.check(&*st.db).await?;
     let filter = params.filter(&st, &probe, PAGE_SIZE + 1)?;
     let (attention, retrying, overdue) = st.db.stuck_counts(filter.overdue_before).await?;
     let mut rows = st.db.stuck(&filter).await?;
@@ -546,7 +546,7 @@ pub async fn stuck_page(
                 tbody {
                     @if rows.is_empty() { tr { td colspan="8" .empty { "Nothing is stuck." } } }
                     @for r in &rows {
-                        @let mine: Vec<&query::TimerRow> = timers.iter().filter(|t| t.workflow_id == r.id).collect();
+                        @let mine: Vec<&TimerRow> = timers.iter().filter(|t| t.workflow_id == r.id).collect();
                         @let why = stuck::why(r, &mine, &probe, now, st.config.timer_grace);
                         tr data-id=(r.id) data-kind=(why.kind.map_or("none", StuckKind::as_str)) {
                             td { input type="checkbox" name="ids" value=(r.id) form="bulk" aria-label="select"; }

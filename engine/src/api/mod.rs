@@ -1,7 +1,8 @@
-//! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`.
-//! [`router`] is a plain function so tests drive it without a socket. The same routes serve the
-//! engine's Postgres ([`router_with_admin`]) or the embedded SQLite store of `orderflow dev`
-//! ([`router_embedded`]); handlers reach either through [`Backend`].
+//! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`. [`router`] is a
+//! plain function so tests drive it without a socket. Handlers reach the engine's database through
+//! the read seam ([`crate::store::Database`]) and the task queue through
+//! [`orderflow_queue::QueueView`], so one router serves Postgres and RabbitMQ or the embedded
+//! store and queue. The host merges the admin UI's routes in ([`router_with`]).
 
 mod openapi;
 mod problem;
@@ -17,80 +18,47 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use orderflow_queue::QueueView;
-use sqlx::PgPool;
+use orderflow_queue::{QueueView, TaskQueue};
 
 pub use problem::ApiError;
 
 use crate::{
-    admin::{AdminConfig, Backend},
     apply::Applier,
     metrics,
-    store::sqlite::SqliteStore,
+    store::{Database, Store},
 };
 
-/// What an engine process on Postgres serves the API with.
+/// What the API and the admin UI of one engine process share: its database, the applier every
+/// change goes through, and the task queue (`/ready` and the stuck view ask it).
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Arc<dyn Database>,
     pub applier: Applier,
-    /// The task queue, probed by `/ready`.
     pub queue: Arc<dyn QueueView>,
 }
 
-/// What every handler shares.
-#[derive(Debug, Clone)]
-pub(crate) struct ApiState {
-    pub db: Backend,
-    pub applier: Applier,
-    /// Probed by `/ready`.
-    pub queue: Arc<dyn QueueView>,
+impl AppState {
+    pub fn new(store: impl Store, applier: Applier, queue: impl TaskQueue) -> Self {
+        Self {
+            db: Arc::new(store),
+            applier,
+            queue: Arc::new(queue),
+        }
+    }
 }
 
 /// The whole HTTP surface of an engine process.
 pub fn router(state: AppState) -> Router {
-    router_with_admin(state, None)
+    router_with(state, Router::new())
 }
 
-/// [`router`] plus, when `admin` is set, the operators' web UI under `/admin`.
-pub fn router_with_admin(state: AppState, admin: Option<AdminConfig>) -> Router {
-    let ui = crate::admin::router(state.clone(), admin);
-    routes(
-        ApiState {
-            db: Backend::Postgres(state.pool),
-            applier: state.applier,
-            queue: state.queue,
-        },
-        ui,
-    )
+/// [`router`] with `extra` routes (the admin UI) merged in, behind the same fallbacks and
+/// request metrics.
+pub fn router_with(state: AppState, extra: Router) -> Router {
+    routes(state, extra)
 }
 
-/// The whole HTTP surface on the embedded store of `orderflow dev` (tasks on the in-process
-/// queue), with the operators' web UI under `/admin` when `admin` is set. `/ready` asks only
-/// the store: there is no broker.
-pub fn router_embedded(
-    store: SqliteStore,
-    applier: Applier,
-    queue: Arc<dyn QueueView>,
-    admin: Option<AdminConfig>,
-) -> Router {
-    let ui = match admin {
-        Some(config) => {
-            crate::admin::router_embedded(store.clone(), applier.clone(), queue.clone(), config)
-        }
-        None => Router::new(),
-    };
-    routes(
-        ApiState {
-            db: Backend::Sqlite(store),
-            applier,
-            queue,
-        },
-        ui,
-    )
-}
-
-fn routes(state: ApiState, ui: Router<ApiState>) -> Router {
+fn routes(state: AppState, extra: Router) -> Router {
     let api = Router::new()
         .route("/workflows", post(workflows::start).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
@@ -103,14 +71,14 @@ fn routes(state: ApiState, ui: Router<ApiState>) -> Router {
         .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", api)
-        .merge(ui)
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(|| async { metrics::render() }))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(observe))
         .with_state(state)
+        .merge(extra)
+        .layer(middleware::from_fn(observe))
 }
 
 /// `GET /api/v1/openapi.json`: the API's OpenAPI document.
@@ -130,7 +98,7 @@ async fn openapi_json() -> Response {
 
 /// `/ready`: 200 only when the database and the broker both answer. With the in-process queue
 /// there is no broker (`"broker": null`) and the database alone decides.
-async fn ready(State(state): State<ApiState>) -> Response {
+async fn ready(State(state): State<AppState>) -> Response {
     let db = state.db.ping().await;
     let broker = state.queue.reachable().await;
     let status = if db && broker != Some(false) {

@@ -24,13 +24,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiError, ApiState,
+    ApiError, AppState,
     openapi::{HistoryDoc, StepDoc, WorkflowStatusDoc},
     problem::Problem,
 };
 use crate::{
     apply::{Outcome, StartError, StartRequest},
-    store::workflows as store,
+    store::{WorkflowRow, reads::ListFilter},
 };
 
 /// Parses a JSON body; serde's message names the offending field.
@@ -95,7 +95,7 @@ pub struct StartBody {
     )
 )]
 pub async fn start(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -183,7 +183,7 @@ fn trace_root(
     );
 }
 
-async fn load(st: &ApiState, id: WorkflowId) -> Result<store::WorkflowRow, ApiError> {
+async fn load(st: &AppState, id: WorkflowId) -> Result<WorkflowRow, ApiError> {
     st.db
         .get(id.0)
         .await?
@@ -208,7 +208,7 @@ pub struct Summary {
     updated_at: DateTime<Utc>,
 }
 
-fn summary(row: &store::WorkflowRow) -> Summary {
+fn summary(row: &WorkflowRow) -> Summary {
     Summary {
         id: row.id,
         workflow_type: row.workflow_type.clone(),
@@ -250,7 +250,7 @@ pub struct ActionResult {
     seq: i64,
 }
 
-fn detail(st: &ApiState, row: &store::WorkflowRow) -> Result<WorkflowDetail, ApiError> {
+fn detail(st: &AppState, row: &WorkflowRow) -> Result<WorkflowDetail, ApiError> {
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
     let mut view = state.view();
@@ -282,7 +282,7 @@ fn detail(st: &ApiState, row: &store::WorkflowRow) -> Result<WorkflowDetail, Api
     )
 )]
 pub async fn get(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkflowDetail>, ApiError> {
     let row = load(&st, workflow_id(&id)?).await?;
@@ -303,7 +303,7 @@ pub async fn get(
     )
 )]
 pub async fn history(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<History>, ApiError> {
     let id = workflow_id(&id)?;
@@ -361,7 +361,7 @@ fn time_param(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>
     )
 )]
 pub async fn list(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<WorkflowPage>, ApiError> {
     let Query(q) = q.map_err(|e| {
@@ -404,7 +404,7 @@ pub async fn list(
             return Err(no_nul(field));
         }
     }
-    let filter = store::ListFilter {
+    let filter = ListFilter {
         status: status.map(|s| s.as_str().to_owned()),
         workflow_type: q.workflow_type,
         business_key: q.business_key,
@@ -413,6 +413,7 @@ pub async fn list(
         before_id,
         // One row more than asked tells whether another page exists.
         limit: limit + 1,
+        ..ListFilter::default()
     };
     let mut rows = st.db.list_workflows(&filter).await?;
     let more = rows.len() as i64 > limit;
@@ -437,8 +438,8 @@ pub async fn list(
         (status = "default", description = "Any other error", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn counts(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let rows = st.db.count_by_status().await?;
+pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let rows = st.db.counts().await?;
     let map: BTreeMap<String, i64> = rows.into_iter().collect();
     Ok(Json(json!(map)))
 }
@@ -466,12 +467,12 @@ impl ActionBody {
 }
 
 /// Applies one operator event and answers with the new status, or why it was refused.
-async fn act(st: &ApiState, id: WorkflowId, event: Event) -> Result<Response, ApiError> {
+async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, ApiError> {
     // A refusal keeps nothing, not even a fingerprint the load rechecked.
     let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
         .db
-        .apply(&st.applier, &[(id, event)], applied)
+        .apply(&st.applier, &[(id, event)], Box::new(applied))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .pop()
@@ -501,7 +502,7 @@ async fn act(st: &ApiState, id: WorkflowId, event: Event) -> Result<Response, Ap
     responses(ActionAnswers)
 )]
 pub async fn cancel(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -522,7 +523,7 @@ pub async fn cancel(
     responses(ActionAnswers)
 )]
 pub async fn terminate(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -543,7 +544,7 @@ pub async fn terminate(
     responses(ActionAnswers)
 )]
 pub async fn retry(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -594,7 +595,7 @@ pub enum ActionAnswers {
 
 /// An operator action with `{reason, actor?}`: checks the id and the body, then applies the event.
 async fn operator_action(
-    st: &ApiState,
+    st: &AppState,
     id: &str,
     body: Result<Bytes, BytesRejection>,
     event: fn(String, String) -> Event,
@@ -634,7 +635,7 @@ pub struct SignalBody {
     )
 )]
 pub async fn signal(
-    State(st): State<ApiState>,
+    State(st): State<AppState>,
     Path((id, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {

@@ -29,7 +29,10 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Engine, admin::query::StuckKind, store::backend::Store};
+use crate::{
+    Engine,
+    store::{Store, reads::StuckKind},
+};
 
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(

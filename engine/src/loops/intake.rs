@@ -23,7 +23,7 @@ use crate::{
     Engine,
     apply::{Applier, Outcome},
     metrics,
-    store::backend::Store,
+    store::Store,
 };
 
 /// Batches applied at once.

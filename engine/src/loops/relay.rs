@@ -10,10 +10,7 @@ use tracing::Span;
 use super::LoopError;
 use crate::{
     Engine, metrics,
-    store::{
-        backend::{Listener, Store, StoreTx, Wakeup},
-        outbox::OutboxRow,
-    },
+    store::{Listener, OutboxRow, Store, StoreTx, Wakeup},
 };
 
 impl<S: Store, Q: TaskQueue> Engine<S, Q> {

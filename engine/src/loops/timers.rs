@@ -17,7 +17,7 @@ use crate::{
     Engine,
     apply::now,
     metrics,
-    store::backend::{Listener, Store, StoreTx, Wakeup},
+    store::{Listener, Store, StoreTx, Wakeup},
 };
 
 impl<S: Store, Q: TaskQueue> Engine<S, Q> {

@@ -16,10 +16,10 @@ use orderflow_activities::worker::{Handler, Worker};
 use orderflow_core::{RecordedEvent, Registry, RetryPolicy, SagaDefinition, Step};
 use orderflow_engine::{
     Engine, EngineConfig,
-    admin::{AdminConfig, Backend},
+    admin::{self, AdminConfig},
     api::{self, AppState},
     apply::{Applier, StartRequest},
-    store::{backend::Store, sqlite::SqliteStore},
+    store::{Database, Store, sqlite::SqliteStore},
 };
 use orderflow_queue::{TaskQueue, embedded::EmbeddedQueue};
 use orderflow_testkit::recording;
@@ -121,7 +121,9 @@ impl Default for Setup {
 pub struct Ui {
     pub env: TestEnv,
     /// The engine's database, whichever it is.
-    pub db: Backend,
+    pub db: Arc<dyn Database>,
+    /// The embedded store, when the test runs on it.
+    pub sqlite: Option<SqliteStore>,
     pub applier: Applier,
     pub addr: SocketAddr,
     http: reqwest::Client,
@@ -236,7 +238,7 @@ impl Ui {
             .collect();
         let mut stops = Vec::new();
         let mut files = Vec::new();
-        let (db, app) = match setup.store {
+        let (db, sqlite, app) = match setup.store {
             Db::Postgres => {
                 stops.push(run(
                     env.pool.clone(),
@@ -245,15 +247,10 @@ impl Ui {
                     setup.engine,
                     handlers,
                 ));
-                let app = api::router_with_admin(
-                    AppState {
-                        pool: env.pool.clone(),
-                        applier: applier.clone(),
-                        queue: std::sync::Arc::new(env.queue()),
-                    },
-                    Some(setup.config),
-                );
-                (Backend::Postgres(env.pool.clone()), app)
+                let state = AppState::new(env.pool.clone(), applier.clone(), env.queue());
+                let app =
+                    api::router_with(state.clone(), admin::router(state.clone(), setup.config));
+                (state.db, None, app)
             }
             Db::Sqlite => {
                 let tag = Uuid::new_v4().simple().to_string();
@@ -269,13 +266,10 @@ impl Ui {
                     setup.engine,
                     handlers,
                 ));
-                let app = api::router_embedded(
-                    store.clone(),
-                    applier.clone(),
-                    Arc::new(queue),
-                    Some(setup.config),
-                );
-                (Backend::Sqlite(store), app)
+                let state = AppState::new(store.clone(), applier.clone(), queue);
+                let app =
+                    api::router_with(state.clone(), admin::router(state.clone(), setup.config));
+                (state.db, Some(store), app)
             }
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -294,6 +288,7 @@ impl Ui {
         Ok(Self {
             env,
             db,
+            sqlite,
             applier,
             addr,
             http,
@@ -396,10 +391,7 @@ impl Ui {
 
     /// A workflow's events in order.
     pub async fn history(&self, id: Uuid) -> anyhow::Result<Vec<RecordedEvent>> {
-        Ok(match &self.db {
-            Backend::Postgres(pool) => pool.history(id).await?,
-            Backend::Sqlite(store) => store.history(id).await?,
-        })
+        Ok(self.db.history(id).await?)
     }
 
     pub async fn history_kinds(&self, id: Uuid) -> anyhow::Result<Vec<String>> {
@@ -416,10 +408,7 @@ impl Ui {
             idempotency_key: None,
             request_hash: None,
         };
-        let started = match &self.db {
-            Backend::Postgres(pool) => self.applier.start(pool, req).await?,
-            Backend::Sqlite(store) => self.applier.start(store, req).await?,
-        };
+        let started = self.db.start(&self.applier, req).await?;
         Ok(started.id.0)
     }
 
@@ -430,10 +419,7 @@ impl Ui {
 
     /// The status of one workflow.
     pub async fn status(&self, id: Uuid) -> anyhow::Result<String> {
-        let row = match &self.db {
-            Backend::Postgres(pool) => pool.get(id).await?,
-            Backend::Sqlite(store) => store.get(id).await?,
-        };
+        let row = self.db.get(id).await?;
         Ok(row.context("no such workflow")?.status)
     }
 
@@ -453,8 +439,8 @@ impl Ui {
     /// How many live sessions `actor` has, and how many are keyed by `token` itself rather
     /// than its hash (there must be none).
     pub async fn sessions(&self, actor: &str, token: &str) -> anyhow::Result<(i64, i64)> {
-        Ok(match &self.db {
-            Backend::Postgres(pool) => {
+        Ok(match &self.sqlite {
+            None => {
                 sqlx::query_as(
                     "select (select count(*) from admin_sessions where actor = $1),
                         (select count(*) from admin_sessions
@@ -462,10 +448,10 @@ impl Ui {
                 )
                 .bind(actor)
                 .bind(token)
-                .fetch_one(pool)
+                .fetch_one(&self.env.pool)
                 .await?
             }
-            Backend::Sqlite(store) => {
+            Some(store) => {
                 sqlx::query_as(
                     "select (select count(*) from admin_sessions where actor = ?),
                         (select count(*) from admin_sessions where lower(hex(token_hash)) = ?)",

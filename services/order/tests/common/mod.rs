@@ -225,11 +225,11 @@ impl Stack {
 
     /// The engine's REST API over the test's database.
     pub fn engine_router(env: &TestEnv, registry: &Arc<Registry>) -> Router {
-        orderflow_engine::api::router(EngineState {
-            pool: env.pool.clone(),
-            applier: env.applier(registry.clone()),
-            queue: Arc::new(env.queue()),
-        })
+        orderflow_engine::api::router(EngineState::new(
+            env.pool.clone(),
+            env.applier(registry.clone()),
+            env.queue(),
+        ))
     }
 
     /// Runs `handlers` on the stack's queues until the stack stops.

@@ -1,6 +1,5 @@
-//! The reads and sessions of [`super::query`] and [`super::auth`] in SQLite's dialect, for the
-//! embedded store of `orderflow dev` ([`crate::store::sqlite`]). Each answers what its Postgres
-//! twin answers; where the dialects differ:
+//! [`Reads`] on the embedded store of `orderflow dev`. Each answers what its Postgres twin
+//! ([`crate::store::postgres::reads`]) answers; where the dialects differ:
 //!
 //! - JSON is text: `json_extract` and `json_each` stand for `->>` and `jsonb_array_elements`;
 //! - there is no lateral join, so a stuck row's latest task is a correlated subquery;
@@ -10,15 +9,26 @@
 //!
 //! Dev data is small, so these are shaped for clarity rather than for 100,000s of rows.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use orderflow_core::RecordedEvent;
 use serde_json::Value;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
 use uuid::Uuid;
 
-use super::query::{
-    AuditRow, ListFilter, ListRow, StuckFilter, StuckKind, StuckRow, TimerRow, v7_floor,
+use super::{
+    SqliteStore, WORKFLOW_COLUMNS, decode, from_micros, load_history, micros, push_ids,
+    workflow_row,
 };
-use crate::store::sqlite::{decode, from_micros, micros, push_ids};
+use crate::store::{
+    WorkflowRow,
+    reads::{
+        AuditRow, ListFilter, ListRow, Reads, Session, StuckFilter, StuckKind, StuckRow, TimerRow,
+        v7_floor,
+    },
+};
 
 /// The types of the operator's events, which the audit view lists.
 const OPERATOR_EVENTS: &str = "('cancel_requested', 'terminate_requested', 'retry_requested', \
@@ -78,7 +88,7 @@ fn push_list_where(q: &mut QueryBuilder<'_, Sqlite>, f: &ListFilter) {
     }
 }
 
-/// [`super::query::list`].
+/// [`crate::store::postgres::reads::list`].
 pub async fn list(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<ListRow>> {
     let mut q = QueryBuilder::new(
         "select w.id, w.workflow_type, w.version, w.status, w.reason, w.business_keys,
@@ -107,7 +117,21 @@ pub async fn list(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<ListRow
         .collect()
 }
 
-/// [`super::query::list_ids`].
+/// The API's list: whole rows.
+pub async fn list_workflows(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<WorkflowRow>> {
+    let columns = WORKFLOW_COLUMNS
+        .split(", ")
+        .map(|c| format!("w.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = QueryBuilder::new(format!("select {columns} from workflows w where 1"));
+    push_list_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(workflow_row).collect()
+}
+
+/// [`crate::store::postgres::reads::list_ids`].
 pub async fn list_ids(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<Uuid>> {
     let mut q = QueryBuilder::new("select w.id from workflows w where 1");
     push_list_where(&mut q, f);
@@ -116,7 +140,7 @@ pub async fn list_ids(pool: &SqlitePool, f: &ListFilter) -> sqlx::Result<Vec<Uui
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// [`super::query::counts`].
+/// [`crate::store::postgres::reads::counts`].
 pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as("select status, count(*) from workflows group by status order by status")
         .fetch_all(pool)
@@ -186,7 +210,7 @@ fn push_stuck_where(q: &mut QueryBuilder<'_, Sqlite>, f: &StuckFilter) {
     }
 }
 
-/// [`super::query::stuck`].
+/// [`crate::store::postgres::reads::stuck`].
 pub async fn stuck(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<StuckRow>> {
     let mut q = QueryBuilder::new(format!(
         "select w.id, w.workflow_type, w.version, w.status, w.reason, w.created_at,
@@ -221,7 +245,7 @@ pub async fn stuck(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<Stuck
         .collect()
 }
 
-/// [`super::query::stuck_ids`].
+/// [`crate::store::postgres::reads::stuck_ids`].
 pub async fn stuck_ids(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<Uuid>> {
     let mut q = QueryBuilder::new("select w.id from ");
     push_stuck_set(&mut q, f);
@@ -232,7 +256,7 @@ pub async fn stuck_ids(pool: &SqlitePool, f: &StuckFilter) -> sqlx::Result<Vec<U
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// [`super::query::stuck_counts`].
+/// [`crate::store::postgres::reads::stuck_counts`].
 pub async fn stuck_counts(
     pool: &SqlitePool,
     overdue_before: DateTime<Utc>,
@@ -248,7 +272,7 @@ pub async fn stuck_counts(
     .await
 }
 
-/// [`super::query::tasks_out`].
+/// [`crate::store::postgres::reads::tasks_out`].
 pub async fn tasks_out(pool: &SqlitePool) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
     sqlx::query_as(&format!(
         "select w.id, json_extract({}, '$.activity')
@@ -260,7 +284,7 @@ pub async fn tasks_out(pool: &SqlitePool) -> sqlx::Result<Vec<(Uuid, Option<Stri
     .await
 }
 
-/// [`super::query::timers_of`].
+/// [`crate::store::postgres::reads::timers_of`].
 pub async fn timers_of(pool: &SqlitePool, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -283,7 +307,7 @@ pub async fn timers_of(pool: &SqlitePool, ids: &[Uuid]) -> sqlx::Result<Vec<Time
         .collect()
 }
 
-/// [`super::query::audit`].
+/// [`crate::store::postgres::reads::audit`].
 pub async fn audit(
     pool: &SqlitePool,
     before: Option<DateTime<Utc>>,
@@ -313,11 +337,8 @@ pub async fn audit(
         .collect()
 }
 
-/// The live session with this token hash: `(actor, csrf token)`.
-pub async fn session(
-    pool: &SqlitePool,
-    token_hash: &[u8],
-) -> sqlx::Result<Option<(String, String)>> {
+/// The live session with this token hash.
+pub async fn session(pool: &SqlitePool, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
     sqlx::query_as(
         "select actor, csrf_token from admin_sessions where token_hash = ? and expires_at > ?",
     )
@@ -363,4 +384,105 @@ pub async fn close_session(pool: &SqlitePool, token_hash: &[u8]) -> sqlx::Result
         .execute(pool)
         .await?;
     Ok(())
+}
+
+#[async_trait]
+impl Reads for SqliteStore {
+    async fn get(&self, id: Uuid) -> sqlx::Result<Option<WorkflowRow>> {
+        let row = sqlx::query(&format!(
+            "select {WORKFLOW_COLUMNS} from workflows where id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(workflow_row).transpose()
+    }
+
+    async fn history(&self, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
+        load_history(&mut *self.pool().acquire().await?, id).await
+    }
+
+    async fn counts(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        counts(self.pool()).await
+    }
+
+    async fn list(&self, f: &ListFilter) -> sqlx::Result<Vec<ListRow>> {
+        list(self.pool(), f).await
+    }
+
+    async fn list_ids(&self, f: &ListFilter) -> sqlx::Result<Vec<Uuid>> {
+        list_ids(self.pool(), f).await
+    }
+
+    async fn list_workflows(&self, f: &ListFilter) -> sqlx::Result<Vec<WorkflowRow>> {
+        list_workflows(self.pool(), f).await
+    }
+
+    async fn stuck(&self, f: &StuckFilter) -> sqlx::Result<Vec<StuckRow>> {
+        stuck(self.pool(), f).await
+    }
+
+    async fn stuck_ids(&self, f: &StuckFilter) -> sqlx::Result<Vec<Uuid>> {
+        stuck_ids(self.pool(), f).await
+    }
+
+    async fn stuck_counts(&self, overdue_before: DateTime<Utc>) -> sqlx::Result<(i64, i64, i64)> {
+        stuck_counts(self.pool(), overdue_before).await
+    }
+
+    async fn tasks_out(&self) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
+        tasks_out(self.pool()).await
+    }
+
+    async fn timers_of(&self, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
+        timers_of(self.pool(), ids).await
+    }
+
+    async fn audit(
+        &self,
+        before: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<AuditRow>> {
+        audit(self.pool(), before, limit).await
+    }
+
+    async fn outbox_lag(&self) -> sqlx::Result<(i64, f64)> {
+        let (rows, oldest): (i64, Option<i64>) =
+            sqlx::query_as("select count(*), min(created_at) from outbox")
+                .fetch_one(self.pool())
+                .await?;
+        let lag = oldest.map_or(0.0, |t| {
+            (Utc::now() - from_micros(t))
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e6
+        });
+        Ok((rows, lag.max(0.0)))
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
+        session(self.pool(), token_hash).await
+    }
+
+    async fn open_session(
+        &self,
+        token_hash: &[u8],
+        actor: &str,
+        csrf: &str,
+        ttl: Duration,
+    ) -> sqlx::Result<()> {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let expires = Utc::now()
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        open_session(self.pool(), token_hash, actor, csrf, expires).await
+    }
+
+    async fn close_session(&self, token_hash: &[u8]) -> sqlx::Result<()> {
+        close_session(self.pool(), token_hash).await
+    }
+
+    async fn ping(&self) -> bool {
+        sqlx::query("select 1").execute(self.pool()).await.is_ok()
+    }
 }

@@ -1,5 +1,5 @@
-//! The reads behind the admin pages. Each is shaped so an index answers it with 100,000s of
-//! workflows in the table (`engine/benches/admin.rs` measures them):
+//! [`Reads`] on Postgres. Each read is shaped so an index answers it with 100,000s of workflows
+//! in the table (`engine/benches/admin.rs` measures them):
 //!
 //! - the list walks `workflows` newest first on the primary key or `workflows_status_id` /
 //!   `workflows_type_id`, and turns a time range into a range of UUIDv7 ids, so a filter by time
@@ -9,52 +9,22 @@
 //! - the audit trail and the payment-intent lookup use partial indexes on `history`
 //!   (migration 0003).
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use orderflow_core::RecordedEvent;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-/// What the list can be filtered by. Every field is optional.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub status: Option<String>,
-    pub workflow_type: Option<String>,
-    /// A business key value (order id, user id) or a payment intent id.
-    pub business_key: Option<String>,
-    pub id: Option<Uuid>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
-    /// Only ids below this one (the next page's cursor).
-    pub before_id: Option<Uuid>,
-    /// Only ids at or below this one (a bulk action never reaches workflows newer than its
-    /// preview).
-    pub upto_id: Option<Uuid>,
-    pub limit: i64,
-}
-
-/// One row of the list.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ListRow {
-    pub id: Uuid,
-    pub workflow_type: String,
-    pub version: i32,
-    pub status: String,
-    pub reason: Option<String>,
-    pub business_keys: Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// The step at the saga's cursor (name, status, attempts, last error), if it has one.
-    pub current: Option<Value>,
-}
-
-/// The smallest UUIDv7 of millisecond `ms`: every v7 id minted at or after that millisecond
-/// sorts at or above it.
-pub fn v7_floor(at: DateTime<Utc>) -> Uuid {
-    let ms = at.timestamp_millis().max(0) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    Uuid::from_bytes(b)
-}
+use super::{history, outbox, workflows};
+use crate::store::{
+    WorkflowRow,
+    reads::{
+        AuditRow, ListFilter, ListRow, Reads, Session, StuckFilter, StuckKind, StuckRow, TimerRow,
+        v7_floor,
+    },
+};
 
 fn push_list_where(q: &mut QueryBuilder<'_, Postgres>, f: &ListFilter) {
     if let Some(s) = &f.status {
@@ -114,6 +84,22 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> sqlx::Result<Vec<L
     q.build_query_as().fetch_all(conn).await
 }
 
+/// The API's list: whole rows, newest first.
+pub async fn list_workflows(
+    conn: &mut PgConnection,
+    f: &ListFilter,
+) -> sqlx::Result<Vec<WorkflowRow>> {
+    let columns = workflows::COLUMNS
+        .split(", ")
+        .map(|c| format!("w.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = QueryBuilder::new(format!("select {columns} from workflows w where true"));
+    push_list_where(&mut q, f);
+    q.push(" order by w.id desc limit ").push_bind(f.limit);
+    q.build_query_as().fetch_all(conn).await
+}
+
 /// The ids a list filter matches, newest first, at most `f.limit`.
 pub async fn list_ids(conn: &mut PgConnection, f: &ListFilter) -> sqlx::Result<Vec<Uuid>> {
     let mut q = QueryBuilder::new("select w.id from workflows w where true");
@@ -128,86 +114,6 @@ pub async fn counts(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i64)>>
     sqlx::query_as("select status, count(*) from workflows group by status order by status")
         .fetch_all(conn)
         .await
-}
-
-/// Which kind of stuck a view is limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StuckKind {
-    /// Status `needs_attention`.
-    Attention,
-    /// Waiting on a backoff timer after a failed attempt (forward or compensation).
-    Retrying,
-    /// A task is out on a queue that no worker consumes.
-    NoWorker,
-    /// A timer (start-to-close, backoff, deadline) is due and has not fired.
-    Overdue,
-}
-
-impl StuckKind {
-    pub const ALL: [StuckKind; 4] = [
-        Self::Attention,
-        Self::Retrying,
-        Self::NoWorker,
-        Self::Overdue,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Attention => "attention",
-            Self::Retrying => "retrying",
-            Self::NoWorker => "no_worker",
-            Self::Overdue => "overdue",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Attention => "need attention",
-            Self::Retrying => "retrying",
-            Self::NoWorker => "on a queue with no worker",
-            Self::Overdue => "with an overdue timer",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-/// What the stuck view can be filtered by.
-#[derive(Debug, Clone, Default)]
-pub struct StuckFilter {
-    /// Only this kind of stuck.
-    pub kind: Option<StuckKind>,
-    /// Only sagas whose latest task is of this activity (`payment.charge`).
-    pub activity: Option<String>,
-    pub workflow_type: Option<String>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
-    pub before_id: Option<Uuid>,
-    pub upto_id: Option<Uuid>,
-    pub limit: i64,
-    /// Timers due before this instant count as overdue.
-    pub overdue_before: DateTime<Utc>,
-    /// Workflows whose task is out on a queue that no worker consumes (from
-    /// [`super::stuck::QueueProbe`]).
-    pub no_worker: Vec<Uuid>,
-}
-
-/// A stuck workflow with what is needed to say why.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StuckRow {
-    pub id: Uuid,
-    pub workflow_type: String,
-    pub version: i32,
-    pub status: String,
-    pub reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub state: Value,
-    /// The latest `schedule_activity` command (its `TaskSpec`), and when it was decided.
-    pub last_task: Option<Value>,
-    pub last_task_at: Option<DateTime<Utc>>,
 }
 
 /// The latest task a workflow scheduled: a backward walk of its history on the primary key that
@@ -339,15 +245,6 @@ pub async fn tasks_out(conn: &mut PgConnection) -> sqlx::Result<Vec<(Uuid, Optio
     .await
 }
 
-/// A durable timer as the pages show it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TimerRow {
-    pub workflow_id: Uuid,
-    pub id: Uuid,
-    pub fire_at: DateTime<Utc>,
-    pub purpose: Value,
-}
-
 /// The pending timers of some workflows, soonest first.
 pub async fn timers_of(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
     sqlx::query_as(
@@ -357,17 +254,6 @@ pub async fn timers_of(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Ve
     .bind(ids)
     .fetch_all(conn)
     .await
-}
-
-/// One operator action from some workflow's history.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRow {
-    pub workflow_id: Uuid,
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    pub event: Value,
-    pub workflow_type: Option<String>,
-    pub status: Option<String>,
 }
 
 /// Operator actions across all workflows, newest first, older than `before` if given. The event
@@ -388,6 +274,111 @@ pub async fn audit(
     }
     q.push(" order by h.at desc limit ").push_bind(limit);
     q.build_query_as().fetch_all(conn).await
+}
+
+#[async_trait]
+impl Reads for PgPool {
+    async fn get(&self, id: Uuid) -> sqlx::Result<Option<WorkflowRow>> {
+        workflows::get(&mut *self.acquire().await?, id).await
+    }
+
+    async fn history(&self, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
+        history::load(&mut *self.acquire().await?, id).await
+    }
+
+    async fn counts(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        counts(&mut *self.acquire().await?).await
+    }
+
+    async fn list(&self, f: &ListFilter) -> sqlx::Result<Vec<ListRow>> {
+        list(&mut *self.acquire().await?, f).await
+    }
+
+    async fn list_ids(&self, f: &ListFilter) -> sqlx::Result<Vec<Uuid>> {
+        list_ids(&mut *self.acquire().await?, f).await
+    }
+
+    async fn list_workflows(&self, f: &ListFilter) -> sqlx::Result<Vec<WorkflowRow>> {
+        list_workflows(&mut *self.acquire().await?, f).await
+    }
+
+    async fn stuck(&self, f: &StuckFilter) -> sqlx::Result<Vec<StuckRow>> {
+        stuck(&mut *self.acquire().await?, f).await
+    }
+
+    async fn stuck_ids(&self, f: &StuckFilter) -> sqlx::Result<Vec<Uuid>> {
+        stuck_ids(&mut *self.acquire().await?, f).await
+    }
+
+    async fn stuck_counts(&self, overdue_before: DateTime<Utc>) -> sqlx::Result<(i64, i64, i64)> {
+        stuck_counts(&mut *self.acquire().await?, overdue_before).await
+    }
+
+    async fn tasks_out(&self) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
+        tasks_out(&mut *self.acquire().await?).await
+    }
+
+    async fn timers_of(&self, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
+        timers_of(&mut *self.acquire().await?, ids).await
+    }
+
+    async fn audit(
+        &self,
+        before: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<AuditRow>> {
+        audit(&mut *self.acquire().await?, before, limit).await
+    }
+
+    async fn outbox_lag(&self) -> sqlx::Result<(i64, f64)> {
+        outbox::lag(&mut *self.acquire().await?).await
+    }
+
+    async fn session(&self, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
+        sqlx::query_as(
+            "select actor, csrf_token from admin_sessions
+             where token_hash = $1 and expires_at > now()",
+        )
+        .bind(token_hash)
+        .fetch_optional(self)
+        .await
+    }
+
+    async fn open_session(
+        &self,
+        token_hash: &[u8],
+        actor: &str,
+        csrf: &str,
+        ttl: Duration,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("delete from admin_sessions where expires_at < now()")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into admin_sessions (token_hash, actor, csrf_token, expires_at)
+             values ($1, $2, $3, now() + $4 * interval '1 second')",
+        )
+        .bind(token_hash)
+        .bind(actor)
+        .bind(csrf)
+        .bind(ttl.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn close_session(&self, token_hash: &[u8]) -> sqlx::Result<()> {
+        sqlx::query("delete from admin_sessions where token_hash = $1")
+            .bind(token_hash)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> bool {
+        sqlx::query("select 1").execute(self).await.is_ok()
+    }
 }
 
 #[cfg(test)]

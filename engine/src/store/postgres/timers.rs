@@ -28,7 +28,7 @@ pub async fn take_due(
     conn: &mut PgConnection,
     workflows: &[Uuid],
     now: DateTime<Utc>,
-) -> sqlx::Result<Vec<super::backend::DueTimer>> {
+) -> sqlx::Result<Vec<crate::store::DueTimer>> {
     sqlx::query_as(
         "delete from timers where workflow_id = any($1) and fire_at <= $2
          returning workflow_id, id, fire_at",

@@ -2,19 +2,8 @@
 //! confirmed by the broker.
 
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-/// A row taken for publishing. The body comes as the JSON text it is sent as, so the relay
-/// neither parses nor re-serializes it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub task_id: Uuid,
-    pub exchange: String,
-    pub queue: String,
-    pub body: String,
-    pub traceparent: Option<String>,
-}
+use crate::store::OutboxRow;
 
 /// Deletes up to `limit` rows no other relay holds, oldest first, and returns them in id order.
 /// The delete only takes effect when the caller commits, which the relay does after the broker

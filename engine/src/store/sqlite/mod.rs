@@ -16,11 +16,11 @@ use sqlx::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub mod reads;
+
 use super::{
-    backend::{DueTimer, Listener, Store, StoreTx, Wakeup},
+    DueTimer, Listener, Locked, OutboxRow, Store, StoreTx, Wakeup, WorkflowRow,
     change::{Change, NewWorkflow},
-    outbox::OutboxRow,
-    workflows::{ListFilter, Locked, WorkflowRow},
 };
 
 /// The engine's SQLite migrations (`migrations/sqlite/engine/`).
@@ -154,7 +154,10 @@ async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Resul
     Ok(())
 }
 
-async fn load_history(conn: &mut SqliteConnection, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
+pub(crate) async fn load_history(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+) -> sqlx::Result<Vec<RecordedEvent>> {
     let rows = sqlx::query(
         "select seq, at, event, commands, ignored from history where workflow_id = ? order by seq",
     )
@@ -292,10 +295,10 @@ impl SqliteStore {
     }
 }
 
-const WORKFLOW_COLUMNS: &str = "id, workflow_type, version, status, reason, state, last_seq, \
+pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_type, version, status, reason, state, last_seq, \
                                 business_keys, created_at, updated_at";
 
-fn workflow_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<WorkflowRow> {
+pub(crate) fn workflow_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<WorkflowRow> {
     Ok(WorkflowRow {
         id: r.try_get("id")?,
         workflow_type: r.try_get("workflow_type")?,
@@ -375,21 +378,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn get(&self, id: Uuid) -> sqlx::Result<Option<WorkflowRow>> {
-        let row = sqlx::query(&format!(
-            "select {WORKFLOW_COLUMNS} from workflows where id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(workflow_row).transpose()
-    }
-
-    async fn history(&self, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
-        let mut conn = self.pool.acquire().await?;
-        load_history(&mut conn, id).await
-    }
-
     async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
         let row: (Option<i64>,) = sqlx::query_as("select min(fire_at) from timers")
             .fetch_one(&self.pool)
@@ -397,66 +385,10 @@ impl Store for SqliteStore {
         Ok(row.0.map(from_micros))
     }
 
-    async fn count_by_status(&self) -> sqlx::Result<Vec<(String, i64)>> {
-        sqlx::query_as("select status, count(*) from workflows group by status order by status")
-            .fetch_all(&self.pool)
-            .await
-    }
-
-    async fn outbox_lag(&self) -> sqlx::Result<(i64, f64)> {
-        let (rows, oldest): (i64, Option<i64>) =
-            sqlx::query_as("select count(*), min(created_at) from outbox")
-                .fetch_one(&self.pool)
-                .await?;
-        let lag = oldest.map_or(0.0, |t| {
-            (Utc::now() - from_micros(t))
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1e6
-        });
-        Ok((rows, lag.max(0.0)))
-    }
-
-    async fn stuck_counts(&self, overdue_before: DateTime<Utc>) -> sqlx::Result<(i64, i64, i64)> {
-        crate::admin::sqlite::stuck_counts(&self.pool, overdue_before).await
-    }
-
     async fn listen(&self, what: Wakeup) -> sqlx::Result<SqliteListener> {
         Ok(SqliteListener(match what {
             Wakeup::Outbox => self.outbox.subscribe(),
             Wakeup::Timers => self.timers.subscribe(),
         }))
-    }
-}
-
-/// Reads of the REST API beyond [`Store`], in SQLite's dialect.
-impl SqliteStore {
-    /// [`super::workflows::list`]: newest first. Business keys are matched with `json_each`,
-    /// as SQLite has no array column.
-    pub async fn list(&self, f: &ListFilter) -> sqlx::Result<Vec<WorkflowRow>> {
-        let mut q = QueryBuilder::new(format!("select {WORKFLOW_COLUMNS} from workflows where 1"));
-        if let Some(s) = &f.status {
-            q.push(" and status = ").push_bind(s.clone());
-        }
-        if let Some(t) = &f.workflow_type {
-            q.push(" and workflow_type = ").push_bind(t.clone());
-        }
-        if let Some(k) = &f.business_key {
-            q.push(" and exists (select 1 from json_each(business_keys) where value = ")
-                .push_bind(k.clone())
-                .push(")");
-        }
-        if let Some(a) = f.created_after {
-            q.push(" and created_at >= ").push_bind(micros(a));
-        }
-        if let Some(b) = f.created_before {
-            q.push(" and created_at < ").push_bind(micros(b));
-        }
-        if let Some(c) = f.before_id {
-            q.push(" and id < ").push_bind(c);
-        }
-        q.push(" order by id desc limit ").push_bind(f.limit);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(workflow_row).collect()
     }
 }
