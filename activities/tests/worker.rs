@@ -4,7 +4,7 @@
 //! queue file) and its own database, publishes tasks the way the engine's relay does, and reads
 //! what the worker put on the results and dead-letter queues. Waits poll with a deadline.
 
-use std::{collections::HashSet, future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail, ensure};
 use async_trait::async_trait;
@@ -17,7 +17,10 @@ use orderflow_core::{Phase, ResultMessage, TaskId, TaskMessage, TaskOutcome, Wor
 use orderflow_queue::{
     Consumer, Delivery, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue, rabbit::RabbitQueue,
 };
-use orderflow_testkit::recording::{self, Fault, RecordingActivity};
+use orderflow_testkit::{
+    amqp_url, eventually, pg_server,
+    recording::{self, Fault, RecordingActivity},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -30,15 +33,6 @@ use uuid::Uuid;
 const RECORD: &str = "test.record";
 const SLOW: &str = "test.slow";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn pg_server() -> String {
-    std::env::var("TEST_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// A fresh database with the recording tables and a task queue of its own.
 struct Env<Q> {
@@ -65,11 +59,7 @@ async fn embedded_env() -> anyhow::Result<Env<EmbeddedQueue>> {
 
 impl<Q: TaskQueue> Env<Q> {
     async fn new(queue: Q, file: Option<PathBuf>) -> anyhow::Result<Self> {
-        // Logs to the test output when `RUST_LOG` is set.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        orderflow_testkit::init_tracing();
         let database = format!("orderflow_test_{}", Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
@@ -211,24 +201,6 @@ on_both!(
     shutdown_waits_for_the_task_in_flight_to_publish_and_ack,
     a_typed_activity_decodes_its_input_or_fails_with_bad_input,
 );
-
-/// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A task as the engine would send it, due in 30 s.
 fn task(activity: &str, workflow_id: Uuid, key: &str, input: Value) -> TaskMessage {
