@@ -245,7 +245,7 @@ async fn serve_engine(
         registry,
         EngineConfig::default(),
     );
-    let state = AppState::new(pool, engine.applier().clone(), queue);
+    let state = AppState::new(&engine);
     let app = match admin {
         Some(config) => api::router_with(state.clone(), admin::router(state, config)),
         None => api::router(state),

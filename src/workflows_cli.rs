@@ -272,7 +272,7 @@ mod tests {
     async fn lists_shows_and_acts_through_the_rest_api() -> anyhow::Result<()> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
-        let app = api::router(AppState::new(
+        let app = api::router(AppState::standalone(
             env.pool.clone(),
             applier.clone(),
             env.queue(),

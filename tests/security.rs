@@ -119,7 +119,7 @@ impl Stack {
         let prefix = env.topology.prefix.clone();
         let keys = JwtKeys::new(SECRET);
         let registry = Arc::new(orderflow_workflows::registry());
-        let state = EngineState::new(env.pool.clone(), env.applier(registry), env.queue());
+        let state = EngineState::standalone(env.pool.clone(), env.applier(registry), env.queue());
         let admin = orderflow_engine::admin::router(
             state.clone(),
             AdminConfig::with_password("operator", ADMIN_UI_PASSWORD),

@@ -412,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
     // Every stuck page asks the broker and scans the tasks out, as the first view after the
     // cache expires does: the worst case, not the cached one.
     config.probe_ttl = Duration::ZERO;
-    let state = AppState::new(env.pool.clone(), env.applier(registry), env.queue());
+    let state = AppState::standalone(env.pool.clone(), env.applier(registry), env.queue());
     let app = api::router_with(
         state.clone(),
         orderflow_engine::admin::router(state, config),

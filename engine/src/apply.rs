@@ -1,9 +1,9 @@
-//! Apply, commit, then act. Loads workflows under their row locks, folds a batch of events
-//! through their definitions, and writes all of it (history, snapshots, outbox rows, timers) in
-//! the caller's transaction with one multi-row statement per table. Nothing is published here:
-//! the relay publishes outbox rows after the commit (DESIGN.md §3.1).
+//! Deciding and recording, without I/O: a start or an event goes through the workflow's
+//! definition, and what the decider answered becomes rows ([`Change`]): the history event, the
+//! snapshot, outbox rows for the tasks and the finished event, timers. The committer
+//! ([`crate::committer`]) owns the states these work on and writes the rows.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use orderflow_core::{
@@ -17,19 +17,18 @@ use uuid::Uuid;
 
 use crate::{
     metrics,
-    store::{
-        Store, StoreTx,
-        change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
-    },
+    store::change::{Change, HistoryRow, NewTask, NewTimer, NewWorkflow, Update},
 };
 
-/// Why applying failed as a whole (the transaction must be rolled back).
+/// Why applying failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("stored state of workflow {0} does not load: {1}")]
     CorruptState(Uuid, serde_json::Error),
+    #[error("the engine is stopping")]
+    Stopped,
 }
 
 /// What became of one event.
@@ -43,7 +42,7 @@ pub enum Outcome {
     },
     /// The decider refused it; nothing was recorded.
     Rejected(DecideError),
-    /// No such workflow (or, with `skip_locked`, another transaction holds it).
+    /// No such workflow.
     NotFound,
 }
 
@@ -77,11 +76,40 @@ pub struct Started {
     pub created: bool,
 }
 
-/// Folds events and writes their effects; shared by the API, the intake and the timer poller.
+/// What the engine runs and where its tasks go: the definitions, and the queue names.
 #[derive(Debug, Clone)]
 pub struct Applier {
     pub registry: Arc<Registry>,
     pub topology: Topology,
+}
+
+/// One workflow as the committer holds it: its state and the sequence it was decided up to.
+#[derive(Debug)]
+pub struct Entry {
+    pub meta: Meta,
+    pub version: u32,
+    pub state: Box<dyn WorkflowState>,
+    /// The stored `last_seq`; decisions of the current batch go above it.
+    pub last_seq: i64,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Self {
+            meta: self.meta.clone(),
+            version: self.version,
+            state: self.state.clone_box(),
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// What a workflow's rows name besides its state.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub id: Uuid,
+    pub workflow_type: String,
+    pub business_keys: Value,
 }
 
 impl Applier {
@@ -89,13 +117,13 @@ impl Applier {
         Self { registry, topology }
     }
 
-    /// Starts one workflow in its own transaction. A repeated idempotency key with the same
-    /// request hash returns the first workflow; with another hash it is refused.
-    pub async fn start(
+    /// Decides a start: the new workflow and the rows of its first event. Nothing is written.
+    pub fn start(
         &self,
-        store: &impl Store,
-        req: StartRequest,
-    ) -> Result<Started, StartError> {
+        req: &StartRequest,
+        at: DateTime<Utc>,
+        w: &mut Writes,
+    ) -> Result<(Entry, NewWorkflow), StartError> {
         let def = self
             .registry
             .latest(&req.workflow_type)
@@ -103,14 +131,12 @@ impl Applier {
         def.validate_input(&req.input)
             .map_err(StartError::Invalid)?;
         let id = WorkflowId::new_v7();
-        let at = now();
         let (state, decision) = def.start(id, &req.input, at).map_err(StartError::Invalid)?;
         let event = Event::WorkflowStarted {
             workflow_type: def.workflow_type().to_owned(),
             version: def.version(),
             input: req.input.clone(),
         };
-        let mut w = Writes::default();
         let meta = Meta {
             id: id.0,
             workflow_type: def.workflow_type().to_owned(),
@@ -139,164 +165,85 @@ impl Applier {
             fingerprint: def.fingerprint(),
             at,
         };
-        // One statement on Postgres, so its own transaction: no begin, no commit, one round
-        // trip. A taken idempotency key writes nothing; only then is the first workflow looked
-        // up, so the common case (a new key, or none) costs no lookup.
-        w.change.wake_timers = w.soon_timer();
-        let created = store
-            .create(&w.change, &wf)
-            .await
-            .map_err(ApplyError::from)?;
-        if !created {
-            let key = req.idempotency_key.as_deref().unwrap_or_default();
-            return existing(store, key, &req.request_hash)
-                .await?
-                .ok_or(StartError::KeyReused);
-        }
-        w.count_finished();
-        metrics::WORKFLOWS_STARTED
-            .with_label_values(&[&meta.workflow_type])
-            .inc();
-        Ok(Started { id, created: true })
+        let entry = Entry {
+            meta,
+            version: def.version(),
+            state,
+            last_seq: 1,
+        };
+        Ok((entry, wf))
     }
 
-    /// Applies `events` (in order) to their workflows inside `tx`, locking each workflow first.
-    /// The caller commits. With `skip_locked`, workflows held by another transaction are
-    /// answered `NotFound` and left for later.
-    pub async fn apply(
+    /// Folds `event` into `entry` (its state and sequence move) and records its rows.
+    pub fn decide(
         &self,
-        tx: &mut impl StoreTx,
-        events: &[(WorkflowId, Event)],
-        skip_locked: bool,
-    ) -> Result<Vec<Outcome>, ApplyError> {
-        let mut ids: Vec<Uuid> = events.iter().map(|(id, _)| id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let locked = tx.lock(&ids, skip_locked).await?;
-        let mut loaded: HashMap<Uuid, Loaded> = HashMap::with_capacity(locked.len());
-        let mut detected = Vec::new();
-        for row in locked {
-            let mut state: Box<dyn WorkflowState> = serde_json::from_str(&row.state)
-                .map_err(|e| ApplyError::CorruptState(row.id, e))?;
-            if let Some(def) = self.registry.get(&row.workflow_type, row.version as u32) {
-                let current = def.fingerprint();
-                if row.definition_fingerprint.as_deref() != Some(current.as_str()) {
-                    let history = History {
-                        workflow_id: WorkflowId(row.id),
-                        workflow_type: row.workflow_type.clone(),
-                        version: row.version as u32,
-                        events: tx.history(row.id).await?,
-                    };
-                    match self.recheck(&history) {
-                        Ok(replayed) => state = replayed,
-                        Err(detail) => detected
-                            .push((WorkflowId(row.id), Event::NondeterminismDetected { detail })),
-                    }
-                    tx.set_fingerprint(row.id, &current).await?;
+        entry: &mut Entry,
+        event: &Event,
+        at: DateTime<Utc>,
+        w: &mut Writes,
+    ) -> Result<Outcome, ApplyError> {
+        let Some(def) = self.registry.get(&entry.meta.workflow_type, entry.version) else {
+            return Ok(Outcome::Rejected(DecideError::Inconsistent(format!(
+                "no definition {} v{} is deployed",
+                entry.meta.workflow_type, entry.version
+            ))));
+        };
+        match def.decide(entry.state.as_mut(), event, at) {
+            Ok(decision) => {
+                entry.last_seq += 1;
+                w.record(
+                    &self.topology,
+                    &entry.meta,
+                    entry.last_seq,
+                    at,
+                    event,
+                    &decision,
+                    entry.state.as_ref(),
+                )?;
+                if let Event::TimerFired { timer_id } = event {
+                    // The fired timer's row goes with the event it became.
+                    w.change.cancel_timer(timer_id.0, entry.meta.id);
                 }
+                Ok(Outcome::Applied {
+                    seq: entry.last_seq,
+                    status: entry.state.status(),
+                    ignored: decision.ignored,
+                })
             }
-            loaded.insert(
-                row.id,
-                Loaded {
-                    meta: Meta {
-                        id: row.id,
-                        workflow_type: row.workflow_type,
-                        business_keys: row.business_keys,
-                    },
-                    version: row.version as u32,
-                    state,
-                    last_seq: row.last_seq,
-                    dirty: false,
-                },
-            );
+            Err(e) => Ok(Outcome::Rejected(e)),
         }
-        let at = now();
-        let mut w = Writes::default();
-        let mut outcomes = Vec::with_capacity(events.len());
-        // Nondeterminism events go first so the policy applies before anything else; the
-        // caller's outcomes are only those of its own events.
-        let first = detected.len();
-        let all: Vec<(WorkflowId, Event)> =
-            detected.into_iter().chain(events.iter().cloned()).collect();
-        for (id, event) in &all {
-            let Some(wf) = loaded.get_mut(&id.0) else {
-                outcomes.push(Outcome::NotFound);
-                continue;
-            };
-            let Some(def) = self.registry.get(&wf.meta.workflow_type, wf.version) else {
-                outcomes.push(Outcome::Rejected(DecideError::Inconsistent(format!(
-                    "no definition {} v{} is deployed",
-                    wf.meta.workflow_type, wf.version
-                ))));
-                continue;
-            };
-            match def.decide(wf.state.as_mut(), event, at) {
-                Ok(decision) => {
-                    wf.last_seq += 1;
-                    wf.dirty = true;
-                    w.record(
-                        &self.topology,
-                        &wf.meta,
-                        wf.last_seq,
-                        at,
-                        event,
-                        &decision,
-                        wf.state.as_ref(),
-                    )?;
-                    outcomes.push(Outcome::Applied {
-                        seq: wf.last_seq,
-                        status: wf.state.status(),
-                        ignored: decision.ignored,
-                    });
-                }
-                Err(e) => outcomes.push(Outcome::Rejected(e)),
-            }
-        }
-        for wf in loaded.values().filter(|wf| wf.dirty) {
-            let view = wf.state.view();
-            w.change.updates.push(Update {
-                id: wf.meta.id,
-                status: view.status.as_str().to_owned(),
-                reason: view.reason,
-                state: snapshot(wf.state.as_ref())?,
-                last_seq: wf.last_seq,
-                at,
-            });
-        }
-        w.change.wake_timers = w.soon_timer();
-        tx.write(&w.change).await?;
-        w.count_finished();
-        outcomes.drain(..first);
-        Ok(outcomes)
+    }
+
+    /// The new snapshot of a decided workflow, written if its stored sequence is still
+    /// `prev_seq`.
+    pub fn update(
+        &self,
+        entry: &Entry,
+        prev_seq: i64,
+        at: DateTime<Utc>,
+        fingerprint: Option<String>,
+    ) -> Result<Update, ApplyError> {
+        let view = entry.state.view();
+        Ok(Update {
+            id: entry.meta.id,
+            status: view.status.as_str().to_owned(),
+            reason: view.reason,
+            state: snapshot(entry.state.as_ref())?,
+            last_seq: entry.last_seq,
+            prev_seq,
+            at,
+            fingerprint,
+        })
     }
 
     /// A workflow last ran on another build of its definition (a version changed in place, or a
     /// row from before fingerprints): replay its history on this one. If it still replays the
     /// change is adopted and the state re-derived from the history; if not, the mismatch.
-    fn recheck(&self, history: &History) -> Result<Box<dyn WorkflowState>, String> {
+    pub fn recheck(&self, history: &History) -> Result<Box<dyn WorkflowState>, String> {
         replay(&self.registry, history).map_err(|e| {
             tracing::error!(workflow_id = %history.workflow_id, error = %e, "history no longer replays");
             e.to_string()
         })
-    }
-}
-
-async fn existing(
-    store: &impl Store,
-    key: &str,
-    hash: &Option<String>,
-) -> Result<Option<Started>, StartError> {
-    match store
-        .by_idempotency_key(key)
-        .await
-        .map_err(ApplyError::from)?
-    {
-        Some((id, stored)) if stored == *hash => Ok(Some(Started {
-            id: WorkflowId(id),
-            created: false,
-        })),
-        Some(_) => Err(StartError::KeyReused),
-        None => Ok(None),
     }
 }
 
@@ -312,28 +259,14 @@ fn snapshot(state: &dyn WorkflowState) -> Result<String, ApplyError> {
     serde_json::to_string(state).map_err(|e| ApplyError::CorruptState(Uuid::nil(), e))
 }
 
-#[derive(Debug)]
-struct Meta {
-    id: Uuid,
-    workflow_type: String,
-    business_keys: Value,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    meta: Meta,
-    version: u32,
-    state: Box<dyn WorkflowState>,
-    last_seq: i64,
-    dirty: bool,
-}
-
-/// Everything one transaction writes, and what it reports once written.
+/// Everything one batch writes, and what it reports once written.
 #[derive(Debug, Default)]
-struct Writes {
-    change: Change,
-    finished: Vec<(String, WorkflowStatus)>,
-    soonest_timer: Option<DateTime<Utc>>,
+pub struct Writes {
+    pub change: Change,
+    /// Workflows the batch finished (or put in `needs_attention`), by type and status.
+    pub finished: Vec<(Uuid, String, WorkflowStatus)>,
+    /// The soonest timer the batch starts.
+    pub soonest_timer: Option<DateTime<Utc>>,
 }
 
 impl Writes {
@@ -374,7 +307,7 @@ impl Writes {
                         idempotency_key: spec.idempotency_key.clone(),
                         deadline: spec.deadline,
                         payload: spec.payload.clone(),
-                        // The saga root's context; the relay's publish span becomes its child.
+                        // The saga root's context; the publish span becomes its child.
                         traceparent: Some(orderflow_telemetry::root_traceparent(wf.id)),
                     };
                     self.change.outbox.push(NewTask {
@@ -399,10 +332,11 @@ impl Writes {
                         purpose: json(serde_json::to_string(purpose))?,
                     });
                 }
-                Command::CancelTimer { timer_id } => self.change.cancel_timer(timer_id.0),
+                Command::CancelTimer { timer_id } => self.change.cancel_timer(timer_id.0, wf.id),
                 Command::Finish { status, reason } => {
-                    self.finished.push((wf.workflow_type.clone(), *status));
-                    // Services follow their sagas through this event, published after commit.
+                    self.finished
+                        .push((wf.id, wf.workflow_type.clone(), *status));
+                    // Services follow their workflows through this event, published after commit.
                     let cause = state
                         .view()
                         .steps
@@ -428,27 +362,25 @@ impl Writes {
                 }
                 Command::RequireAttention { reason } => {
                     tracing::warn!(workflow_id = %wf.id, %reason, "workflow needs attention");
-                    self.finished
-                        .push((wf.workflow_type.clone(), WorkflowStatus::NeedsAttention));
+                    self.finished.push((
+                        wf.id,
+                        wf.workflow_type.clone(),
+                        WorkflowStatus::NeedsAttention,
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    /// Whether a timer of this change is due soon enough to wake the poller; far ones are found
-    /// by its fallback poll.
-    fn soon_timer(&self) -> bool {
-        self.soonest_timer
-            .is_some_and(|t| t < now() + chrono::Duration::seconds(1))
-    }
-
-    /// Counts the workflows this change finished; called once it is written.
-    fn count_finished(&self) {
-        for (workflow_type, status) in &self.finished {
-            metrics::WORKFLOWS_FINISHED
-                .with_label_values(&[workflow_type, status.as_str()])
-                .inc();
+    /// Counts the workflows this batch finished, of those that were written.
+    pub fn count_finished(&self, written: impl Fn(&Uuid) -> bool) {
+        for (id, workflow_type, status) in &self.finished {
+            if written(id) {
+                metrics::WORKFLOWS_FINISHED
+                    .with_label_values(&[workflow_type, status.as_str()])
+                    .inc();
+            }
         }
     }
 }

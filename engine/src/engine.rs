@@ -1,41 +1,51 @@
-//! One engine process: its store, its task queue, and the loops that move workflows between
-//! them. The same engine runs on Postgres and RabbitMQ in production and on the embedded store
-//! and queue in `orderflow dev`; only the adapters differ (DESIGN.md §5).
+//! One engine process: its store, its task queue, its committer, and the loops that move
+//! workflows between them. The same engine runs on Postgres and RabbitMQ in production and on the
+//! embedded store and queue in `orderflow dev`; only the adapters differ (DESIGN.md §5).
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use orderflow_core::Registry;
 use orderflow_queue::TaskQueue;
-use tokio::task::JoinSet;
+use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{EngineConfig, apply::Applier, loops::supervise, store::Store};
+use crate::{EngineConfig, apply::Applier, committer::Committer, loops::supervise, store::Store};
 
-/// An engine on store `S` and queue `Q`. Clones share the store and queue.
+/// An engine on store `S` and queue `Q`. Clones share the store, the queue and the committer.
 #[derive(Debug, Clone)]
 pub struct Engine<S, Q> {
     pub(crate) store: S,
     pub(crate) queue: Q,
-    pub(crate) applier: Applier,
+    pub(crate) committer: Committer,
     pub(crate) config: EngineConfig,
+    /// Woken by the committer when it writes a timer due soon.
+    pub(crate) timers: Arc<Notify>,
+    /// When the committer started: outbox rows older than this are no business of its.
+    pub(crate) started: DateTime<Utc>,
 }
 
 impl<S: Store, Q: TaskQueue> Engine<S, Q> {
     /// An engine running the definitions of `registry`; tasks go to the queues `queue` names.
+    /// Its committer starts now (the API can start workflows before [`Self::run`]).
     pub fn new(store: S, queue: Q, registry: Arc<Registry>, config: EngineConfig) -> Self {
         let applier = Applier::new(registry, queue.topology().clone());
+        let timers = Arc::new(Notify::new());
+        let started = crate::apply::now();
+        let committer = Committer::spawn(store.clone(), queue.clone(), applier, timers.clone());
         Self {
             store,
             queue,
-            applier,
+            committer,
             config,
+            timers,
+            started,
         }
     }
 
-    /// Folds events and writes their effects; what the API and the admin UI start and act
-    /// through.
-    pub fn applier(&self) -> &Applier {
-        &self.applier
+    /// The process's one writer: what the API and the admin UI start and act through.
+    pub fn committer(&self) -> &Committer {
+        &self.committer
     }
 
     pub fn store(&self) -> &S {
@@ -46,10 +56,11 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
         &self.queue
     }
 
-    /// Runs the outbox relay, the timer poller, the result intake and the backlog gauges until
-    /// `stop`. Each loop first does whatever is pending (unsent outbox rows are published, due
-    /// timers fire), which is how a restarted engine resumes everything in flight (DESIGN.md
-    /// §3.6); each survives its store or queue going away (it logs, backs off and starts again).
+    /// Runs the result intake, the timer poller, the outbox relay and the backlog gauges until
+    /// `stop`. The relay first publishes whatever an earlier process left in the outbox and the
+    /// poller fires what is due, which is how a restarted engine resumes everything in flight
+    /// (DESIGN.md §3.6); each loop survives its store or queue going away (it logs, backs off and
+    /// starts again).
     pub async fn run(self, stop: CancellationToken) {
         let mut set = JoinSet::new();
         let (e, s) = (self.clone(), stop.clone());

@@ -1,14 +1,18 @@
 //! The durable runtime of OrderFlow. The pure decider in `orderflow-core` says what to do; this
 //! crate makes it durable and executes it. There is one engine, written once over two ports: the
-//! [`store::backend::Store`] (Postgres in production, SQLite in `orderflow dev`) and the task
+//! [`store::Store`] (Postgres in production, SQLite in `orderflow dev`) and the task
 //! queue ([`orderflow_queue::TaskQueue`]: RabbitMQ, or the embedded queue).
 //!
 //! - [`Engine`] ([`engine`]): one engine process; runs the loops below and supervises them.
-//! - [`loops`]: the outbox relay, the timer poller, the result intake and the backlog gauges.
-//! - [`apply`]: folds a batch of events through the decider under the workflows' row locks and
-//!   writes everything (history, snapshots, outbox rows, timers) in the caller's transaction.
+//! - [`committer`]: the one writer of the process: starts, results, due timers and operator
+//!   actions are decided and written in batches, one commit per batch, guarded by each
+//!   workflow's history sequence; what a batch sends is published right after its commit.
+//! - [`loops`]: the result intake, the timer poller, the outbox relay (what an engine left
+//!   unpublished) and the backlog gauges.
+//! - [`apply`]: deciding and recording without I/O: a start or an event through the
+//!   workflow's definition, and what the decider answered as rows.
 //! - [`store`]: the store port and its two adapters: Postgres (one module per table, each taking
-//!   the caller's transaction, wake-ups by `LISTEN/NOTIFY`) and SQLite ([`store::sqlite`]).
+//!   the caller's connection) and SQLite ([`store::sqlite`]).
 //! - [`api`]: the REST API (axum) to start, inspect and operate workflows.
 //! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`].
 //! - [`metrics`]: Prometheus metrics.
@@ -16,6 +20,7 @@
 pub mod admin;
 pub mod api;
 pub mod apply;
+pub mod committer;
 pub mod config;
 pub mod engine;
 pub mod loops;
@@ -32,12 +37,4 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     let mut m = sqlx::migrate!("../migrations/engine");
     m.set_ignore_missing(true);
     m
-}
-
-/// Postgres channels the engine listens on.
-pub mod channels {
-    /// New outbox rows were committed.
-    pub const OUTBOX: &str = "orderflow_outbox";
-    /// A timer due soon was committed.
-    pub const TIMERS: &str = "orderflow_timers";
 }

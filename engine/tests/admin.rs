@@ -935,7 +935,7 @@ async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()>
     let queue =
         orderflow_queue::embedded::EmbeddedQueue::open(Some(&ui.files[1]), ui.env.topology.clone())
             .await?;
-    let state = orderflow_engine::api::AppState::new(reopened, ui.applier.clone(), queue);
+    let state = orderflow_engine::api::AppState::standalone(reopened, ui.applier.clone(), queue);
     let app = orderflow_engine::api::router_with(
         state.clone(),
         orderflow_engine::admin::router(state, Setup::default().config),

@@ -1,6 +1,6 @@
 //! The admin UI's reads and sessions answer the same on both stores: each scenario runs on the
 //! engine's Postgres (`postgres::`) and on the embedded SQLite store of `orderflow dev`
-//! (`sqlite::`), through the read seam (`Database`), with no HTTP in between. The HTTP flows are in `admin.rs`;
+//! (`sqlite::`), through the read seam (`Reads`) and the committer, with no HTTP in between. The HTTP flows are in `admin.rs`;
 //! these cover what pages rarely reach: expired sessions, every filter and cursor bound, each
 //! kind of stuck, the audit's order and page bound, and a refused action leaving nothing behind.
 
@@ -11,14 +11,15 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use orderflow_core::{Event, Registry, WorkflowId};
 use orderflow_engine::{
-    apply::{Applier, Outcome, StartRequest},
+    apply::{Applier, Outcome, StartRequest, Started},
+    committer::Committer,
     store::{
-        Database,
-        reads::{ListFilter, ListRow, Session, StuckFilter, StuckKind},
+        Reads, Store,
+        reads::{Keep, ListFilter, ListRow, Session, StuckFilter, StuckKind},
         sqlite::SqliteStore,
     },
 };
-use orderflow_queue::Topology;
+use orderflow_queue::{TaskQueue, Topology, embedded::EmbeddedQueue};
 use orderflow_testkit::order_input;
 use orderflow_workflows::order::contracts::*;
 use serde_json::json;
@@ -30,14 +31,17 @@ macro_rules! on_both_stores {
             $(#[tokio::test]
             async fn $name() -> anyhow::Result<()> {
                 let env = orderflow_testkit::TestEnv::new().await?;
-                super::$name(&env.pool, &super::applier()).await
+                let db = super::Db::new(env.pool.clone(), env.queue());
+                super::$name(&db, &super::applier()).await
             })*
         }
         mod sqlite {
             $(#[tokio::test]
             async fn $name() -> anyhow::Result<()> {
                 let store = super::SqliteStore::open(None).await?;
-                super::$name(&store, &super::applier()).await
+                let queue = super::EmbeddedQueue::open(None, super::Topology::default()).await?;
+                let db = super::Db::new(store, queue);
+                super::$name(&db, &super::applier()).await
             })*
         }
     };
@@ -51,6 +55,48 @@ on_both_stores!(
     a_refused_or_unkept_action_leaves_no_trace,
 );
 
+/// A store's reads, and a committer on it to start and act with.
+struct Db {
+    reads: Arc<dyn Reads>,
+    committer: Committer,
+}
+
+impl Db {
+    fn new<S: Store, Q: TaskQueue>(store: S, queue: Q) -> Self {
+        let committer = Committer::spawn(
+            store.clone(),
+            queue,
+            applier(),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        Self {
+            reads: Arc::new(store),
+            committer,
+        }
+    }
+
+    async fn start(&self, _: &Applier, req: StartRequest) -> anyhow::Result<Started> {
+        Ok(self.committer.start(req).await?)
+    }
+
+    async fn apply(
+        &self,
+        _: &Applier,
+        events: &[(WorkflowId, Event)],
+        keep: Keep,
+    ) -> anyhow::Result<Vec<Outcome>> {
+        Ok(self.committer.apply(events.to_vec(), Some(keep)).await?)
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = dyn Reads;
+
+    fn deref(&self) -> &Self::Target {
+        self.reads.as_ref()
+    }
+}
+
 /// The order saga with a 20 s start-to-close timeout: a started saga has a task out with its
 /// timer pending, and nothing runs it.
 fn applier() -> Applier {
@@ -58,11 +104,7 @@ fn applier() -> Applier {
     Applier::new(Arc::new(Registry::new().with(def)), Topology::default())
 }
 
-async fn start(
-    db: &dyn Database,
-    applier: &Applier,
-    keys: serde_json::Value,
-) -> anyhow::Result<Uuid> {
+async fn start(db: &Db, applier: &Applier, keys: serde_json::Value) -> anyhow::Result<Uuid> {
     let req = StartRequest {
         workflow_type: "order".into(),
         input: order_input(),
@@ -84,10 +126,7 @@ fn ids(rows: &[ListRow]) -> Vec<Uuid> {
     rows.iter().map(|r| r.id).collect()
 }
 
-async fn sessions_live_until_they_expire_or_are_closed(
-    db: &dyn Database,
-    _: &Applier,
-) -> anyhow::Result<()> {
+async fn sessions_live_until_they_expire_or_are_closed(db: &Db, _: &Applier) -> anyhow::Result<()> {
     db.open_session(b"live", "admin:ada", "csrf-1", Duration::from_secs(3600))
         .await?;
     db.open_session(b"gone", "admin:bob", "csrf-2", Duration::ZERO)
@@ -111,10 +150,7 @@ async fn sessions_live_until_they_expire_or_are_closed(
     Ok(())
 }
 
-async fn the_list_honours_every_filter_and_bound(
-    db: &dyn Database,
-    applier: &Applier,
-) -> anyhow::Result<()> {
+async fn the_list_honours_every_filter_and_bound(db: &Db, applier: &Applier) -> anyhow::Result<()> {
     let before_all = Utc::now() - chrono::Duration::milliseconds(5);
     let a = start(db, applier, json!({})).await?;
     let order_id = Uuid::new_v4().to_string();
@@ -207,7 +243,7 @@ async fn the_list_honours_every_filter_and_bound(
 }
 
 async fn each_kind_of_stuck_is_found_with_its_latest_task(
-    db: &dyn Database,
+    db: &Db,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let a = start(db, applier, json!({})).await?;
@@ -326,7 +362,7 @@ async fn each_kind_of_stuck_is_found_with_its_latest_task(
 }
 
 async fn the_audit_lists_operator_actions_newest_first(
-    db: &dyn Database,
+    db: &Db,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let a = start(db, applier, json!({})).await?;
@@ -361,7 +397,7 @@ async fn the_audit_lists_operator_actions_newest_first(
 }
 
 async fn a_refused_or_unkept_action_leaves_no_trace(
-    db: &dyn Database,
+    db: &Db,
     applier: &Applier,
 ) -> anyhow::Result<()> {
     let id = start(db, applier, json!({})).await?;

@@ -70,7 +70,7 @@ impl Api {
     async fn new() -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(orderflow_workflows::registry()));
-        let app = router(AppState::new(
+        let app = router(AppState::standalone(
             env.pool.clone(),
             applier.clone(),
             env.queue(),
@@ -157,12 +157,11 @@ impl Api {
 
     /// Applies one event as the intake would for a worker result, and commits.
     async fn apply(&self, id: Uuid, event: Event) -> anyhow::Result<Outcome> {
-        let mut tx = self.env.pool.begin().await?;
         let mut outcomes = self
-            .applier
-            .apply(&mut tx, &[(WorkflowId(id), event)], false)
+            .env
+            .committer(&self.applier)
+            .apply(vec![(WorkflowId(id), event)], None)
             .await?;
-        tx.commit().await?;
         outcomes.pop().ok_or_else(|| anyhow::anyhow!("no outcome"))
     }
 }
@@ -958,7 +957,7 @@ async fn ready_answers_503_when_the_broker_is_unreachable() -> anyhow::Result<()
     let env = TestEnv::new().await?;
     let applier = env.applier(Arc::new(orderflow_workflows::registry()));
     // Port 1 on localhost refuses connections at once.
-    let app = router(AppState::new(
+    let app = router(AppState::standalone(
         env.pool.clone(),
         applier,
         RabbitQueue::new(

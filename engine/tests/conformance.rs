@@ -2,8 +2,9 @@
 //! generic function, run once on Postgres + RabbitMQ (a fresh database and queue prefix per
 //! test) and once on SQLite + the in-process queue (fresh files per test).
 //!
-//! - `store_contract`: starts with idempotency keys, history, outbox taken only on commit,
-//!   timers, wake-ups.
+//! - `store_contract`: the committer's starts with idempotency keys, results applied once and
+//!   their repeats recorded as ignored, writes guarded by the history sequence, the outbox taken
+//!   only on commit, timers.
 //! - `queue_contract`: order, prefetch, nack and requeue, dead-lettering, events routing, a batch
 //!   acked as one, a cancelled consumer giving back what was pushed ahead, the depth and
 //!   consumer counts, a wait that is given up losing nothing, and redelivery of what a dead
@@ -22,7 +23,12 @@ use orderflow_core::{ActivityError, Event, Registry, TaskMessage, WorkflowId};
 use orderflow_engine::{
     Engine, EngineConfig,
     apply::{Applier, Outcome, StartError, StartRequest, now},
-    store::{Listener, Store, StoreTx, Wakeup, sqlite::SqliteStore},
+    committer::Committer,
+    store::{
+        Store, StoreTx,
+        change::{Change, HistoryRow, NewTask, NewWorkflow, Update},
+        sqlite::SqliteStore,
+    },
 };
 use orderflow_queue::{
     Consumer, Delivery, Outgoing, TaskQueue, Topology, embedded::EmbeddedQueue, rabbit::RabbitQueue,
@@ -79,18 +85,21 @@ async fn rabbit(topology: &Topology) -> RabbitQueue {
 #[tokio::test]
 async fn store_contract_postgres() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    store_contract(env.pool.clone(), env.topology.clone()).await
+    store_contract(env.pool.clone(), env.queue()).await
 }
 
 #[tokio::test]
 async fn store_contract_sqlite() -> anyhow::Result<()> {
     let dir = scratch_dir();
-    store_contract(sqlite_store(&dir).await, Topology::new("t.")).await
+    let topology = Topology::new("t.");
+    let queue = embedded_queue(&dir, &topology).await;
+    store_contract(sqlite_store(&dir).await, queue).await
 }
 
 #[tokio::test]
 async fn store_contract_sqlite_in_memory() -> anyhow::Result<()> {
-    store_contract(SqliteStore::open(None).await?, Topology::new("t.")).await
+    let queue = EmbeddedQueue::open(None, Topology::new("t.")).await?;
+    store_contract(SqliteStore::open(None).await?, queue).await
 }
 
 #[tokio::test]
@@ -150,16 +159,19 @@ async fn saga_contract_sqlite_embedded() -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- the store contract
 
-async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Result<()> {
+async fn store_contract<S: Store, Q: TaskQueue>(store: S, queue: Q) -> anyhow::Result<()> {
+    let topology = queue.topology().clone();
     let applier = Applier::new(registry(), topology.clone());
-    let mut woken = store.listen(Wakeup::Outbox).await?;
+    let committer = Committer::spawn(
+        store.clone(),
+        queue,
+        applier,
+        Arc::new(tokio::sync::Notify::new()),
+    );
 
     // A start writes the workflow, its first event, its first task and its timeout timer.
-    let first = applier.start(&store, request(Some("k-1"), "h-1")).await?;
+    let first = committer.start(request(Some("k-1"), "h-1")).await?;
     assert!(first.created);
-    tokio::time::timeout(WITHIN, woken.recv())
-        .await
-        .expect("a start with a task wakes the relay")?;
     let row = store
         .get(first.id.0)
         .await?
@@ -171,43 +183,50 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
     assert_eq!(history.len(), 1);
     assert!(matches!(history[0].event, Event::WorkflowStarted { .. }));
     assert!(store.next_due().await?.is_some(), "the attempt timeout");
+    let task: TaskMessage = match &history[0].commands[0] {
+        orderflow_core::Command::ScheduleActivity(spec) => TaskMessage {
+            task_id: spec.task_id,
+            workflow_id: first.id,
+            workflow_type: "order".into(),
+            step: spec.step.clone(),
+            activity: spec.activity.clone(),
+            phase: spec.phase,
+            attempt: spec.attempt,
+            idempotency_key: spec.idempotency_key.clone(),
+            deadline: spec.deadline,
+            payload: spec.payload.clone(),
+            traceparent: None,
+        },
+        other => anyhow::bail!("the start scheduled {other:?}"),
+    };
+    assert_eq!(task.activity, "inventory.reserve");
 
-    // The idempotency key: the same request finds the first workflow, another is refused.
-    let again = applier.start(&store, request(Some("k-1"), "h-1")).await?;
+    // The idempotency key: the same request finds the first workflow, another is refused, and
+    // two starts with one key in one batch make one workflow.
+    let again = committer.start(request(Some("k-1"), "h-1")).await?;
     assert_eq!((again.id, again.created), (first.id, false));
-    let reused = applier.start(&store, request(Some("k-1"), "h-2")).await;
+    let reused = committer.start(request(Some("k-1"), "h-2")).await;
     assert!(matches!(reused, Err(StartError::KeyReused)), "{reused:?}");
-    assert_eq!(store.counts().await?, vec![("running".into(), 1)]);
-
-    // Outbox rows leave only with a commit: a rolled back take puts them back.
-    let mut tx = store.begin().await?;
-    let rows = tx.take_outbox(100).await?;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].queue, topology.task_queue("inventory.reserve"));
-    store.rollback(tx).await?;
-    let mut tx = store.begin().await?;
-    let rows = tx.take_outbox(100).await?;
-    assert_eq!(rows.len(), 1, "a rollback returns the row");
-    store.commit(tx).await?;
-    let mut tx = store.begin().await?;
-    assert!(tx.take_outbox(100).await?.is_empty(), "a commit removes it");
-    store.rollback(tx).await?;
+    let (a, b) = tokio::join!(
+        committer.start(request(Some("k-2"), "h")),
+        committer.start(request(Some("k-2"), "h"))
+    );
+    let (a, b) = (a?, b?);
+    assert_eq!(a.id, b.id, "one workflow per key");
+    assert!(
+        a.created != b.created,
+        "one of them created it: {a:?} {b:?}"
+    );
+    assert_eq!(store.counts().await?, vec![("running".into(), 2)]);
 
     // A result is applied once; the same result again is recorded as ignored.
-    let task: TaskMessage = serde_json::from_str(&rows[0].body)?;
     let done = Event::ActivityCompleted {
         task_id: task.task_id,
         output: json!({ "reservation_id": "r-1" }),
     };
-    let mut tx = store.begin().await?;
-    let outcomes = applier
-        .apply(
-            &mut tx,
-            &[(first.id, done.clone()), (first.id, done)],
-            false,
-        )
+    let outcomes = committer
+        .apply(vec![(first.id, done.clone()), (first.id, done)], None)
         .await?;
-    store.commit(tx).await?;
     assert!(matches!(
         outcomes[0],
         Outcome::Applied {
@@ -225,41 +244,157 @@ async fn store_contract<S: Store>(store: S, topology: Topology) -> anyhow::Resul
         }
     ));
     assert_eq!(store.history(first.id.0).await?.len(), 3);
-    let mut tx = store.begin().await?;
-    let rows = tx.take_outbox(100).await?;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].queue, topology.task_queue("payment.charge"));
-    store.rollback(tx).await?;
 
     // Unknown workflows are answered, not failed.
-    let mut tx = store.begin().await?;
-    let outcomes = applier
-        .apply(
-            &mut tx,
-            &[(
-                WorkflowId(Uuid::now_v7()),
-                Event::TimerFired {
-                    timer_id: orderflow_core::TimerId(Uuid::nil()),
-                },
-            )],
-            false,
-        )
+    let unknown = Event::TimerFired {
+        timer_id: orderflow_core::TimerId(Uuid::nil()),
+    };
+    let outcomes = committer
+        .apply(vec![(WorkflowId(Uuid::now_v7()), unknown)], None)
         .await?;
     assert_eq!(outcomes, vec![Outcome::NotFound]);
-    store.rollback(tx).await?;
 
-    // Timers: due ones are found by workflow, taken once, and gone after the commit. The
-    // charge's attempt timeout is the only live timer (the reserve's was cancelled).
-    let later = now() + chrono::Duration::days(1);
+    // A write decided on a sequence that moved is left out, with everything it carries; the
+    // committer, whose cached state is now behind, decides again on the stored one.
+    let mut stale = Change::default();
+    stale.updates = vec![Update {
+        id: first.id.0,
+        status: "running".into(),
+        reason: None,
+        state: serde_json::to_string(&row.state)?,
+        last_seq: 2,
+        prev_seq: 1,
+        at: now(),
+        fingerprint: None,
+    }];
+    stale.history = vec![HistoryRow {
+        workflow_id: first.id.0,
+        seq: 2,
+        at: now(),
+        event: serde_json::to_string(&Event::TimerFired {
+            timer_id: orderflow_core::TimerId(Uuid::nil()),
+        })?,
+        commands: "[]".into(),
+        ignored: None,
+    }];
+    let written = store.write(&stale).await?;
+    assert!(written.updated.is_empty(), "{written:?}");
+    assert_eq!(
+        store.history(first.id.0).await?.len(),
+        3,
+        "nothing of it went in"
+    );
+    let mut sneaky = Change::default();
+    sneaky.updates = vec![Update {
+        prev_seq: 3,
+        last_seq: 4,
+        ..stale.updates[0].clone()
+    }];
+    sneaky.history = vec![HistoryRow {
+        seq: 4,
+        ..stale.history[0].clone()
+    }];
+    let written = store.write(&sneaky).await?;
+    assert!(written.updated.contains(&first.id.0), "{written:?}");
+    let cancel = Event::CancelRequested {
+        actor: "test".into(),
+        reason: "changed my mind".into(),
+    };
+    let outcomes = committer.apply(vec![(first.id, cancel)], None).await?;
+    assert!(
+        matches!(outcomes[0], Outcome::Applied { seq: 5, .. }),
+        "decided on the stored state: {outcomes:?}"
+    );
+
+    // The outbox: rows leave only with a commit, and the relay leaves young rows to their
+    // committer. A workflow created by hand, so no committer publishes its row.
+    let id = Uuid::now_v7();
+    let mut by_hand = Change::default();
+    by_hand.creates = vec![NewWorkflow {
+        id,
+        workflow_type: "order".into(),
+        version: 1,
+        status: "running".into(),
+        reason: None,
+        state: serde_json::to_string(&row.state)?,
+        last_seq: 0,
+        business_keys: "{}".into(),
+        idempotency_key: None,
+        request_hash: None,
+        fingerprint: "test".into(),
+        at: now(),
+    }];
+    by_hand.outbox = vec![NewTask {
+        workflow_id: id,
+        task_id: Uuid::now_v7(),
+        exchange: String::new(),
+        queue: topology.task_queue("conformance.c"),
+        body: "{}".into(),
+    }];
+    assert_eq!(store.write(&by_hand).await?.created.len(), 1);
     let mut tx = store.begin().await?;
-    assert_eq!(tx.due_workflows(now(), 10).await?, Vec::<Uuid>::new());
-    assert_eq!(tx.due_workflows(later, 10).await?, vec![first.id.0]);
-    let locked = tx.lock(&[first.id.0], true).await?;
-    assert_eq!(locked.len(), 1);
-    let taken = tx.take_due_timers(&[first.id.0], later).await?;
-    assert_eq!(taken.len(), 1, "{taken:?}");
-    store.commit(tx).await?;
-    assert_eq!(store.next_due().await?, None);
+    assert!(
+        tx.take_outbox(100, now() - chrono::Duration::hours(1))
+            .await?
+            .is_empty(),
+        "a young row is its committer's"
+    );
+    drop(tx);
+    let mut tx = store.begin().await?;
+    let rows = tx
+        .take_outbox(100, now() + chrono::Duration::seconds(1))
+        .await?;
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r.task_id == by_hand.outbox[0].task_id)
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].queue, topology.task_queue("conformance.c"));
+    drop(tx);
+    // A dropped transaction rolls back when its connection is next used, so its lock may
+    // outlive the drop by a moment.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let mut tx = store.begin().await?;
+        let rows = tx
+            .take_outbox(100, now() + chrono::Duration::seconds(1))
+            .await?;
+        if rows.iter().any(|r| r.task_id == by_hand.outbox[0].task_id) {
+            store.commit(tx).await?;
+            break;
+        }
+        drop(tx);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a rollback returns the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut tx = store.begin().await?;
+    assert!(
+        tx.take_outbox(100, now() + chrono::Duration::seconds(1))
+            .await?
+            .is_empty(),
+        "a commit removes it"
+    );
+    drop(tx);
+
+    // Timers: due ones are found soonest first; the committer deletes a fired one with its
+    // event. The second workflow's attempt timeout is its only live timer.
+    let later = now() + chrono::Duration::days(1);
+    assert_eq!(store.due_timers(now(), 10).await?, vec![]);
+    let due = store.due_timers(later, 10).await?;
+    let of_a: Vec<_> = due.iter().filter(|t| t.workflow_id == a.id.0).collect();
+    assert_eq!(of_a.len(), 1, "{due:?}");
+    let fired = Event::TimerFired {
+        timer_id: orderflow_core::TimerId(of_a[0].id),
+    };
+    committer.apply(vec![(a.id, fired)], None).await?;
+    let due = store.due_timers(later, 10).await?;
+    assert!(
+        !due.iter().any(|t| t.id == of_a[0].id),
+        "a fired timer is gone: {due:?}"
+    );
     Ok(())
 }
 
@@ -483,12 +618,16 @@ where
     let engine = Engine::new(store.clone(), queue.clone(), registry(), config());
     let stop = CancellationToken::new();
     let running = tokio::spawn(engine.clone().run(stop.clone()));
-    let id = engine.applier().start(&store, request(None, "h")).await?.id;
+    let id = engine.committer().start(request(None, "h")).await?.id;
     eventually(WITHIN, "the reserve task to be published", || {
         let store = store.clone();
         async move {
             let mut tx = store.begin().await?;
-            Ok(tx.take_outbox(10).await?.is_empty().then_some(()))
+            Ok(tx
+                .take_outbox(10, now() + chrono::Duration::seconds(1))
+                .await?
+                .is_empty()
+                .then_some(()))
         }
     })
     .await?;

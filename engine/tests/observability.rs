@@ -170,7 +170,7 @@ impl Stack {
         let registry = Arc::new(Registry::new().with(sagas::fast_order()));
         let applier = env.applier(registry.clone());
         let engine = env.spawn_engine(registry);
-        let app = api::router(AppState::new(env.pool.clone(), applier, env.queue()));
+        let app = api::router(AppState::standalone(env.pool.clone(), applier, env.queue()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
         let served = CancellationToken::new();

@@ -87,13 +87,12 @@ impl Stack {
     }
 
     async fn act(&self, id: Uuid, event: Event) -> anyhow::Result<Outcome> {
-        let mut tx = self.env.pool.begin().await?;
         let out = self
-            .applier
-            .apply(&mut tx, &[(WorkflowId(id), event)], false)
+            .env
+            .committer(&self.applier)
+            .apply(vec![(WorkflowId(id), event)], None)
             .await?
             .remove(0);
-        tx.commit().await?;
         Ok(out)
     }
 }

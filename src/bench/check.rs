@@ -66,6 +66,26 @@ impl Check {
     }
 }
 
+/// Waits (up to `within`) for the engine to delete the outbox rows of messages the queue
+/// confirmed: the committer deletes them in the batch after the confirm, so the last sagas' rows
+/// outlive their finished events by a moment. What is still there after `within` is reported by
+/// the check.
+pub async fn drained(db: &BenchDb, within: std::time::Duration) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (left,): (i64,) = sqlx::query_as("select count(*) from outbox")
+            .fetch_one(&mut conn)
+            .await?;
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
 /// Checks an engine run of `sagas` sagas (warm-up included) of which every `fail_every`-th was
 /// declined.
 pub async fn engine(db: &BenchDb, sagas: usize, fail_every: usize) -> anyhow::Result<Check> {

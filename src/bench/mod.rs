@@ -169,6 +169,7 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
     let after = measure::Snapshot::take(db, &stack, ticks).await?;
     let engine_rss = stack.engine_peak_rss();
     driver.close().await;
+    check::drained(db, Duration::from_secs(10)).await?;
     let services = stack.stop().await?;
     let commits_after = measure::xact_commits(db).await?;
 

@@ -398,11 +398,7 @@ async fn start_in_process(
         registry,
         EngineConfig::default(),
     );
-    let app = api::router(AppState::new(
-        engine_pool.clone(),
-        engine.applier().clone(),
-        queue,
-    ));
+    let app = api::router(AppState::new(&engine));
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let mut tasks = Vec::new();
     let s = stop.clone();

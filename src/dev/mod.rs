@@ -128,7 +128,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         registry,
         EngineConfig::default(),
     );
-    let applier = engine.applier().clone();
+    let state = orderflow_engine::api::AppState::new(&engine);
     tasks.spawn(engine.run(stop.clone()));
 
     // The engine's API and admin UI answer whatever no service owns.
@@ -138,7 +138,6 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         ))),
         ..AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD)
     };
-    let state = orderflow_engine::api::AppState::new(store, applier, queue);
     let engine = orderflow_engine::api::router_with(
         state.clone(),
         orderflow_engine::admin::router(state, admin),

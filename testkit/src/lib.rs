@@ -8,7 +8,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use orderflow_core::Registry;
-use orderflow_engine::{Engine, EngineConfig, apply::Applier};
+use orderflow_engine::{Engine, EngineConfig, apply::Applier, committer::Committer};
 use orderflow_queue::{Topology, rabbit::RabbitQueue};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,8 @@ pub fn init_tracing() {
 #[derive(Debug, Clone)]
 pub struct TestEnv {
     pub pool: PgPool,
+    /// One connection to the broker that what the test starts publishes through.
+    pub publisher: RabbitQueue,
     pub database_url: String,
     pub topology: Topology,
 }
@@ -64,15 +66,28 @@ impl TestEnv {
             .await?;
         orderflow_engine::migrator().run(&pool).await?;
         recording::migrate(&pool).await?;
+        let topology = Topology::new(format!("t{}.", &tag[..12]));
         Ok(Self {
+            publisher: RabbitQueue::new(amqp_url(), topology.clone(), Duration::from_secs(30)),
             pool,
             database_url,
-            topology: Topology::new(format!("t{}.", &tag[..12])),
+            topology,
         })
     }
 
     pub fn config(&self) -> EngineConfig {
         EngineConfig::default()
+    }
+
+    /// A committer of its own on the test's database (as a second engine replica's would be),
+    /// publishing through [`Self::publisher`].
+    pub fn committer(&self, applier: &Applier) -> Committer {
+        Committer::spawn(
+            self.pool.clone(),
+            self.publisher.clone(),
+            applier.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        )
     }
 
     /// The task queue on this machine's RabbitMQ, under the test's prefix.
@@ -206,18 +221,19 @@ pub fn order_input() -> serde_json::Value {
 }
 
 /// Starts an order saga; returns its id.
+///
+/// The start goes through a committer of its own (as a second engine replica's would), so the
+/// test's engine, if one runs, learns of the workflow from its task and the store.
 pub async fn start_order(env: &TestEnv, applier: &Applier) -> anyhow::Result<Uuid> {
-    let started = applier
-        .start(
-            &env.pool,
-            orderflow_engine::apply::StartRequest {
-                workflow_type: "order".into(),
-                input: order_input(),
-                business_keys: serde_json::json!({}),
-                idempotency_key: None,
-                request_hash: None,
-            },
-        )
+    let started = env
+        .committer(applier)
+        .start(orderflow_engine::apply::StartRequest {
+            workflow_type: "order".into(),
+            input: order_input(),
+            business_keys: serde_json::json!({}),
+            idempotency_key: None,
+            request_hash: None,
+        })
         .await?;
     Ok(started.id.0)
 }

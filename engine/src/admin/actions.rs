@@ -1,5 +1,5 @@
-//! Operator actions from the UI. Each is an event applied through the decider in its own
-//! transaction (`Applier::apply`), with the logged-in operator as its actor and the reason they
+//! Operator actions from the UI. Each is an event applied through the decider by the committer
+//! (`Committer::apply`), with the logged-in operator as its actor and the reason they
 //! typed, so it is checked like any other event, recorded in the history and listed in the audit
 //! view; a refusal (say, cancel after the pivot) records nothing and is shown to the operator.
 //!
@@ -110,8 +110,8 @@ pub async fn single(
     // A refusal keeps nothing, not even a fingerprint the load rechecked.
     let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
-        .db
-        .apply(&st.applier, &[(id, event)], Box::new(applied))
+        .committer
+        .apply(vec![(id, event)], Some(Box::new(applied)))
         .await?
         .pop()
         .unwrap_or(Outcome::NotFound);
@@ -306,10 +306,7 @@ pub async fn bulk_run(
             .iter()
             .map(|id| (WorkflowId(*id), event.clone()))
             .collect();
-        let outcomes = st
-            .db
-            .apply(&st.applier, &events, Box::new(|_| true))
-            .await?;
+        let outcomes = st.committer.apply(events, None).await?;
         for (id, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Outcome::Applied { .. } => report.applied.push(*id),

@@ -1,11 +1,12 @@
 //! The operators' web UI at `/admin`: find sagas, see why one is stuck, and repair it without a
 //! shell. Pages are rendered on the server (maud) and embedded in the binary with a little plain
 //! JavaScript, so a browser needs nothing but the engine. Every repair is an event applied through
-//! the decider (`Applier::apply`), so it lands in the workflow's history with the operator as its
+//! the decider (through the committer), so it lands in the workflow's history with the operator as its
 //! actor and the reason they gave, and the audit view lists it.
 //!
-//! The UI reads and acts through the engine's read seam ([`crate::store::Database`]), so it runs
-//! on Postgres or on the embedded store of `orderflow dev` alike, and asks the task queue
+//! The UI reads through the engine's read seam ([`crate::store::Reads`]) and acts through its
+//! committer, so it runs on Postgres or on the embedded store of `orderflow dev` alike, and asks
+//! the task queue
 //! ([`orderflow_queue::QueueView`]) which queues have workers.
 //!
 //! - [`auth`]: login (an operator account configured for the process), sessions in the database
@@ -42,7 +43,7 @@ use axum::{
 
 pub use error::AdminError;
 
-use crate::{api::AppState, apply::Applier, store::Database};
+use crate::{api::AppState, committer::Committer, store::Reads};
 
 /// The password `orderflow up` uses when `ORDERFLOW_ADMIN_PASSWORD` is not set, printed at start.
 /// Only for a developer's machine: `orderflow engine` has no default and serves no password login
@@ -105,8 +106,8 @@ impl AdminConfig {
 /// What every admin handler shares.
 #[derive(Clone, Debug)]
 pub struct AdminState {
-    pub db: Arc<dyn Database>,
-    pub applier: Applier,
+    pub db: Arc<dyn Reads>,
+    pub committer: Committer,
     pub config: Arc<AdminConfig>,
     pub probe: Arc<stuck::QueueProbe>,
     pub throttle: Arc<auth::LoginThrottle>,
@@ -118,7 +119,7 @@ impl AdminState {
         let probe = stuck::QueueProbe::new(app.queue, config.probe_ttl);
         Self {
             db: app.db,
-            applier: app.applier,
+            committer: app.committer,
             config: Arc::new(config),
             probe: Arc::new(probe),
             throttle: Arc::new(auth::LoginThrottle::default()),

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::store::{
-    Database,
+    Reads,
     reads::{StuckKind, StuckRow, TimerRow},
 };
 
@@ -67,7 +67,7 @@ impl QueueProbe {
     }
 
     /// The latest answer, asking again when it is older than the probe's TTL.
-    pub async fn check(&self, db: &dyn Database) -> Result<Arc<ProbeResult>, sqlx::Error> {
+    pub async fn check(&self, db: &dyn Reads) -> Result<Arc<ProbeResult>, sqlx::Error> {
         let mut last = self.last.lock().await;
         if let Some((at, r)) = last.as_ref()
             && at.elapsed() < self.ttl

@@ -335,7 +335,7 @@ pub async fn list_page(
     let base = query_without_cursor(raw.as_deref());
     let next = more.then(|| rows.last().map(|r| r.id)).flatten();
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
-    let types: Vec<String> = st.applier.registry.types().map(str::to_owned).collect();
+    let types: Vec<String> = st.committer.registry().types().map(str::to_owned).collect();
     let body = html! {
         h1 { "Workflows" }
         div #live data-refresh="5" {
@@ -722,8 +722,8 @@ pub async fn detail_page(
     let saga: Option<&SagaState> = state.as_any().downcast_ref();
     let mut view = state.view();
     if let Some(def) = st
-        .applier
-        .registry
+        .committer
+        .registry()
         .get(&row.workflow_type, row.version as u32)
     {
         def.describe(&mut view);

@@ -1,6 +1,7 @@
 //! The engine's REST API under `/api/v1`, plus `/health`, `/ready` and `/metrics`. [`router`] is a
 //! plain function so tests drive it without a socket. Handlers reach the engine's database through
-//! the read seam ([`crate::store::Database`]) and the task queue through
+//! the read seam ([`crate::store::Reads`]), change them through the committer, and reach the
+//! task queue through
 //! [`orderflow_queue::QueueView`], so one router serves Postgres and RabbitMQ or the embedded
 //! store and queue. The host merges the admin UI's routes in ([`router_with`]).
 
@@ -24,24 +25,43 @@ pub use problem::ApiError;
 
 use crate::{
     apply::Applier,
+    committer::Committer,
     metrics,
-    store::{Database, Store},
+    store::{Reads, Store},
 };
 
-/// What the API and the admin UI of one engine process share: its database, the applier every
-/// change goes through, and the task queue (`/ready` and the stuck view ask it).
+/// What the API and the admin UI of one engine process share: its database's reads, the
+/// committer every change goes through, and the task queue (`/ready` and the stuck view ask
+/// it).
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub db: Arc<dyn Database>,
-    pub applier: Applier,
+    pub db: Arc<dyn Reads>,
+    pub committer: Committer,
     pub queue: Arc<dyn QueueView>,
 }
 
 impl AppState {
-    pub fn new(store: impl Store, applier: Applier, queue: impl TaskQueue) -> Self {
+    /// The API of an engine process: its store, its committer and its queue.
+    pub fn new<S: Store, Q: TaskQueue>(engine: &crate::Engine<S, Q>) -> Self {
+        Self {
+            db: Arc::new(engine.store().clone()),
+            committer: engine.committer().clone(),
+            queue: Arc::new(engine.queue().clone()),
+        }
+    }
+
+    /// The API alone, with a committer of its own on `store` (no engine loops run): what a
+    /// test drives, or a process that only starts workflows for an engine elsewhere.
+    pub fn standalone<S: Store, Q: TaskQueue>(store: S, applier: Applier, queue: Q) -> Self {
+        let committer = Committer::spawn(
+            store.clone(),
+            queue.clone(),
+            applier,
+            Arc::new(tokio::sync::Notify::new()),
+        );
         Self {
             db: Arc::new(store),
-            applier,
+            committer,
             queue: Arc::new(queue),
         }
     }

@@ -127,7 +127,7 @@ pub async fn start(
         idempotency_key: key,
         request_hash: Some(hash),
     };
-    let started = st.db.start(&st.applier, req).await.map_err(|e| match e {
+    let started = st.committer.start(req).await.map_err(|e| match e {
         StartError::UnknownType(t) => {
             ApiError::unprocessable("type", format!("unknown workflow type `{t}`"))
         }
@@ -255,8 +255,8 @@ fn detail(st: &AppState, row: &WorkflowRow) -> Result<WorkflowDetail, ApiError> 
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("workflow {} snapshot: {e}", row.id)))?;
     let mut view = state.view();
     if let Some(def) = st
-        .applier
-        .registry
+        .committer
+        .registry()
         .get(&row.workflow_type, row.version as u32)
     {
         def.describe(&mut view);
@@ -471,8 +471,8 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
     // A refusal keeps nothing, not even a fingerprint the load rechecked.
     let applied = |o: &[Outcome]| matches!(o, [Outcome::Applied { .. }]);
     let outcome = st
-        .db
-        .apply(&st.applier, &[(id, event)], Box::new(applied))
+        .committer
+        .apply(vec![(id, event)], Some(Box::new(applied)))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .pop()

@@ -182,7 +182,7 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
         Backlog::new(
             self.store.clone(),
             self.queue.clone(),
-            self.applier.registry.activities(),
+            self.committer.registry().activities(),
         )
         .interval(self.config.backlog_interval)
         .run(stop.clone())

@@ -1,16 +1,14 @@
-//! Applies workers' results in batches: whatever is ready (up to the batch size) goes into one
-//! transaction, and the deliveries are acked only after it commits. A crash before the ack
-//! delivers them again; the decider then records them as ignored duplicates (DESIGN.md §3.3).
+//! Hands workers' results to the committer in batches: whatever is ready (up to the batch size)
+//! goes as one input, and the deliveries are acked only after the committer wrote it. A crash
+//! before the ack delivers them again; the decider then records them as ignored duplicates
+//! (DESIGN.md §3.3).
 //!
-//! Up to [`PIPELINE`] batches are applied at once, each in its own transaction, so while one
-//! commits the next is decided and the store and the engine's CPU work side by side. Acks go
-//! out strictly in delivery order: a batch is acked (one multiple-ack where the queue allows)
-//! only once it and every batch before it committed, so an ack never covers an uncommitted
-//! result. Two batches holding results of one workflow serialize on its row lock (taken in id
-//! order, so they cannot deadlock); a result that overtakes another is applied by the decider
-//! like any late result.
+//! Up to [`PIPELINE`] batches are with the committer at once, so the next batch gathers while one
+//! commits and joins the committer's next cycle. Acks go out strictly in delivery order: a batch
+//! is acked (one multiple-ack where the queue allows) only once it and every batch before it
+//! committed, so an ack never covers an uncommitted result.
 
-use std::{collections::VecDeque, time::Duration};
+use std::collections::VecDeque;
 
 use orderflow_core::{Event, ResultMessage, TaskOutcome, WorkflowId};
 use orderflow_queue::{Consumer, Delivery, TaskQueue};
@@ -19,15 +17,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::LoopError;
-use crate::{
-    Engine,
-    apply::{Applier, Outcome},
-    metrics,
-    store::Store,
-};
+use crate::{Engine, apply::Outcome, metrics, store::Store};
 
-/// Batches applied at once.
-pub const PIPELINE: usize = 2;
+/// Batches with the committer at once.
+pub const PIPELINE: usize = 4;
 
 /// The event a result becomes.
 pub fn to_event(result: ResultMessage) -> (WorkflowId, Event) {
@@ -105,9 +98,17 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
             if events.is_empty() {
                 continue;
             }
-            let (store, applier, stop) = (self.store.clone(), self.applier.clone(), stop.clone());
+            let committer = self.committer.clone();
             let applied = tokio::spawn(async move {
-                let applied = apply_until_committed(&store, &applier, &events, &stop).await;
+                let ids: Vec<WorkflowId> = events.iter().map(|(id, _)| *id).collect();
+                let applied = match committer.apply(events, None).await {
+                    Ok(outcomes) => {
+                        log_outcomes(&ids, outcomes);
+                        true
+                    }
+                    // The committer is gone: the engine is stopping.
+                    Err(_) => false,
+                };
                 // The results' spans end once they are committed.
                 drop(spans);
                 applied
@@ -165,41 +166,8 @@ fn apply_span(result: &ResultMessage, traceparent: Option<&str>) -> tracing::Spa
     span
 }
 
-/// Keeps trying while the store is away: the results stay unacked meanwhile, so nothing is
-/// lost if this process dies instead. `false` if it gave up uncommitted because of `stop`.
-async fn apply_until_committed<S: Store>(
-    store: &S,
-    applier: &Applier,
-    events: &[(WorkflowId, Event)],
-    stop: &CancellationToken,
-) -> bool {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let attempt = async {
-            let mut tx = store.begin().await?;
-            let outcomes = applier.apply(&mut tx, events, false).await?;
-            store.commit(tx).await?;
-            Ok::<_, crate::apply::ApplyError>(outcomes)
-        };
-        match attempt.await {
-            Ok(outcomes) => {
-                log_outcomes(events, outcomes);
-                return true;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, retry_in = ?delay, "applying results failed");
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-fn log_outcomes(events: &[(WorkflowId, Event)], outcomes: Vec<Outcome>) {
-    for ((id, _), outcome) in events.iter().zip(outcomes) {
+fn log_outcomes(ids: &[WorkflowId], outcomes: Vec<Outcome>) {
+    for (id, outcome) in ids.iter().zip(outcomes) {
         match outcome {
             Outcome::NotFound => {
                 tracing::warn!(workflow_id = %id, "result for an unknown workflow")

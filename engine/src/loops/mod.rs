@@ -1,9 +1,10 @@
 //! The engine's loops, each an `impl` block of [`crate::Engine`] over any store and queue:
 //!
-//! - [`relay`]: publishes committed outbox rows, deleting them in the transaction that commits
-//!   once the queue took every message.
-//! - [`timers`]: fires due durable timers as events.
-//! - [`intake`]: applies workers' results in pipelined batches, acking after the commit.
+//! - [`intake`]: hands workers' results to the committer in batches, acking each batch after its
+//!   commit.
+//! - [`timers`]: hands due durable timers to the committer as events.
+//! - [`relay`]: publishes outbox rows the committer did not (an engine died after its commit, the
+//!   broker was away), deleting them in the transaction that commits once the queue took them.
 //! - [`backlog`]: samples the gauges that workers are scaled on and alerts watch.
 //!
 //! [`supervise`] runs a loop again after each failure with capped backoff.

@@ -1,27 +1,40 @@
-//! The outbox relay: publishes committed tasks and events to the queue and deletes their rows
-//! in the transaction that commits only once the queue took every message. A crash between the
-//! two publishes again; workers are idempotent on the step's key, so that costs a duplicate,
-//! never a loss (DESIGN.md §3.2).
+//! The outbox relay: publishes what the committer committed but did not get out (the engine died
+//! between its commit and the publish, the broker was away), and deletes the rows in the
+//! transaction that commits only once the queue took every message. A crash between the two
+//! publishes again; workers are idempotent on the step's key, so that costs a duplicate, never a
+//! loss (DESIGN.md §3.2).
+//!
+//! The committer publishes its batch's messages itself within milliseconds and deletes their rows
+//! in its next batch, so the relay leaves rows younger than [`LEFT_BEHIND`] to it; its first round
+//! takes every row committed before this process's committer started, which is how a restarted engine
+//! resumes what an earlier process had not sent.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use orderflow_queue::{Outgoing, TaskQueue};
 use orderflow_telemetry as telemetry;
+use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use super::LoopError;
 use crate::{
-    Engine, metrics,
-    store::{Listener, OutboxRow, Store, StoreTx, Wakeup},
+    Engine,
+    apply::now,
+    metrics,
+    store::{OutboxRow, Store, StoreTx},
 };
 
+/// An outbox row this old was left behind: its committer would have published and deleted it.
+pub const LEFT_BEHIND: Duration = Duration::from_secs(10);
+
 impl<S: Store, Q: TaskQueue> Engine<S, Q> {
-    /// Publishes up to `relay_batch` outbox rows; returns how many went out.
-    ///
-    /// The rows are deleted in the transaction that took them (skipping rows another relay
-    /// holds), and it commits only after the queue confirmed every message of the batch: if
-    /// anything fails before, the rollback leaves them for the next round.
-    pub async fn relay_once(&self) -> Result<usize, LoopError> {
+    /// Publishes up to `relay_batch` outbox rows committed before `before`; returns how many
+    /// went out. The rows are deleted in the transaction that took them (skipping rows another
+    /// relay holds), which commits only after the queue confirmed every message of the batch.
+    pub async fn relay_once(&self, before: DateTime<Utc>) -> Result<usize, LoopError> {
         let mut tx = self.store.begin().await?;
-        let rows = tx.take_outbox(self.config.relay_batch).await?;
+        let rows = tx.take_outbox(self.config.relay_batch, before).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -59,23 +72,18 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
         Ok(rows.len())
     }
 
-    /// Relays until `stop`: a full batch goes straight on, otherwise it waits for a commit that
-    /// wrote outbox rows to wake it, or for the fallback poll.
-    pub(crate) async fn relay_loop(
-        &self,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), LoopError> {
-        let mut listener = self.store.listen(Wakeup::Outbox).await?;
+    /// Relays until `stop`: what earlier processes left at first, then rows left behind, every
+    /// poll interval.
+    pub(crate) async fn relay_loop(&self, stop: &CancellationToken) -> Result<(), LoopError> {
+        while self.relay_once(self.started).await? as i64 >= self.config.relay_batch {}
+        let left_behind = chrono::Duration::from_std(LEFT_BEHIND).unwrap_or_default();
         loop {
-            let n = self.relay_once().await?;
-            if n as i64 >= self.config.relay_batch {
-                continue;
-            }
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                r = listener.recv() => r?,
                 () = tokio::time::sleep(self.config.poll_fallback) => {}
             }
+            let before = now() - left_behind;
+            while self.relay_once(before).await? as i64 >= self.config.relay_batch {}
         }
     }
 }

@@ -1,13 +1,19 @@
-//! One state change: the new or updated workflow rows, their history events, outbox rows and
-//! timers, and whether a poller should be woken, as the applier collects them and every store
-//! writes them atomically. [`Change::cancel_timer`] drops a timer started earlier in the same
-//! change instead of deleting it afterwards, so a change never both creates and deletes one
-//! timer (Postgres writes a change in one statement, whose parts cannot see each other's rows).
+//! One batch of state changes, as the committer collects them and every store writes them
+//! atomically: the workflows it creates, the snapshots it updates, their history events, outbox
+//! rows and timers, and the outbox rows whose messages were confirmed since the last batch.
 //!
-//! JSON travels as text: the engine serializes straight to strings and the database parses them
-//! once.
+//! Each update is guarded by the workflow's history sequence (DESIGN.md §3.1): it is written only
+//! if the stored `last_seq` is still the one the change was decided on, and a workflow's history,
+//! outbox rows and timers are written only with its create or update. A workflow another writer
+//! moved meanwhile is left out ([`Written`] says which went in), so the committer reloads it and
+//! decides again; nothing takes a row lock.
+//!
+//! [`Change::cancel_timer`] drops a timer started earlier in the same change instead of deleting
+//! it afterwards, so a change never both creates and deletes one timer (Postgres writes a change
+//! in one statement, whose parts cannot see each other's rows). JSON travels as text: the engine
+//! serializes straight to strings and the database parses them once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -32,7 +38,7 @@ pub struct NewWorkflow {
     pub at: DateTime<Utc>,
 }
 
-/// A new snapshot of a workflow the caller has locked.
+/// A new snapshot of a workflow, decided on the state at `prev_seq`.
 #[derive(Debug, Clone)]
 pub struct Update {
     pub id: Uuid,
@@ -40,7 +46,12 @@ pub struct Update {
     pub reason: Option<String>,
     pub state: String,
     pub last_seq: i64,
+    /// The sequence the change was decided on: the update is written only if it is still the
+    /// stored one.
+    pub prev_seq: i64,
     pub at: DateTime<Utc>,
+    /// The definition fingerprint the workflow now runs with, when it changed.
+    pub fingerprint: Option<String>,
 }
 
 /// One history event to append (JSON as text).
@@ -76,16 +87,20 @@ pub struct NewTimer {
     pub purpose: String,
 }
 
-/// Every row one transaction writes.
+/// Every row one batch writes.
 #[derive(Debug, Default)]
 pub struct Change {
+    pub creates: Vec<NewWorkflow>,
     pub updates: Vec<Update>,
     pub history: Vec<HistoryRow>,
     pub outbox: Vec<NewTask>,
     timers: Vec<NewTimer>,
-    cancelled: HashSet<Uuid>,
-    /// Wake the timer poller: a timer of this change is due soon.
-    pub wake_timers: bool,
+    /// Timers to delete, with their workflow.
+    cancelled: HashMap<Uuid, Uuid>,
+    /// Task ids of outbox rows whose messages the queue confirmed: deleted by this batch.
+    pub published: Vec<Uuid>,
+    /// Timers that fired for a workflow that no longer exists: deleted by this batch.
+    pub orphan_timers: Vec<Uuid>,
 }
 
 impl Change {
@@ -93,10 +108,10 @@ impl Change {
         self.timers.push(timer);
     }
 
-    /// Cancels a timer; one started earlier in this change is simply not created.
-    pub fn cancel_timer(&mut self, id: Uuid) {
+    /// Cancels a timer of `workflow`; one started earlier in this change is simply not created.
+    pub fn cancel_timer(&mut self, id: Uuid, workflow: Uuid) {
         self.timers.retain(|t| t.id != id);
-        self.cancelled.insert(id);
+        self.cancelled.insert(id, workflow);
     }
 
     /// The timers this change creates.
@@ -104,16 +119,35 @@ impl Change {
         &self.timers
     }
 
-    /// The timers this change deletes.
-    pub fn cancelled(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.cancelled.iter().copied()
+    /// The timers this change deletes, as `(timer, workflow)`.
+    pub fn cancelled(&self) -> impl Iterator<Item = (Uuid, Uuid)> + '_ {
+        self.cancelled.iter().map(|(t, w)| (*t, *w))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty()
+        self.creates.is_empty()
+            && self.updates.is_empty()
             && self.history.is_empty()
             && self.outbox.is_empty()
             && self.timers.is_empty()
             && self.cancelled.is_empty()
+            && self.published.is_empty()
+            && self.orphan_timers.is_empty()
+    }
+}
+
+/// What a [`Change`] wrote: the workflows it created (the rest of its creates found their
+/// idempotency key taken) and the workflows whose update held (the rest were moved by another
+/// writer since they were loaded).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub created: HashSet<Uuid>,
+    pub updated: HashSet<Uuid>,
+}
+
+impl Written {
+    /// Whether the workflow's rows went in.
+    pub fn contains(&self, id: &Uuid) -> bool {
+        self.created.contains(id) || self.updated.contains(id)
     }
 }

@@ -1,8 +1,8 @@
-//! The read seam: everything the REST API and the admin UI ask of the engine's database, and
-//! the two ways they change it. Postgres ([`super::postgres::reads`]) and SQLite
-//! ([`super::sqlite::reads`]) each implement [`Reads`] in their own dialect; [`Actions`] is
-//! written once for every [`Store`] on top of the [`Applier`]. Both are object-safe, so the HTTP
-//! side holds one [`Database`] and is not generic over the store.
+//! The read seam: everything the REST API and the admin UI read of the engine's database.
+//! Postgres ([`super::postgres::reads`]) and SQLite ([`super::sqlite::reads`]) each implement
+//! [`Reads`] in its own dialect. It is object-safe, so the HTTP side holds one `dyn Reads` and is
+//! not generic over the store; what the HTTP side changes goes through the committer
+//! ([`crate::committer::Committer`]).
 //!
 //! The reads are shaped so an index answers each with millions of workflows in the table
 //! (`engine/benches/admin.rs` measures the Postgres ones): the list walks `workflows` newest
@@ -13,12 +13,12 @@ use std::{fmt, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use orderflow_core::{Event, RecordedEvent, WorkflowId};
+use orderflow_core::RecordedEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Store, WorkflowRow};
-use crate::apply::{Applier, ApplyError, Outcome, StartError, StartRequest, Started};
+use super::WorkflowRow;
+use crate::apply::Outcome;
 
 /// What the list can be filtered by. Every field is optional.
 #[derive(Debug, Clone, Default)]
@@ -245,48 +245,4 @@ pub trait Reads: Send + Sync + fmt::Debug {
 
 /// Whether to keep what a batch of operator actions did: a single action keeps nothing that
 /// was refused.
-pub type Keep = Box<dyn FnOnce(&[Outcome]) -> bool + Send>;
-
-/// How the API and the admin UI change workflows: through the applier, like everything else.
-#[async_trait]
-pub trait Actions: Send + Sync {
-    /// Starts a workflow, as [`Applier::start`].
-    async fn start(&self, applier: &Applier, req: StartRequest) -> Result<Started, StartError>;
-
-    /// Applies `events` in one transaction, committed only when `keep` approves the outcomes;
-    /// otherwise rolled back.
-    async fn apply(
-        &self,
-        applier: &Applier,
-        events: &[(WorkflowId, Event)],
-        keep: Keep,
-    ) -> Result<Vec<Outcome>, ApplyError>;
-}
-
-#[async_trait]
-impl<S: Store> Actions for S {
-    async fn start(&self, applier: &Applier, req: StartRequest) -> Result<Started, StartError> {
-        applier.start(self, req).await
-    }
-
-    async fn apply(
-        &self,
-        applier: &Applier,
-        events: &[(WorkflowId, Event)],
-        keep: Keep,
-    ) -> Result<Vec<Outcome>, ApplyError> {
-        let mut tx = self.begin().await?;
-        let outcomes = applier.apply(&mut tx, events, false).await?;
-        if keep(&outcomes) {
-            self.commit(tx).await?;
-        } else {
-            self.rollback(tx).await?;
-        }
-        Ok(outcomes)
-    }
-}
-
-/// The engine's database as the HTTP side sees it.
-pub trait Database: Reads + Actions {}
-
-impl<T: Reads + Actions> Database for T {}
+pub type Keep = Box<dyn FnOnce(&[Outcome]) -> bool + Send + Sync>;

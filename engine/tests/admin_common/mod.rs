@@ -19,7 +19,8 @@ use orderflow_engine::{
     admin::{self, AdminConfig},
     api::{self, AppState},
     apply::{Applier, StartRequest},
-    store::{Database, Store, sqlite::SqliteStore},
+    committer::Committer,
+    store::{Reads, Store, sqlite::SqliteStore},
 };
 use orderflow_queue::{TaskQueue, embedded::EmbeddedQueue};
 use orderflow_testkit::recording;
@@ -121,7 +122,8 @@ impl Default for Setup {
 pub struct Ui {
     pub env: TestEnv,
     /// The engine's database, whichever it is.
-    pub db: Arc<dyn Database>,
+    pub db: Arc<dyn Reads>,
+    pub committer: Committer,
     /// The embedded store, when the test runs on it.
     pub sqlite: Option<SqliteStore>,
     pub applier: Applier,
@@ -238,7 +240,7 @@ impl Ui {
             .collect();
         let mut stops = Vec::new();
         let mut files = Vec::new();
-        let (db, sqlite, app) = match setup.store {
+        let (db, committer, sqlite, app) = match setup.store {
             Db::Postgres => {
                 stops.push(run(
                     env.pool.clone(),
@@ -247,10 +249,10 @@ impl Ui {
                     setup.engine,
                     handlers,
                 ));
-                let state = AppState::new(env.pool.clone(), applier.clone(), env.queue());
+                let state = AppState::standalone(env.pool.clone(), applier.clone(), env.queue());
                 let app =
                     api::router_with(state.clone(), admin::router(state.clone(), setup.config));
-                (state.db, None, app)
+                (state.db, state.committer, None, app)
             }
             Db::Sqlite => {
                 let tag = Uuid::new_v4().simple().to_string();
@@ -266,10 +268,10 @@ impl Ui {
                     setup.engine,
                     handlers,
                 ));
-                let state = AppState::new(store.clone(), applier.clone(), queue);
+                let state = AppState::standalone(store.clone(), applier.clone(), queue);
                 let app =
                     api::router_with(state.clone(), admin::router(state.clone(), setup.config));
-                (state.db, Some(store), app)
+                (state.db, state.committer, Some(store), app)
             }
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -288,6 +290,7 @@ impl Ui {
         Ok(Self {
             env,
             db,
+            committer,
             sqlite,
             applier,
             addr,
@@ -408,7 +411,7 @@ impl Ui {
             idempotency_key: None,
             request_hash: None,
         };
-        let started = self.db.start(&self.applier, req).await?;
+        let started = self.committer.start(req).await?;
         Ok(started.id.0)
     }
 

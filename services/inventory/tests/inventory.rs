@@ -334,7 +334,7 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
     // would count the attempt as lost, which is not what this test is about.
     let def = sagas::order(Duration::from_secs(60), Duration::from_millis(50));
     let registry = Arc::new(Registry::new().with(def));
-    let applier = env.applier(registry.clone());
+    let committer = env.committer(&env.applier(registry.clone()));
     let stop = CancellationToken::new();
     let engine = env.spawn_engine(registry);
 
@@ -393,22 +393,18 @@ async fn a_thousand_concurrent_sagas_never_oversell() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let starts = futures::stream::iter(0..SAGAS)
         .map(|_| {
-            let applier = &applier;
-            let env = &env;
+            let committer = &committer;
             async move {
                 let mut input = orderflow_testkit::order_input();
                 input["items"] = json!([{ "product_id": "limited", "quantity": 1 }]);
-                applier
-                    .start(
-                        &env.pool,
-                        StartRequest {
-                            workflow_type: "order".into(),
-                            input,
-                            business_keys: json!({}),
-                            idempotency_key: None,
-                            request_hash: None,
-                        },
-                    )
+                committer
+                    .start(StartRequest {
+                        workflow_type: "order".into(),
+                        input,
+                        business_keys: json!({}),
+                        idempotency_key: None,
+                        request_hash: None,
+                    })
                     .await
             }
         })

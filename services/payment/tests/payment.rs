@@ -918,17 +918,15 @@ impl Saga {
         let mut input = orderflow_testkit::order_input();
         input["payment_method"] = payment_method.into();
         let started = self
-            .applier
-            .start(
-                &self.env.pool,
-                orderflow_engine::apply::StartRequest {
-                    workflow_type: "order".into(),
-                    input,
-                    business_keys: serde_json::json!({}),
-                    idempotency_key: None,
-                    request_hash: None,
-                },
-            )
+            .env
+            .committer(&self.applier)
+            .start(orderflow_engine::apply::StartRequest {
+                workflow_type: "order".into(),
+                input,
+                business_keys: serde_json::json!({}),
+                idempotency_key: None,
+                request_hash: None,
+            })
             .await?;
         let id = started.id.0;
         let status = orderflow_testkit::settled(&self.env, id, Duration::from_secs(30)).await?;

@@ -1,22 +1,30 @@
-//! `outbox`: tasks committed with their state change (by [`super::change`]), waiting to be
-//! confirmed by the broker.
+//! `outbox`: messages committed with their state change (by [`super::change`]) until the queue
+//! confirmed them. The committer publishes them right after its commit and deletes them in its
+//! next batch; the relay publishes what is left behind (an engine died, the broker was away).
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::store::OutboxRow;
 
-/// Deletes up to `limit` rows no other relay holds, oldest first, and returns them in id order.
-/// The delete only takes effect when the caller commits, which the relay does after the broker
-/// confirmed every message; a rollback (or a crash) puts the rows back for the next round. One
-/// statement instead of a locking select and a delete saves a round trip per batch.
-pub async fn take(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+/// Deletes up to `limit` rows committed before `before` that no other relay holds,
+/// oldest first, and returns them in id order. The delete only takes effect when the caller
+/// commits, which the relay does after the broker confirmed every message; a rollback (or a
+/// crash) puts the rows back for the next round.
+pub async fn take(
+    conn: &mut PgConnection,
+    limit: i64,
+    before: DateTime<Utc>,
+) -> sqlx::Result<Vec<OutboxRow>> {
     let mut rows: Vec<OutboxRow> = sqlx::query_as(
         "delete from outbox where id in (
-             select id from outbox order by id limit $1 for update skip locked)
+             select id from outbox where created_at < $2
+             order by id limit $1 for update skip locked)
          returning id, task_id, exchange, queue, body::text as body,
                    body->>'traceparent' as traceparent",
     )
     .bind(limit)
+    .bind(before)
     .fetch_all(conn)
     .await?;
     rows.sort_unstable_by_key(|r| r.id);

@@ -1,40 +1,22 @@
-//! `timers`: durable wake-ups. Rows are only written or deleted under their workflow's row lock,
-//! created and cancelled by [`super::change`].
+//! `timers`: durable wake-ups, created and deleted with their workflow's state changes by
+//! [`super::change`] (a fired timer is deleted with the event it became).
 
+use crate::store::DueTimer;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-/// Workflows with a due timer, soonest first (no lock: the caller locks the workflows next).
-pub async fn due_workflows(
+/// Timers due at `now`, soonest first.
+pub async fn due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "select distinct workflow_id from (
-             select workflow_id from timers where fire_at <= $1 order by fire_at limit $2
-         ) due",
+) -> sqlx::Result<Vec<DueTimer>> {
+    sqlx::query_as(
+        "select workflow_id, id, fire_at from timers where fire_at <= $1
+         order by fire_at limit $2",
     )
     .bind(now)
     .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
-/// Deletes and returns the due timers of workflows the caller has locked.
-pub async fn take_due(
-    conn: &mut PgConnection,
-    workflows: &[Uuid],
-    now: DateTime<Utc>,
-) -> sqlx::Result<Vec<crate::store::DueTimer>> {
-    sqlx::query_as(
-        "delete from timers where workflow_id = any($1) and fire_at <= $2
-         returning workflow_id, id, fire_at",
-    )
-    .bind(workflows)
-    .bind(now)
     .fetch_all(conn)
     .await
 }

@@ -3,25 +3,18 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::store::{Locked, WorkflowRow};
+use crate::store::{Loaded, WorkflowRow};
 
-/// Locks the given workflows in id order (so concurrent batches cannot deadlock). With
-/// `skip_locked`, rows another transaction holds are left out instead of waited for.
-pub async fn lock(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-    skip_locked: bool,
-) -> sqlx::Result<Vec<Locked>> {
-    let sql = if skip_locked {
+/// Loads workflows to decide on, without a lock.
+pub async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Loaded>> {
+    sqlx::query_as(
         "select id, workflow_type, version, state::text as state, last_seq, business_keys,
                 definition_fingerprint
-         from workflows where id = any($1) order by id for update skip locked"
-    } else {
-        "select id, workflow_type, version, state::text as state, last_seq, business_keys,
-                definition_fingerprint
-         from workflows where id = any($1) order by id for update"
-    };
-    sqlx::query_as(sql).bind(ids).fetch_all(conn).await
+         from workflows where id = any($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
 }
 
 pub(crate) const COLUMNS: &str = "id, workflow_type, version, status, reason, state, last_seq, business_keys, \
@@ -43,18 +36,4 @@ pub async fn by_idempotency_key(
         .bind(key)
         .fetch_optional(conn)
         .await
-}
-
-/// Records the definition fingerprint a locked workflow now runs with.
-pub async fn set_fingerprint(
-    conn: &mut PgConnection,
-    id: Uuid,
-    fingerprint: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("update workflows set definition_fingerprint = $2 where id = $1")
-        .bind(id)
-        .bind(fingerprint)
-        .execute(conn)
-        .await?;
-    Ok(())
 }

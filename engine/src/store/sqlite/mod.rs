@@ -1,11 +1,10 @@
 //! The embedded store of `orderflow dev`: the engine's tables in one SQLite file
 //! (`<data-dir>/engine.db`, WAL) or in memory. It implements [`Store`] with the same meaning as
-//! Postgres; where Postgres writes a state change in one statement of data-modifying CTEs, SQLite
-//! (which has none) writes it statement by statement inside one `BEGIN IMMEDIATE` transaction.
-//! SQLite has one writer at a time, so that transaction is also the workflows' row lock.
-//! Wake-ups are delivered in-process after the commit instead of by `NOTIFY`.
+//! Postgres; where Postgres writes a batch in one statement of data-modifying CTEs, SQLite (which
+//! has none) writes it statement by statement inside one `BEGIN IMMEDIATE` transaction, checking
+//! each guarded update's row count.
 
-use std::{path::Path, sync::Arc};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use orderflow_core::RecordedEvent;
@@ -13,14 +12,13 @@ use orderflow_queue::sqlite_pool;
 use sqlx::{
     QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction, migrate::Migrator,
 };
-use tokio::sync::watch;
 use uuid::Uuid;
 
 pub mod reads;
 
 use super::{
-    DueTimer, Listener, Locked, OutboxRow, Store, StoreTx, Wakeup, WorkflowRow,
-    change::{Change, NewWorkflow},
+    DueTimer, Loaded, OutboxRow, Store, StoreTx, WorkflowRow,
+    change::{Change, Written},
 };
 
 /// The engine's SQLite migrations (`migrations/sqlite/engine/`).
@@ -32,8 +30,6 @@ pub fn migrator() -> Migrator {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    outbox: Arc<watch::Sender<u64>>,
-    timers: Arc<watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -46,11 +42,7 @@ impl SqliteStore {
 
     /// A store on an already migrated pool.
     pub fn new(pool: SqlitePool) -> Self {
-        Self {
-            pool,
-            outbox: Arc::new(watch::Sender::new(0)),
-            timers: Arc::new(watch::Sender::new(0)),
-        }
+        Self { pool }
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -58,13 +50,9 @@ impl SqliteStore {
     }
 }
 
-/// A write transaction and the wake-ups its writes asked for.
+/// The relay's transaction.
 #[derive(Debug)]
-pub struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
-    wake_outbox: bool,
-    wake_timers: bool,
-}
+pub struct SqliteTx(Transaction<'static, Sqlite>);
 
 /// How times are stored: integer microseconds since the epoch (see the migration).
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
@@ -89,22 +77,64 @@ pub(crate) fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: &[Uuid]) {
     q.push(")");
 }
 
-async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Result<()> {
+/// Writes `change` inside the caller's transaction: creates and guarded updates first, then the
+/// rows of the workflows that went in.
+async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Result<Written> {
+    let mut written = Written::default();
+    for c in &change.creates {
+        let inserted = sqlx::query(
+            "insert into workflows (id, workflow_type, version, status, reason, state, last_seq,
+                                    business_keys, idempotency_key, request_hash, created_at,
+                                    updated_at, definition_fingerprint)
+             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             on conflict (idempotency_key) do nothing",
+        )
+        .bind(c.id)
+        .bind(&c.workflow_type)
+        .bind(c.version)
+        .bind(&c.status)
+        .bind(&c.reason)
+        .bind(&c.state)
+        .bind(c.last_seq)
+        .bind(&c.business_keys)
+        .bind(&c.idempotency_key)
+        .bind(&c.request_hash)
+        .bind(micros(c.at))
+        .bind(micros(c.at))
+        .bind(&c.fingerprint)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            written.created.insert(c.id);
+        }
+    }
     for u in &change.updates {
-        sqlx::query(
-            "update workflows set status = ?, reason = ?, state = ?, last_seq = ?, updated_at = ?
-             where id = ?",
+        let updated = sqlx::query(
+            "update workflows set status = ?, reason = ?, state = ?, last_seq = ?, updated_at = ?,
+                                  definition_fingerprint = coalesce(?, definition_fingerprint)
+             where id = ? and last_seq = ?",
         )
         .bind(&u.status)
         .bind(&u.reason)
         .bind(&u.state)
         .bind(u.last_seq)
         .bind(micros(u.at))
+        .bind(&u.fingerprint)
         .bind(u.id)
+        .bind(u.prev_seq)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            written.updated.insert(u.id);
+        }
     }
-    for h in &change.history {
+    for h in change
+        .history
+        .iter()
+        .filter(|h| written.contains(&h.workflow_id))
+    {
         sqlx::query(
             "insert into history (workflow_id, seq, at, event, commands, ignored)
              values (?, ?, ?, ?, ?, ?)",
@@ -119,7 +149,11 @@ async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Resul
         .await?;
     }
     let now = micros(Utc::now());
-    for o in &change.outbox {
+    for o in change
+        .outbox
+        .iter()
+        .filter(|o| written.contains(&o.workflow_id))
+    {
         sqlx::query(
             "insert into outbox (workflow_id, task_id, exchange, queue, body, created_at)
              values (?, ?, ?, ?, ?, ?)",
@@ -133,7 +167,11 @@ async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Resul
         .execute(&mut *conn)
         .await?;
     }
-    for t in change.timers() {
+    for t in change
+        .timers()
+        .iter()
+        .filter(|t| written.contains(&t.workflow_id))
+    {
         sqlx::query(
             "insert into timers (id, workflow_id, fire_at, purpose) values (?, ?, ?, ?)
              on conflict (id) do nothing",
@@ -145,13 +183,23 @@ async fn write_rows(conn: &mut SqliteConnection, change: &Change) -> sqlx::Resul
         .execute(&mut *conn)
         .await?;
     }
-    for id in change.cancelled() {
+    for (id, _) in change.cancelled().filter(|(_, wf)| written.contains(wf)) {
         sqlx::query("delete from timers where id = ?")
             .bind(id)
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    if !change.published.is_empty() {
+        let mut q = QueryBuilder::new("delete from outbox where task_id in ");
+        push_ids(&mut q, &change.published);
+        q.build().execute(&mut *conn).await?;
+    }
+    if !change.orphan_timers.is_empty() {
+        let mut q = QueryBuilder::new("delete from timers where id in ");
+        push_ids(&mut q, &change.orphan_timers);
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(written)
 }
 
 pub(crate) async fn load_history(
@@ -177,124 +225,6 @@ pub(crate) async fn load_history(
         .collect()
 }
 
-impl StoreTx for SqliteTx {
-    async fn lock(&mut self, ids: &[Uuid], _skip_locked: bool) -> sqlx::Result<Vec<Locked>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = QueryBuilder::new(
-            "select id, workflow_type, version, state, last_seq, business_keys,
-                    definition_fingerprint from workflows where id in ",
-        );
-        push_ids(&mut q, ids);
-        q.push(" order by id");
-        let rows = q.build().fetch_all(&mut *self.tx).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Locked {
-                    id: r.try_get("id")?,
-                    workflow_type: r.try_get("workflow_type")?,
-                    version: r.try_get("version")?,
-                    state: r.try_get("state")?,
-                    last_seq: r.try_get("last_seq")?,
-                    business_keys: decode(r.try_get("business_keys")?)?,
-                    definition_fingerprint: r.try_get("definition_fingerprint")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn history(&mut self, id: Uuid) -> sqlx::Result<Vec<RecordedEvent>> {
-        load_history(&mut self.tx, id).await
-    }
-
-    async fn set_fingerprint(&mut self, id: Uuid, fingerprint: &str) -> sqlx::Result<()> {
-        sqlx::query("update workflows set definition_fingerprint = ? where id = ?")
-            .bind(fingerprint)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn write(&mut self, change: &Change) -> sqlx::Result<()> {
-        write_rows(&mut self.tx, change).await?;
-        self.wake_outbox |= !change.outbox.is_empty();
-        self.wake_timers |= change.wake_timers;
-        Ok(())
-    }
-
-    async fn take_outbox(&mut self, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(
-            "delete from outbox where id in (select id from outbox order by id limit ?)
-             returning id, task_id, exchange, queue, body,
-                       json_extract(body, '$.traceparent') as traceparent",
-        )
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.sort_unstable_by_key(|r| r.id);
-        Ok(rows)
-    }
-
-    async fn due_workflows(&mut self, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "select distinct workflow_id from (
-                 select workflow_id from timers where fire_at <= ? order by fire_at limit ?)",
-        )
-        .bind(micros(now))
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    async fn take_due_timers(
-        &mut self,
-        workflows: &[Uuid],
-        now: DateTime<Utc>,
-    ) -> sqlx::Result<Vec<DueTimer>> {
-        if workflows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = QueryBuilder::new("delete from timers where fire_at <= ");
-        q.push_bind(micros(now)).push(" and workflow_id in ");
-        push_ids(&mut q, workflows);
-        q.push(" returning workflow_id, id, fire_at");
-        let rows: Vec<(Uuid, Uuid, i64)> = q.build_query_as().fetch_all(&mut *self.tx).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(workflow_id, id, at)| DueTimer {
-                workflow_id,
-                id,
-                fire_at: from_micros(at),
-            })
-            .collect())
-    }
-}
-
-/// Waits for the next wake-up sent after it subscribed.
-#[derive(Debug)]
-pub struct SqliteListener(watch::Receiver<u64>);
-
-impl Listener for SqliteListener {
-    async fn recv(&mut self) -> sqlx::Result<()> {
-        // The sender lives as long as the store; a closed channel means the store is gone.
-        self.0.changed().await.map_err(|_| sqlx::Error::PoolClosed)
-    }
-}
-
-impl SqliteStore {
-    fn wake(&self, outbox: bool, timers: bool) {
-        if outbox {
-            self.outbox.send_modify(|n| *n += 1);
-        }
-        if timers {
-            self.timers.send_modify(|n| *n += 1);
-        }
-    }
-}
-
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_type, version, status, reason, state, last_seq, \
                                 business_keys, created_at, updated_at";
 
@@ -313,62 +243,65 @@ pub(crate) fn workflow_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Workflow
     })
 }
 
+impl StoreTx for SqliteTx {
+    async fn take_outbox(
+        &mut self,
+        limit: i64,
+        before: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<OutboxRow>> {
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(
+            "delete from outbox where id in (
+                 select id from outbox where created_at < ? order by id limit ?)
+             returning id, task_id, exchange, queue, body,
+                       json_extract(body, '$.traceparent') as traceparent",
+        )
+        .bind(micros(before))
+        .bind(limit)
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.sort_unstable_by_key(|r| r.id);
+        Ok(rows)
+    }
+}
+
 impl Store for SqliteStore {
     type Tx = SqliteTx;
-    type Listener = SqliteListener;
 
-    async fn begin(&self) -> sqlx::Result<SqliteTx> {
+    async fn load(&self, ids: &[Uuid]) -> sqlx::Result<Vec<Loaded>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::new(
+            "select id, workflow_type, version, state, last_seq, business_keys,
+                    definition_fingerprint from workflows where id in ",
+        );
+        push_ids(&mut q, ids);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Loaded {
+                    id: r.try_get("id")?,
+                    workflow_type: r.try_get("workflow_type")?,
+                    version: r.try_get("version")?,
+                    state: r.try_get("state")?,
+                    last_seq: r.try_get("last_seq")?,
+                    business_keys: decode(r.try_get("business_keys")?)?,
+                    definition_fingerprint: r.try_get("definition_fingerprint")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn write(&self, change: &Change) -> sqlx::Result<Written> {
+        if change.is_empty() {
+            return Ok(Written::default());
+        }
         // IMMEDIATE takes the write lock now: a deferred transaction that reads first and
         // writes later could fail to upgrade instead of waiting.
-        Ok(SqliteTx {
-            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            wake_outbox: false,
-            wake_timers: false,
-        })
-    }
-
-    async fn commit(&self, tx: SqliteTx) -> sqlx::Result<()> {
-        let (outbox, timers) = (tx.wake_outbox, tx.wake_timers);
-        tx.tx.commit().await?;
-        self.wake(outbox, timers);
-        Ok(())
-    }
-
-    async fn rollback(&self, tx: SqliteTx) -> sqlx::Result<()> {
-        tx.tx.rollback().await
-    }
-
-    async fn create(&self, change: &Change, wf: &NewWorkflow) -> sqlx::Result<bool> {
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "insert into workflows (id, workflow_type, version, status, reason, state, last_seq,
-                                    business_keys, idempotency_key, request_hash, created_at,
-                                    updated_at, definition_fingerprint)
-             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             on conflict (idempotency_key) do nothing",
-        )
-        .bind(wf.id)
-        .bind(&wf.workflow_type)
-        .bind(wf.version)
-        .bind(&wf.status)
-        .bind(&wf.reason)
-        .bind(&wf.state)
-        .bind(wf.last_seq)
-        .bind(&wf.business_keys)
-        .bind(&wf.idempotency_key)
-        .bind(&wf.request_hash)
-        .bind(micros(wf.at))
-        .bind(micros(wf.at))
-        .bind(&wf.fingerprint)
-        .execute(&mut *tx.tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        tx.write(change).await?;
-        self.commit(tx).await?;
-        Ok(true)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let written = write_rows(&mut tx, change).await?;
+        tx.commit().await?;
+        Ok(written)
     }
 
     async fn by_idempotency_key(&self, key: &str) -> sqlx::Result<Option<(Uuid, Option<String>)>> {
@@ -378,6 +311,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn due_timers(&self, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<DueTimer>> {
+        let rows: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "select workflow_id, id, fire_at from timers where fire_at <= ?
+             order by fire_at limit ?",
+        )
+        .bind(micros(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(workflow_id, id, at)| DueTimer {
+                workflow_id,
+                id,
+                fire_at: from_micros(at),
+            })
+            .collect())
+    }
+
     async fn next_due(&self) -> sqlx::Result<Option<DateTime<Utc>>> {
         let row: (Option<i64>,) = sqlx::query_as("select min(fire_at) from timers")
             .fetch_one(&self.pool)
@@ -385,10 +337,11 @@ impl Store for SqliteStore {
         Ok(row.0.map(from_micros))
     }
 
-    async fn listen(&self, what: Wakeup) -> sqlx::Result<SqliteListener> {
-        Ok(SqliteListener(match what {
-            Wakeup::Outbox => self.outbox.subscribe(),
-            Wakeup::Timers => self.timers.subscribe(),
-        }))
+    async fn begin(&self) -> sqlx::Result<SqliteTx> {
+        Ok(SqliteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    async fn commit(&self, tx: SqliteTx) -> sqlx::Result<()> {
+        tx.0.commit().await
     }
 }

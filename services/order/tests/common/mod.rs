@@ -225,7 +225,7 @@ impl Stack {
 
     /// The engine's REST API over the test's database.
     pub fn engine_router(env: &TestEnv, registry: &Arc<Registry>) -> Router {
-        orderflow_engine::api::router(EngineState::new(
+        orderflow_engine::api::router(EngineState::standalone(
             env.pool.clone(),
             env.applier(registry.clone()),
             env.queue(),
