@@ -436,6 +436,7 @@ async fn process<Q: TaskQueue>(
             body: &body,
             message_id: task.task_id.to_string(),
             traceparent: traceparent.as_deref(),
+            transient: false,
         };
         match queue.publish(&[msg]).await {
             Ok(()) => {

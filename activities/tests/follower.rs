@@ -67,6 +67,7 @@ async fn acked_after_the_handler<Q: TaskQueue>(queue: Q) -> anyhow::Result<()> {
             body,
             message_id: Uuid::new_v4().to_string(),
             traceparent: None,
+            transient: false,
         })
         .collect();
     queue.publish(&msgs).await?;

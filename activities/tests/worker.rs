@@ -108,6 +108,7 @@ impl<Q: TaskQueue> Env<Q> {
             body,
             message_id: Uuid::new_v4().to_string(),
             traceparent: None,
+            transient: false,
         };
         self.queue.publish(&[msg]).await?;
         Ok(())

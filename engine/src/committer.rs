@@ -664,6 +664,7 @@ async fn publish<Q: TaskQueue>(
                 body: m.body.as_bytes(),
                 message_id: m.task_id.to_string(),
                 traceparent: tp.as_deref(),
+                transient: false,
             })
             .collect();
         match queue.publish(&msgs).await {

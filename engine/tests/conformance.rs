@@ -417,6 +417,7 @@ where
             body,
             message_id: Uuid::new_v4().to_string(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            transient: false,
         })
         .collect();
     q.publish(&out).await?;
@@ -483,6 +484,7 @@ where
         body,
         message_id: Uuid::new_v4().to_string(),
         traceparent: None,
+        transient: false,
     };
     q2.publish(&[
         routed("workflow.finished.other", b"no"),
@@ -520,6 +522,7 @@ async fn batches_and_cancels<Q: TaskQueue>(q: &Q, topology: &Topology) -> anyhow
                 body,
                 message_id: Uuid::new_v4().to_string(),
                 traceparent: None,
+                transient: false,
             })
             .collect();
         async move { q.publish(&out).await }

@@ -33,6 +33,7 @@ async fn publish(q: &RabbitQueue, queue: &str, n: usize) -> anyhow::Result<()> {
             body: b,
             message_id: Uuid::new_v4().to_string(),
             traceparent: None,
+            transient: false,
         })
         .collect();
     q.publish(&msgs).await?;

@@ -284,6 +284,7 @@ async fn a_duplicate_result_is_recorded_as_ignored() -> anyhow::Result<()> {
         body: &bytes,
         message_id: "dup".into(),
         traceparent: None,
+        transient: false,
     };
     stack.env.queue().publish(&[msg]).await?;
     let ignored = eventually(SETTLE, "the duplicate to be recorded", || async {

@@ -52,7 +52,7 @@ pub enum QueueError {
     Ended(String),
 }
 
-/// One message to publish persistently.
+/// One message to publish.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
     /// The exchange; `""` is the default exchange, which routes to the queue named `queue`.
@@ -62,6 +62,10 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
     pub message_id: String,
     pub traceparent: Option<&'a str>,
+    /// Kept in memory only by a broker that distinguishes (RabbitMQ: delivery mode 1), so a
+    /// broker restart drops it; for messages whose sender sends them again when that may have
+    /// happened (task messages, DESIGN.md §3.2). Otherwise persistent.
+    pub transient: bool,
 }
 
 /// What a queue holds, as the metrics and the admin UI's stuck view read it.

@@ -120,7 +120,7 @@ pub async fn publish_confirmed(channel: &Channel, msgs: &[Outgoing<'_>]) -> Resu
         }
         headers.insert(PUBLISHED_AT.into(), AMQPValue::LongLongInt(now));
         let props = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(if m.transient { 1 } else { 2 })
             .with_content_type("application/json".into())
             .with_message_id(m.message_id.as_str().into())
             .with_headers(headers);

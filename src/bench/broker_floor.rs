@@ -1,11 +1,12 @@
 //! The broker's floor (`orderflow bench --broker-floor`): what RabbitMQ's CPU costs for one
-//! message as the design requires it (durable queue, persistent, publisher-confirmed, consumed
-//! with a manual ack), with no engine, worker or database around it. A saga needs nine such
+//! message as the design requires it (durable queue, publisher-confirmed, consumed with a manual
+//! ack), with no engine, worker or database around it. A saga needs nine such
 //! messages, so this says how much of a saga's CPU budget the broker alone takes.
 //!
-//! Two publishing patterns, as the stack has them: `one-by-one` (many publishers on one confirm
-//! channel, each waiting for its own confirm: the workers' results) and `batched` (pipelined
-//! batches, one wait per batch: the relay), each on classic queues v1 and v2
+//! Three publishing patterns, as the stack has them: `one-by-one` (many publishers on one confirm
+//! channel, each waiting for its own confirm: the workers' results), `batched` (pipelined
+//! batches, one wait per batch: the committer's publisher) and `transient` (batched, delivery
+//! mode 1: task messages, DESIGN.md §3.2), each on classic queues v1 and v2
 //! (`x-queue-version`).
 
 use std::{
@@ -73,7 +74,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let body = json!({ "payload": "x".repeat(600) }).to_string();
     let mut rows = Vec::new();
     for queue_version in [1, 2] {
-        for pattern in ["one-by-one", "batched"] {
+        for pattern in ["one-by-one", "batched", "transient"] {
             let queue = format!(
                 "bench{}.broker-floor.v{queue_version}.{pattern}",
                 &tag[..12]
@@ -157,8 +158,9 @@ async fn one(
         body: body.as_bytes(),
         message_id: i.to_string(),
         traceparent: None,
+        transient: pattern == "transient",
     };
-    if pattern == "batched" {
+    if pattern != "one-by-one" {
         let ids: Vec<usize> = (0..messages).collect();
         for chunk in ids.chunks(concurrency.max(1)) {
             let batch: Vec<Outgoing<'_>> = chunk.iter().map(|&i| msg(i)).collect();
@@ -198,7 +200,7 @@ async fn one(
 
 /// Prints the rows and their JSON line.
 pub fn print(rows: &[Row]) {
-    println!("RabbitMQ floor: durable queue, persistent, confirmed, consumed with a manual ack");
+    println!("RabbitMQ floor: durable queue, confirmed, consumed with a manual ack");
     println!(
         "{:<11} {:>6} {:>9} {:>10} {:>22} {:>22}",
         "pattern", "queue", "messages", "msgs/s", "broker CPU µs/msg", "client CPU µs/msg"

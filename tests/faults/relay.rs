@@ -244,6 +244,7 @@ async fn publish(
                 body: &batch[i].data,
                 message_id: ids[i].clone(),
                 traceparent: traceparents[i].as_deref(),
+                transient: false,
             }
         })
         .collect();
@@ -295,6 +296,7 @@ pub async fn poison(amqp_url: &str) -> anyhow::Result<usize> {
                 body: b,
                 message_id: uuid::Uuid::new_v4().to_string(),
                 traceparent: None,
+                transient: false,
             })
         })
         .collect();

@@ -58,6 +58,7 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
                 body: r.body.as_bytes(),
                 message_id: r.task_id.to_string(),
                 traceparent: traceparent.as_deref(),
+                transient: false,
             })
             .collect();
         // The adapter bounds the wait for confirms, so a queue that stops confirming cannot
