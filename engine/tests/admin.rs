@@ -49,6 +49,8 @@ on_both_stores!(
     the_detail_page_shows_steps_attempts_history_and_downloads_it,
     a_bulk_cancel_by_filter_previews_the_count_then_compensates,
     the_rest_api_starts_lists_reads_and_cancels,
+    a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why,
+    a_failing_compensation_is_resolved_through_the_rest_api_and_audited,
 );
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
@@ -958,5 +960,237 @@ async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()>
     let audit = get("/admin/audit".to_owned()).await?.text().await?;
     assert!(audit.contains("duplicate order"), "{audit}");
     assert!(audit.contains("admin:ops"), "{audit}");
+    Ok(())
+}
+
+/// A saga whose compensation keeps failing: the charge is declined, and releasing the stock the
+/// reservation took fails on every attempt, so after its retries the saga needs attention.
+async fn failing_compensation(ui: &Ui) -> anyhow::Result<Uuid> {
+    recording::inject(
+        &ui.env.pool,
+        &Fault::permanent(PAYMENT_CHARGE, "card_declined"),
+    )
+    .await?;
+    recording::inject(
+        &ui.env.pool,
+        &Fault::transient(INVENTORY_RELEASE, "warehouse_down"),
+    )
+    .await?;
+    let id = ui.start_order().await?;
+    assert_eq!(ui.settled(id, WITHIN).await?, "needs_attention");
+    Ok(id)
+}
+
+async fn becomes(ui: &Ui, id: Uuid, status: &str) -> anyhow::Result<()> {
+    eventually(WITHIN, &format!("the saga to be {status}"), || async {
+        Ok((ui.status(id).await? == status).then_some(()))
+    })
+    .await
+}
+
+/// The `CompensationResolved` events of a saga, as (step, actor, reason).
+async fn resolutions(ui: &Ui, id: Uuid) -> anyhow::Result<Vec<(String, String, String)>> {
+    Ok(ui
+        .history(id)
+        .await?
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::CompensationResolved {
+                step,
+                actor,
+                reason,
+            } => Some((step, actor, reason)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The audit view's row of `id`'s latest action.
+async fn audit_row(ui: &Ui, id: Uuid) -> anyhow::Result<String> {
+    let audit = ui.get("/admin/audit").await?;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.text);
+    let row = audit
+        .text
+        .split(&format!("<tr data-id=\"{id}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no audit row for {id}: {}", audit.text));
+    Ok(row[..row.find("</tr>").unwrap_or(row.len())].to_owned())
+}
+
+/// The operator finds the saga stuck on its failing compensation, repaired the stock by hand,
+/// and marks the compensation resolved on the saga's page: the saga finishes compensating and the
+/// audit view shows who did it and why. A wrong step is refused and records nothing.
+async fn a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = failing_compensation(&ui).await?;
+    let resolve = format!("/admin/workflows/{id}/resolve");
+
+    let page = ui.get(&format!("/admin/workflows/{id}")).await?;
+    let form = page
+        .text
+        .split(&format!("action=\"{resolve}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a resolve form on the saga's page: {}", page.text));
+    let form = &form[..form.find("</form>").unwrap_or(form.len())];
+    assert_eq!(hidden(form, "step").as_deref(), Some("reserve"), "{form}");
+    let stuck = ui.get("/admin/stuck?kind=attention").await?;
+    assert!(stuck.text.contains(&id.to_string()), "{}", stuck.text);
+
+    problem(
+        &ui.post(&resolve, &[("step", "reserve")]).await?,
+        StatusCode::BAD_REQUEST,
+        "reason",
+    );
+    let wrong = ui
+        .post(&resolve, &[("step", "charge"), ("reason", "wrong step")])
+        .await?;
+    assert_eq!(wrong.status, StatusCode::SEE_OTHER, "{}", wrong.text);
+    let flash = admin_decode(&wrong.cookie("orderflow_admin_flash").expect("a flash"));
+    assert!(
+        flash.starts_with("err:") && flash.contains("step `charge` has no failing compensation"),
+        "the refusal is shown: {flash}"
+    );
+    assert!(resolutions(&ui, id).await?.is_empty());
+    assert_eq!(ui.status(id).await?, "needs_attention");
+
+    let why = "released the 2 units by hand in the warehouse system";
+    let done = ui
+        .post(&resolve, &[("step", "reserve"), ("reason", why)])
+        .await?;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(
+        done.location(),
+        Some(format!("/admin/workflows/{id}").as_str())
+    );
+    let flash = admin_decode(&done.cookie("orderflow_admin_flash").expect("a flash"));
+    assert!(flash.starts_with("ok:"), "{flash}");
+    becomes(&ui, id, "compensated").await?;
+    assert_eq!(
+        resolutions(&ui, id).await?,
+        [(
+            "reserve".to_owned(),
+            format!("admin:{USER}"),
+            why.to_owned()
+        )]
+    );
+    let row = audit_row(&ui, id).await?;
+    assert!(row.contains("compensation_resolved"), "{row}");
+    assert!(row.contains(&format!("admin:{USER}")), "{row}");
+    assert!(row.contains(why), "{row}");
+    Ok(())
+}
+
+/// The same repair through `POST /api/v1/workflows/{id}/resolve`: bad input is answered with
+/// problem+json naming the field, a step without a failing compensation is a 409 that records
+/// nothing, and the accepted one is in the history and the audit view with its actor and reason.
+async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = failing_compensation(&ui).await?;
+    let path = format!("/api/v1/workflows/{id}/resolve");
+
+    for (body, field) in [
+        (serde_json::json!({ "reason": "x" }), "step"),
+        (serde_json::json!({ "step": " ", "reason": "x" }), "step"),
+        (serde_json::json!({ "step": "reserve" }), "reason"),
+        (
+            serde_json::json!({ "step": "reserve", "reason": " " }),
+            "reason",
+        ),
+        (
+            serde_json::json!({ "step": "reserve", "reason": "x", "actor": "" }),
+            "actor",
+        ),
+    ] {
+        problem(
+            &ui.post_json(&path, None, &body).await?,
+            StatusCode::BAD_REQUEST,
+            field,
+        );
+    }
+    problem(
+        &ui.post_json(
+            "/api/v1/workflows/not-a-uuid/resolve",
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "x" }),
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "id",
+    );
+    let missing = ui
+        .post_json(
+            &format!("/api/v1/workflows/{}/resolve", Uuid::now_v7()),
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "x" }),
+        )
+        .await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+    let wrong = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "charge", "reason": "x" }),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::CONFLICT, "{}", wrong.text);
+    assert_eq!(wrong.content_type(), "application/problem+json");
+    assert!(resolutions(&ui, id).await?.is_empty());
+
+    let why = "released the stock by hand (ticket OPS-17)";
+    let ok = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": why, "actor": "support:ann" }),
+        )
+        .await?;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text);
+    assert_eq!(ok.json()["id"], id.to_string());
+    becomes(&ui, id, "compensated").await?;
+    let again = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "twice" }),
+        )
+        .await?;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+
+    let history = ui
+        .api_get(&format!("/api/v1/workflows/{id}/history"))
+        .await?;
+    let history: History = serde_json::from_str(&history.text)?;
+    let resolved: Vec<&Event> = history
+        .events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|e| matches!(e, Event::CompensationResolved { .. }))
+        .collect();
+    assert_eq!(
+        resolved,
+        [&Event::CompensationResolved {
+            step: "reserve".into(),
+            actor: "support:ann".into(),
+            reason: why.into(),
+        }]
+    );
+    let row = audit_row(&ui, id).await?;
+    assert!(row.contains("compensation_resolved"), "{row}");
+    assert!(row.contains("support:ann"), "{row}");
+    assert!(row.contains(why), "{row}");
     Ok(())
 }

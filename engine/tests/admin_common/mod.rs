@@ -338,6 +338,11 @@ impl Ui {
         read(res).await
     }
 
+    /// GETs from the engine's REST API (under `/api/v1`, or `/ready`).
+    pub async fn api_get(&self, path: &str) -> anyhow::Result<Resp> {
+        read(self.http.get(self.url(path)).send().await?).await
+    }
+
     /// POSTs JSON to the REST API, with an `Idempotency-Key` if given.
     pub async fn post_json(
         &self,
