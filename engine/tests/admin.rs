@@ -4,11 +4,13 @@
 
 mod admin_common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use admin_common::{Db, PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
 
-use orderflow_core::{Event, History};
+use async_trait::async_trait;
+use orderflow_activities::{TaskContext, worker::Handler};
+use orderflow_core::{ActivityError, Event, History};
 use orderflow_testkit::eventually;
 use orderflow_testkit::recording::{self, Fault};
 use orderflow_workflows::order::contracts::*;
@@ -51,6 +53,7 @@ on_both_stores!(
     the_rest_api_starts_lists_reads_and_cancels,
     a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why,
     a_failing_compensation_is_resolved_through_the_rest_api_and_audited,
+    a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list,
 );
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
@@ -1192,5 +1195,88 @@ async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
     assert!(row.contains("compensation_resolved"), "{row}");
     assert!(row.contains("support:ann"), "{row}");
     assert!(row.contains(why), "{row}");
+    Ok(())
+}
+
+/// Stands in for the payment service's charge: answers what `payment.charge` answers
+/// ([`Charge`]), with a PaymentIntent id of its own made from the workflow id.
+struct StripeCharge;
+
+fn intent_of(workflow: Uuid) -> String {
+    format!("pi_{}", workflow.simple())
+}
+
+#[async_trait]
+impl Handler for StripeCharge {
+    fn activity(&self) -> &str {
+        PAYMENT_CHARGE
+    }
+
+    async fn handle(
+        &self,
+        ctx: &TaskContext,
+        _input: serde_json::Value,
+    ) -> Result<serde_json::Value, ActivityError> {
+        let charge = Charge {
+            payment_id: Uuid::new_v4().to_string(),
+            payment_intent_id: intent_of(ctx.workflow_id.0),
+        };
+        Ok(serde_json::to_value(charge).expect("a charge serializes"))
+    }
+}
+
+/// Support has only the `pi_...` id from Stripe's dashboard: the admin list's filter and the REST
+/// list's `business_key` both find the one saga whose charge step recorded it.
+async fn a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        workers: ORDER_SAGA_ACTIVITIES
+            .into_iter()
+            .filter(|a| *a != PAYMENT_CHARGE)
+            .collect(),
+        handlers: vec![Arc::new(StripeCharge)],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let (ours, other) = (ui.start_order().await?, ui.start_order().await?);
+    for id in [ours, other] {
+        assert_eq!(ui.settled(id, WITHIN).await?, "completed");
+    }
+    let pi = intent_of(ours);
+
+    let page = ui
+        .get(&format!("/admin/workflows?business_key={pi}"))
+        .await?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(
+        page.text.matches("<tr data-id=").count(),
+        1,
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains(&format!("data-id=\"{ours}\"")));
+    let none = ui
+        .get("/admin/workflows?business_key=pi_0000000000000000")
+        .await?;
+    assert_eq!(none.text.matches("<tr data-id=").count(), 0);
+
+    let listed = ui
+        .api_get(&format!("/api/v1/workflows?business_key={pi}"))
+        .await?;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    let ids: Vec<String> = listed.json()["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, [ours.to_string()], "{}", listed.text);
+    let nothing = ui
+        .api_get("/api/v1/workflows?business_key=pi_0000000000000000")
+        .await?;
+    assert_eq!(nothing.json()["items"], serde_json::json!([]));
     Ok(())
 }

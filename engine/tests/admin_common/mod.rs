@@ -100,6 +100,8 @@ pub struct Setup {
     pub engine: bool,
     /// Run recording workers for these activities.
     pub workers: Vec<&'static str>,
+    /// And workers for these handlers (stand-ins whose output matters to the test).
+    pub handlers: Vec<Arc<dyn Handler>>,
     pub config: AdminConfig,
 }
 
@@ -112,6 +114,7 @@ impl Default for Setup {
             def: stubborn_order(Duration::from_secs(30), Duration::from_secs(20)),
             engine: true,
             workers: ORDER_SAGA_ACTIVITIES.to_vec(),
+            handlers: Vec::new(),
             config,
         }
     }
@@ -235,6 +238,7 @@ impl Ui {
         let handlers: Vec<Arc<dyn Handler>> = recording::order_saga_handlers(env.pool.clone())
             .into_iter()
             .filter(|h| setup.workers.contains(&h.activity()))
+            .chain(setup.handlers)
             .collect();
         let mut stops = Vec::new();
         let mut files = Vec::new();
