@@ -10,7 +10,7 @@ use admin_common::{Db, PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
 
 use async_trait::async_trait;
 use orderflow_activities::{TaskContext, worker::Handler};
-use orderflow_core::{ActivityError, Event, History};
+use orderflow_core::{ActivityError, Event, History, SagaDefinition, Step};
 use orderflow_testkit::eventually;
 use orderflow_testkit::recording::{self, Fault};
 use orderflow_workflows::order::contracts::*;
@@ -54,6 +54,7 @@ on_both_stores!(
     a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why,
     a_failing_compensation_is_resolved_through_the_rest_api_and_audited,
     a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list,
+    the_ui_and_the_metrics_name_what_the_deployed_definitions_name,
 );
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
@@ -1279,4 +1280,72 @@ async fn a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list(
         .await?;
     assert_eq!(nothing.json()["items"], serde_json::json!([]));
     Ok(())
+}
+
+/// A second workflow type deployed beside the order saga: the stuck view offers its type and
+/// its activities in its filters, the list offers its type, and the engine's metrics have its
+/// series and watch its queues, with nothing in the engine naming it.
+async fn the_ui_and_the_metrics_name_what_the_deployed_definitions_name(
+    store: Db,
+) -> anyhow::Result<()> {
+    let shipment = SagaDefinition::builder("shipment", 1)
+        .step(Step::compensatable("book", "shipping.book").compensate_with("shipping.cancel"))
+        .step(Step::pivot("dispatch", "shipping.dispatch"))
+        .build()?;
+    let mut ui = Ui::start(Setup {
+        store,
+        workers: vec![],
+        more: vec![shipment],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let stuck = ui.get("/admin/stuck").await?;
+    for offered in [
+        "shipment",
+        "order",
+        "shipping.book",
+        "shipping.cancel",
+        "shipping.dispatch",
+        PAYMENT_CHARGE,
+    ] {
+        assert!(
+            stuck
+                .text
+                .contains(&format!("<option value=\"{offered}\">")),
+            "the stuck view offers `{offered}`: {}",
+            stuck.text
+        );
+    }
+    // A filter the URL carries stays selected although no definition names it.
+    let stray = ui.get("/admin/stuck?activity=legacy.thing").await?;
+    assert!(
+        stray
+            .text
+            .contains(r#"<option value="legacy.thing" selected>"#),
+        "{}",
+        stray.text
+    );
+    let list = ui.get("/admin/workflows").await?;
+    assert!(
+        list.text.contains(r#"<option value="shipment">"#),
+        "{}",
+        list.text
+    );
+
+    let queue = ui.env.topology.task_queue("shipping.book");
+    eventually(WITHIN, "the shipment series in /metrics", || async {
+        let m = ui.api_get("/metrics").await?.text;
+        let has = |prefix: &str, label: &str| {
+            m.lines()
+                .any(|l| l.starts_with(prefix) && l.contains(label))
+        };
+        Ok(
+            (has("orderflow_workflows_started_total{", r#"type="shipment""#)
+                && has("orderflow_workflows_finished_total{", r#"type="shipment""#)
+                && has("orderflow_queue_depth{", &format!("queue=\"{queue}\"")))
+            .then_some(()),
+        )
+    })
+    .await
 }

@@ -102,6 +102,8 @@ pub struct Setup {
     pub workers: Vec<&'static str>,
     /// And workers for these handlers (stand-ins whose output matters to the test).
     pub handlers: Vec<Arc<dyn Handler>>,
+    /// Definitions deployed beside `def` (other workflow types).
+    pub more: Vec<SagaDefinition>,
     pub config: AdminConfig,
 }
 
@@ -115,6 +117,7 @@ impl Default for Setup {
             engine: true,
             workers: ORDER_SAGA_ACTIVITIES.to_vec(),
             handlers: Vec::new(),
+            more: Vec::new(),
             config,
         }
     }
@@ -233,7 +236,12 @@ pub fn hidden(html: &str, name: &str) -> Option<String> {
 impl Ui {
     pub async fn start(setup: Setup) -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
-        let registry = Arc::new(Registry::new().with(setup.def));
+        let registry = Arc::new(
+            setup
+                .more
+                .into_iter()
+                .fold(Registry::new().with(setup.def), Registry::with),
+        );
         let applier = env.applier(registry.clone());
         let handlers: Vec<Arc<dyn Handler>> = recording::order_saga_handlers(env.pool.clone())
             .into_iter()
