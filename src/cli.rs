@@ -103,10 +103,11 @@ pub enum Command {
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
     },
-    /// Workers for the given activity queues (all of the order saga's by default), each running
-    /// the production handlers of the service that owns the queue, configured as
-    /// `orderflow service NAME` would be; plus `/health`, `/ready` and `/metrics` on
-    /// `--health-bind`.
+    /// Workers for the given activity queues (by default every activity a service of this build
+    /// implements), each running the production handlers of the service that owns the queue,
+    /// configured as `orderflow service NAME` would be; plus `/health`, `/ready` and `/metrics`
+    /// on `--health-bind`. Activities of deployed workflows that no service here implements are
+    /// served by workers outside this build (docs/protocol.md).
     Worker {
         #[command(flatten)]
         conn: Connections,

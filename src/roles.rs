@@ -281,11 +281,7 @@ async fn run_workers(
     plan: WorkerPlan,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    for q in &plan.queues {
-        if !SERVICES.iter().any(|s| s.activities.contains(&q.as_str())) {
-            bail!("--queues: `{q}` is not an activity this build knows");
-        }
-    }
+    crate::services::check_queues(&plan.queues, &orderflow_workflows::registry().activities())?;
     let wanted = |a: &str| plan.queues.is_empty() || plan.queues.iter().any(|q| q == a);
     let owners: Vec<_> = SERVICES
         .iter()
@@ -315,6 +311,7 @@ async fn run_workers(
     for service in owners {
         let mut parts = service.parts(&settings).await?;
         ready = ready.merge(service.name, parts.ready.clone());
+        // What is served comes from the handlers the service built, not from its list.
         for h in parts.handlers.drain(..) {
             if wanted(h.activity()) {
                 worker = worker.handler(h, plan.concurrency);
@@ -323,6 +320,10 @@ async fn run_workers(
         keep.push(parts);
     }
     let worker = worker.build();
+    let served = worker.activities();
+    if let Some(q) = plan.queues.iter().find(|q| !served.contains(&q.as_str())) {
+        bail!("--queues: `{q}` is listed by a service of this build that built no handler for it");
+    }
     let health = axum::Router::new().merge(orderflow_service_kit::http::base_routes(ready));
     let mut sup = Supervisor::new("worker", &stop);
     sup.spawn_worker(worker);

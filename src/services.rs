@@ -133,6 +133,43 @@ pub const SERVICES: &[Service] = &[
     },
 ];
 
+/// Every activity a service of this build has a handler for, sorted: what `orderflow worker`
+/// can serve. (Each service's list is checked against its handlers by this module's tests, and
+/// again by `orderflow worker` when it builds them.)
+pub fn implemented() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = SERVICES
+        .iter()
+        .flat_map(|s| s.activities.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Checks the activities `orderflow worker --queues` asks for: each must be one a service of this
+/// build implements. `registered`, the activities of the deployed workflow definitions, tells one
+/// that exists but is served by workers outside this build (in another language, say) from a
+/// typo.
+pub fn check_queues(queues: &[String], registered: &[String]) -> anyhow::Result<()> {
+    let here = implemented();
+    for q in queues {
+        if here.contains(&q.as_str()) {
+            continue;
+        }
+        if registered.contains(q) {
+            anyhow::bail!(
+                "--queues: `{q}` is an activity of a deployed workflow, but no service of this \
+                 build implements it; run a worker that does (any language: docs/protocol.md)"
+            );
+        }
+        anyhow::bail!(
+            "--queues: `{q}` is not an activity this build knows; its services implement {}",
+            here.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The service called `name`.
 pub fn named(name: &str) -> anyhow::Result<&'static Service> {
     SERVICES.iter().find(|s| s.name == name).with_context(|| {
@@ -210,4 +247,76 @@ async fn notification(s: &Settings, service: ServiceConfig) -> anyhow::Result<Se
         config.email_from.clone_from(from);
     }
     orderflow_notification::parts(config).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every service on an in-memory SQLite database, with nothing to reach: enough to build
+    /// its parts.
+    fn offline() -> Settings {
+        Settings {
+            jwt_secret: "x".repeat(32),
+            engine_url: "http://127.0.0.1:9".into(),
+            inventory_url: "http://127.0.0.1:9".into(),
+            user_url: "http://127.0.0.1:9".into(),
+            redis_url: String::new(),
+            queue_prefix: String::new(),
+            worker_concurrency: 1,
+            database_url: Arc::new(|_| Ok("sqlite::memory:".to_owned())),
+            bind: Arc::new(|_, _| None),
+            stripe: Some(orderflow_payment::StripeConfig::sandbox(
+                "http://127.0.0.1:9",
+            )),
+            smtp_url: None,
+            email_from: None,
+            seed_demo_products: false,
+            admin: None,
+        }
+    }
+
+    /// `orderflow worker` picks the services to build by their lists, before it connects to
+    /// anything; a list that drifted from the handlers would start a worker for the wrong queues.
+    #[tokio::test]
+    async fn each_service_lists_exactly_the_activities_its_handlers_serve() -> anyhow::Result<()> {
+        let settings = offline();
+        for service in SERVICES {
+            let parts = service.parts(&settings).await?;
+            let mut handled: Vec<&str> = parts.handlers.iter().map(|h| h.activity()).collect();
+            handled.sort_unstable();
+            let mut listed = service.activities.to_vec();
+            listed.sort_unstable();
+            assert_eq!(handled, listed, "the {} service", service.name);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn queues_are_checked_against_the_services_and_the_registry() {
+        let registered = orderflow_workflows::registry().activities();
+        let ask = |q: &[&str]| {
+            let q: Vec<String> = q.iter().map(|s| (*s).to_owned()).collect();
+            check_queues(&q, &registered).map_err(|e| e.to_string())
+        };
+        assert!(ask(&["payment.charge", "payment.refund"]).is_ok());
+        assert!(ask(&[]).is_ok());
+        let typo = ask(&["payment.charge", "payment.chrage"]).unwrap_err();
+        assert!(
+            typo.starts_with("--queues: `payment.chrage` is not an activity this build knows"),
+            "{typo}"
+        );
+        assert!(typo.contains("payment.charge, payment.refund"), "{typo}");
+        // Order saga v2's fraud screen is deployed, but no service here implements it.
+        let elsewhere = ask(&["fraud.check"]).unwrap_err();
+        assert!(
+            elsewhere.contains("no service of this build implements it"),
+            "{elsewhere}"
+        );
+        // Every activity any deployed definition names is either served here or named so.
+        for a in &registered {
+            let served = implemented().contains(&a.as_str());
+            assert_eq!(ask(&[a]).is_ok(), served, "{a}");
+        }
+    }
 }

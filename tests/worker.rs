@@ -31,6 +31,23 @@ async fn an_unknown_queue_is_refused_naming_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Order saga v2's fraud screen is an activity of a deployed definition, but no service of this
+/// build implements it: a worker outside the build serves it, and the flag says so.
+#[tokio::test]
+async fn an_activity_no_service_implements_is_refused_saying_so() -> anyhow::Result<()> {
+    let out = worker(&["--queues", "fraud.check"]).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--queues: `fraud.check` is an activity of a deployed workflow, but no \
+             service of this build implements it"
+        ),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn one_service_database_for_two_services_is_refused() -> anyhow::Result<()> {
     let out = worker(&[

@@ -27,8 +27,10 @@ pub struct Engine<S, Q> {
 
 impl<S: Store, Q: TaskQueue> Engine<S, Q> {
     /// An engine running the definitions of `registry`; tasks go to the queues `queue` names.
-    /// Its committer starts now (the API can start workflows before [`Self::run`]).
+    /// Its committer starts now (the API can start workflows before [`Self::run`]); the
+    /// metrics' per-type series are created for every type it deploys.
     pub fn new(store: S, queue: Q, registry: Arc<Registry>, config: EngineConfig) -> Self {
+        crate::metrics::declare(&registry);
         let applier = Applier::new(registry, queue.topology().clone());
         let timers = Arc::new(Notify::new());
         let started = crate::apply::now();

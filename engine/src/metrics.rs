@@ -1,7 +1,10 @@
 //! Prometheus metrics of the engine, registered in the default registry and served at `/metrics`.
+//! Labels name workflow types, statuses and queues as the registry's definitions name them
+//! ([`declare`], the backlog gauges of `loops::backlog`), so a new workflow needs no change here.
 
 use std::sync::LazyLock;
 
+use orderflow_core::{Registry, WorkflowStatus};
 use prometheus::{
     Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, TextEncoder, register_histogram,
     register_histogram_vec, register_int_counter, register_int_counter_vec,
@@ -72,6 +75,22 @@ pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Creates the per-type series of every workflow type `registry` deploys, at zero: a dashboard
+/// or an alert on `rate(...)` sees a new workflow type from the engine's start, not only after
+/// its first saga.
+pub fn declare(registry: &Registry) {
+    let ends: Vec<WorkflowStatus> = WorkflowStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal() || *s == WorkflowStatus::NeedsAttention)
+        .collect();
+    for workflow_type in registry.types() {
+        WORKFLOWS_STARTED.with_label_values(&[workflow_type]);
+        for status in &ends {
+            WORKFLOWS_FINISHED.with_label_values(&[workflow_type, status.as_str()]);
+        }
+    }
+}
 
 /// The text exposition of every registered metric.
 pub fn render() -> String {

@@ -4,11 +4,13 @@
 
 mod admin_common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use admin_common::{Db, PASSWORD, Resp, Setup, USER, Ui, hidden, stubborn_order};
 
-use orderflow_core::{Event, History};
+use async_trait::async_trait;
+use orderflow_activities::{TaskContext, worker::Handler};
+use orderflow_core::{ActivityError, Event, History, SagaDefinition, Step};
 use orderflow_testkit::eventually;
 use orderflow_testkit::recording::{self, Fault};
 use orderflow_workflows::order::contracts::*;
@@ -49,6 +51,10 @@ on_both_stores!(
     the_detail_page_shows_steps_attempts_history_and_downloads_it,
     a_bulk_cancel_by_filter_previews_the_count_then_compensates,
     the_rest_api_starts_lists_reads_and_cancels,
+    a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why,
+    a_failing_compensation_is_resolved_through_the_rest_api_and_audited,
+    a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list,
+    the_ui_and_the_metrics_name_what_the_deployed_definitions_name,
 );
 
 fn problem(r: &Resp, status: StatusCode, field: &str) {
@@ -959,4 +965,387 @@ async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()>
     assert!(audit.contains("duplicate order"), "{audit}");
     assert!(audit.contains("admin:ops"), "{audit}");
     Ok(())
+}
+
+/// A saga whose compensation keeps failing: the charge is declined, and releasing the stock the
+/// reservation took fails on every attempt, so after its retries the saga needs attention.
+async fn failing_compensation(ui: &Ui) -> anyhow::Result<Uuid> {
+    recording::inject(
+        &ui.env.pool,
+        &Fault::permanent(PAYMENT_CHARGE, "card_declined"),
+    )
+    .await?;
+    recording::inject(
+        &ui.env.pool,
+        &Fault::transient(INVENTORY_RELEASE, "warehouse_down"),
+    )
+    .await?;
+    let id = ui.start_order().await?;
+    assert_eq!(ui.settled(id, WITHIN).await?, "needs_attention");
+    Ok(id)
+}
+
+async fn becomes(ui: &Ui, id: Uuid, status: &str) -> anyhow::Result<()> {
+    eventually(WITHIN, &format!("the saga to be {status}"), || async {
+        Ok((ui.status(id).await? == status).then_some(()))
+    })
+    .await
+}
+
+/// The `CompensationResolved` events of a saga, as (step, actor, reason).
+async fn resolutions(ui: &Ui, id: Uuid) -> anyhow::Result<Vec<(String, String, String)>> {
+    Ok(ui
+        .history(id)
+        .await?
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::CompensationResolved {
+                step,
+                actor,
+                reason,
+            } => Some((step, actor, reason)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The audit view's row of `id`'s latest action.
+async fn audit_row(ui: &Ui, id: Uuid) -> anyhow::Result<String> {
+    let audit = ui.get("/admin/audit").await?;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.text);
+    let row = audit
+        .text
+        .split(&format!("<tr data-id=\"{id}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no audit row for {id}: {}", audit.text));
+    Ok(row[..row.find("</tr>").unwrap_or(row.len())].to_owned())
+}
+
+/// The operator finds the saga stuck on its failing compensation, repaired the stock by hand,
+/// and marks the compensation resolved on the saga's page: the saga finishes compensating and the
+/// audit view shows who did it and why. A wrong step is refused and records nothing.
+async fn a_failing_compensation_is_resolved_in_the_ui_and_the_audit_shows_who_and_why(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = failing_compensation(&ui).await?;
+    let resolve = format!("/admin/workflows/{id}/resolve");
+
+    let page = ui.get(&format!("/admin/workflows/{id}")).await?;
+    let form = page
+        .text
+        .split(&format!("action=\"{resolve}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a resolve form on the saga's page: {}", page.text));
+    let form = &form[..form.find("</form>").unwrap_or(form.len())];
+    assert_eq!(hidden(form, "step").as_deref(), Some("reserve"), "{form}");
+    let stuck = ui.get("/admin/stuck?kind=attention").await?;
+    assert!(stuck.text.contains(&id.to_string()), "{}", stuck.text);
+
+    problem(
+        &ui.post(&resolve, &[("step", "reserve")]).await?,
+        StatusCode::BAD_REQUEST,
+        "reason",
+    );
+    let wrong = ui
+        .post(&resolve, &[("step", "charge"), ("reason", "wrong step")])
+        .await?;
+    assert_eq!(wrong.status, StatusCode::SEE_OTHER, "{}", wrong.text);
+    let flash = admin_decode(&wrong.cookie("orderflow_admin_flash").expect("a flash"));
+    assert!(
+        flash.starts_with("err:") && flash.contains("step `charge` has no failing compensation"),
+        "the refusal is shown: {flash}"
+    );
+    assert!(resolutions(&ui, id).await?.is_empty());
+    assert_eq!(ui.status(id).await?, "needs_attention");
+
+    let why = "released the 2 units by hand in the warehouse system";
+    let done = ui
+        .post(&resolve, &[("step", "reserve"), ("reason", why)])
+        .await?;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(
+        done.location(),
+        Some(format!("/admin/workflows/{id}").as_str())
+    );
+    let flash = admin_decode(&done.cookie("orderflow_admin_flash").expect("a flash"));
+    assert!(flash.starts_with("ok:"), "{flash}");
+    becomes(&ui, id, "compensated").await?;
+    assert_eq!(
+        resolutions(&ui, id).await?,
+        [(
+            "reserve".to_owned(),
+            format!("admin:{USER}"),
+            why.to_owned()
+        )]
+    );
+    let row = audit_row(&ui, id).await?;
+    assert!(row.contains("compensation_resolved"), "{row}");
+    assert!(row.contains(&format!("admin:{USER}")), "{row}");
+    assert!(row.contains(why), "{row}");
+    Ok(())
+}
+
+/// The same repair through `POST /api/v1/workflows/{id}/resolve`: bad input is answered with
+/// problem+json naming the field, a step without a failing compensation is a 409 that records
+/// nothing, and the accepted one is in the history and the audit view with its actor and reason.
+async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let id = failing_compensation(&ui).await?;
+    let path = format!("/api/v1/workflows/{id}/resolve");
+
+    for (body, field) in [
+        (serde_json::json!({ "reason": "x" }), "step"),
+        (serde_json::json!({ "step": " ", "reason": "x" }), "step"),
+        (serde_json::json!({ "step": "reserve" }), "reason"),
+        (
+            serde_json::json!({ "step": "reserve", "reason": " " }),
+            "reason",
+        ),
+        (
+            serde_json::json!({ "step": "reserve", "reason": "x", "actor": "" }),
+            "actor",
+        ),
+    ] {
+        problem(
+            &ui.post_json(&path, None, &body).await?,
+            StatusCode::BAD_REQUEST,
+            field,
+        );
+    }
+    problem(
+        &ui.post_json(
+            "/api/v1/workflows/not-a-uuid/resolve",
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "x" }),
+        )
+        .await?,
+        StatusCode::BAD_REQUEST,
+        "id",
+    );
+    let missing = ui
+        .post_json(
+            &format!("/api/v1/workflows/{}/resolve", Uuid::now_v7()),
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "x" }),
+        )
+        .await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+    let wrong = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "charge", "reason": "x" }),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::CONFLICT, "{}", wrong.text);
+    assert_eq!(wrong.content_type(), "application/problem+json");
+    assert!(resolutions(&ui, id).await?.is_empty());
+
+    let why = "released the stock by hand (ticket OPS-17)";
+    let ok = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": why, "actor": "support:ann" }),
+        )
+        .await?;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text);
+    assert_eq!(ok.json()["id"], id.to_string());
+    becomes(&ui, id, "compensated").await?;
+    let again = ui
+        .post_json(
+            &path,
+            None,
+            &serde_json::json!({ "step": "reserve", "reason": "twice" }),
+        )
+        .await?;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+
+    let history = ui
+        .api_get(&format!("/api/v1/workflows/{id}/history"))
+        .await?;
+    let history: History = serde_json::from_str(&history.text)?;
+    let resolved: Vec<&Event> = history
+        .events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|e| matches!(e, Event::CompensationResolved { .. }))
+        .collect();
+    assert_eq!(
+        resolved,
+        [&Event::CompensationResolved {
+            step: "reserve".into(),
+            actor: "support:ann".into(),
+            reason: why.into(),
+        }]
+    );
+    let row = audit_row(&ui, id).await?;
+    assert!(row.contains("compensation_resolved"), "{row}");
+    assert!(row.contains("support:ann"), "{row}");
+    assert!(row.contains(why), "{row}");
+    Ok(())
+}
+
+/// Stands in for the payment service's charge: answers what `payment.charge` answers
+/// ([`Charge`]), with a PaymentIntent id of its own made from the workflow id.
+struct StripeCharge;
+
+fn intent_of(workflow: Uuid) -> String {
+    format!("pi_{}", workflow.simple())
+}
+
+#[async_trait]
+impl Handler for StripeCharge {
+    fn activity(&self) -> &str {
+        PAYMENT_CHARGE
+    }
+
+    async fn handle(
+        &self,
+        ctx: &TaskContext,
+        _input: serde_json::Value,
+    ) -> Result<serde_json::Value, ActivityError> {
+        let charge = Charge {
+            payment_id: Uuid::new_v4().to_string(),
+            payment_intent_id: intent_of(ctx.workflow_id.0),
+        };
+        Ok(serde_json::to_value(charge).expect("a charge serializes"))
+    }
+}
+
+/// Support has only the `pi_...` id from Stripe's dashboard: the admin list's filter and the REST
+/// list's `business_key` both find the one saga whose charge step recorded it.
+async fn a_saga_is_found_by_its_payment_intent_in_the_ui_and_the_rest_list(
+    store: Db,
+) -> anyhow::Result<()> {
+    let mut ui = Ui::start(Setup {
+        store,
+        workers: ORDER_SAGA_ACTIVITIES
+            .into_iter()
+            .filter(|a| *a != PAYMENT_CHARGE)
+            .collect(),
+        handlers: vec![Arc::new(StripeCharge)],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let (ours, other) = (ui.start_order().await?, ui.start_order().await?);
+    for id in [ours, other] {
+        assert_eq!(ui.settled(id, WITHIN).await?, "completed");
+    }
+    let pi = intent_of(ours);
+
+    let page = ui
+        .get(&format!("/admin/workflows?business_key={pi}"))
+        .await?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(
+        page.text.matches("<tr data-id=").count(),
+        1,
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains(&format!("data-id=\"{ours}\"")));
+    let none = ui
+        .get("/admin/workflows?business_key=pi_0000000000000000")
+        .await?;
+    assert_eq!(none.text.matches("<tr data-id=").count(), 0);
+
+    let listed = ui
+        .api_get(&format!("/api/v1/workflows?business_key={pi}"))
+        .await?;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    let ids: Vec<String> = listed.json()["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, [ours.to_string()], "{}", listed.text);
+    let nothing = ui
+        .api_get("/api/v1/workflows?business_key=pi_0000000000000000")
+        .await?;
+    assert_eq!(nothing.json()["items"], serde_json::json!([]));
+    Ok(())
+}
+
+/// A second workflow type deployed beside the order saga: the stuck view offers its type and
+/// its activities in its filters, the list offers its type, and the engine's metrics have its
+/// series and watch its queues, with nothing in the engine naming it.
+async fn the_ui_and_the_metrics_name_what_the_deployed_definitions_name(
+    store: Db,
+) -> anyhow::Result<()> {
+    let shipment = SagaDefinition::builder("shipment", 1)
+        .step(Step::compensatable("book", "shipping.book").compensate_with("shipping.cancel"))
+        .step(Step::pivot("dispatch", "shipping.dispatch"))
+        .build()?;
+    let mut ui = Ui::start(Setup {
+        store,
+        workers: vec![],
+        more: vec![shipment],
+        ..Setup::default()
+    })
+    .await?;
+    ui.login().await?;
+    let stuck = ui.get("/admin/stuck").await?;
+    for offered in [
+        "shipment",
+        "order",
+        "shipping.book",
+        "shipping.cancel",
+        "shipping.dispatch",
+        PAYMENT_CHARGE,
+    ] {
+        assert!(
+            stuck
+                .text
+                .contains(&format!("<option value=\"{offered}\">")),
+            "the stuck view offers `{offered}`: {}",
+            stuck.text
+        );
+    }
+    // A filter the URL carries stays selected although no definition names it.
+    let stray = ui.get("/admin/stuck?activity=legacy.thing").await?;
+    assert!(
+        stray
+            .text
+            .contains(r#"<option value="legacy.thing" selected>"#),
+        "{}",
+        stray.text
+    );
+    let list = ui.get("/admin/workflows").await?;
+    assert!(
+        list.text.contains(r#"<option value="shipment">"#),
+        "{}",
+        list.text
+    );
+
+    let queue = ui.env.topology.task_queue("shipping.book");
+    eventually(WITHIN, "the shipment series in /metrics", || async {
+        let m = ui.api_get("/metrics").await?.text;
+        let has = |prefix: &str, label: &str| {
+            m.lines()
+                .any(|l| l.starts_with(prefix) && l.contains(label))
+        };
+        Ok(
+            (has("orderflow_workflows_started_total{", r#"type="shipment""#)
+                && has("orderflow_workflows_finished_total{", r#"type="shipment""#)
+                && has("orderflow_queue_depth{", &format!("queue=\"{queue}\"")))
+            .then_some(()),
+        )
+    })
+    .await
 }

@@ -11,6 +11,8 @@
 //!   went away.
 //! - [`embedded`]: [`embedded::EmbeddedQueue`], the in-process queue of `orderflow dev`, durable
 //!   in SQLite, with the same guarantees.
+//! - [`wire`]: the wire format as JSON Schema documents with their AMQP envelope, the files of
+//!   `protocol/schemas/` that workers in other languages build on.
 //!
 //! Both give the guarantees the runtime builds on: a publish returns once the queue is
 //! responsible for every message (a publisher confirm, a committed insert); a delivery stays
@@ -21,6 +23,7 @@
 pub mod embedded;
 pub mod rabbit;
 pub mod topology;
+pub mod wire;
 
 use std::{future::Future, path::Path, str::FromStr, time::Duration};
 

@@ -565,7 +565,7 @@ pub async fn stuck_page(
         @if let Some(cursor) = next {
             p.pager { a #next-page href=(format!("/admin/stuck?{base}{}cursor={cursor}", if base.is_empty() { "" } else { "&" })) { "Older →" } }
         }
-        (stuck_filter_form(&params))
+        (stuck_filter_form(&params, &st.applier.registry))
         (bulk_form(&op, "stuck", &base, None))
     };
     let frame = Frame {
@@ -577,8 +577,27 @@ pub async fn stuck_page(
     Ok(page(&st, frame, body))
 }
 
-fn stuck_filter_form(p: &StuckParams) -> Markup {
+/// A filter's `select` of `options` (from the registry's definitions), keeping a value the URL
+/// carries although no deployed definition names it any more.
+fn choices(name: &str, current: &Option<String>, options: &[String]) -> Markup {
+    let current = blank(current);
+    let stray = current.filter(|c| !options.iter().any(|o| o == c));
+    html! {
+        select name=(name) {
+            option value="" { "any" }
+            @for o in options {
+                option value=(o) selected[current == Some(o.as_str())] { (o) }
+            }
+            @if let Some(c) = stray { option value=(c) selected { (c) } }
+        }
+    }
+}
+
+/// The stuck view's filters; the activities and types offered are those of the deployed
+/// definitions, so a new workflow's show up without a change here.
+fn stuck_filter_form(p: &StuckParams, registry: &orderflow_core::Registry) -> Markup {
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    let types: Vec<String> = registry.types().map(str::to_owned).collect();
     html! {
         details.filters open {
             summary { "Filter" }
@@ -591,8 +610,8 @@ fn stuck_filter_form(p: &StuckParams) -> Markup {
                         }
                     }
                 }
-                label { "Activity" input name="activity" value=(v(&p.activity)) placeholder="payment.charge"; }
-                label { "Type" input name="type" value=(v(&p.workflow_type)) placeholder="order"; }
+                label { "Activity" (choices("activity", &p.activity, &registry.activities())) }
+                label { "Type" (choices("type", &p.workflow_type, &types)) }
                 label { "Created after (UTC)" input name="created_after" type="datetime-local" step="1" value=(v(&p.created_after)); }
                 label { "Created before (UTC)" input name="created_before" type="datetime-local" step="1" value=(v(&p.created_before)); }
                 button type="submit" { "Apply" }

@@ -86,6 +86,7 @@ fn routes(state: AppState, extra: Router) -> Router {
         .route("/workflows/{id}/cancel", post(workflows::cancel))
         .route("/workflows/{id}/terminate", post(workflows::terminate))
         .route("/workflows/{id}/retry", post(workflows::retry))
+        .route("/workflows/{id}/resolve", post(workflows::resolve))
         .route("/workflows/{id}/signals/{name}", post(workflows::signal))
         .route("/workflow-counts", get(workflows::counts))
         .route("/openapi.json", get(openapi_json));

@@ -26,6 +26,7 @@ use super::{problem::Problem, workflows};
         workflows::cancel,
         workflows::terminate,
         workflows::retry,
+        workflows::resolve,
         workflows::signal,
         workflows::counts,
     ),

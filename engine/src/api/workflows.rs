@@ -455,15 +455,21 @@ pub struct ActionBody {
 impl ActionBody {
     fn checked(body: &Bytes) -> Result<(String, String), ApiError> {
         let b: ActionBody = parse(body)?;
-        if b.reason.trim().is_empty() {
-            return Err(ApiError::bad("reason", "a reason is required"));
-        }
-        let actor = b.actor.unwrap_or_else(|| "api".to_owned());
-        if actor.trim().is_empty() || actor.len() > 200 {
-            return Err(ApiError::bad("actor", "must be 1 to 200 characters"));
-        }
-        Ok((actor, b.reason))
+        actor_and_reason(b.actor, b.reason)
     }
+}
+
+/// Who acts and why, as every operator action checks them: a reason is required, the actor
+/// defaults to `api`.
+fn actor_and_reason(actor: Option<String>, reason: String) -> Result<(String, String), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::bad("reason", "a reason is required"));
+    }
+    let actor = actor.unwrap_or_else(|| "api".to_owned());
+    if actor.trim().is_empty() || actor.len() > 200 {
+        return Err(ApiError::bad("actor", "must be 1 to 200 characters"));
+    }
+    Ok((actor, reason))
 }
 
 /// Applies one operator event and answers with the new status, or why it was refused.
@@ -555,7 +561,59 @@ pub async fn retry(
     .await
 }
 
-/// What an operator action (cancel, terminate, retry) answers.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    /// The step whose compensation kept failing and was repaired by hand (the step the
+    /// workflow's `reason` names).
+    step: String,
+    /// Why, recorded with the event (what was done by hand).
+    reason: String,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `POST /workflows/{id}/resolve`: an operator repaired a failing compensation by hand (refunded
+/// in Stripe's dashboard, say); the workflow leaves `needs_attention` and goes on compensating the
+/// steps before it. Refused (409) unless the workflow needs attention because the compensation of
+/// `step` failed for good.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/resolve",
+    tag = "operator actions",
+    params(("id" = String, Path, description = "The workflow id (a UUID)")),
+    request_body = ResolveBody,
+    responses(ActionAnswers)
+)]
+pub async fn resolve(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let id = workflow_id(&id)?;
+    let b: ResolveBody = parse(&body)?;
+    let step = b.step.trim().to_owned();
+    if step.is_empty() {
+        return Err(ApiError::bad(
+            "step",
+            "the step whose compensation failed is required",
+        ));
+    }
+    let (actor, reason) = actor_and_reason(b.actor, b.reason)?;
+    act(
+        &st,
+        id,
+        Event::CompensationResolved {
+            step,
+            actor,
+            reason,
+        },
+    )
+    .await
+}
+
+/// What an operator action (cancel, terminate, retry, resolve) answers.
 #[derive(Debug, utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the document; handlers answer through `ApiError`
 pub enum ActionAnswers {

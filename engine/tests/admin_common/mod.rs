@@ -101,6 +101,10 @@ pub struct Setup {
     pub engine: bool,
     /// Run recording workers for these activities.
     pub workers: Vec<&'static str>,
+    /// And workers for these handlers (stand-ins whose output matters to the test).
+    pub handlers: Vec<Arc<dyn Handler>>,
+    /// Definitions deployed beside `def` (other workflow types).
+    pub more: Vec<SagaDefinition>,
     pub config: AdminConfig,
 }
 
@@ -113,6 +117,8 @@ impl Default for Setup {
             def: stubborn_order(Duration::from_secs(30), Duration::from_secs(20)),
             engine: true,
             workers: ORDER_SAGA_ACTIVITIES.to_vec(),
+            handlers: Vec::new(),
+            more: Vec::new(),
             config,
         }
     }
@@ -232,11 +238,17 @@ pub fn hidden(html: &str, name: &str) -> Option<String> {
 impl Ui {
     pub async fn start(setup: Setup) -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
-        let registry = Arc::new(Registry::new().with(setup.def));
+        let registry = Arc::new(
+            setup
+                .more
+                .into_iter()
+                .fold(Registry::new().with(setup.def), Registry::with),
+        );
         let applier = env.applier(registry.clone());
         let handlers: Vec<Arc<dyn Handler>> = recording::order_saga_handlers(env.pool.clone())
             .into_iter()
             .filter(|h| setup.workers.contains(&h.activity()))
+            .chain(setup.handlers)
             .collect();
         let mut stops = Vec::new();
         let mut files = Vec::new();
@@ -339,6 +351,11 @@ impl Ui {
             .send()
             .await?;
         read(res).await
+    }
+
+    /// GETs from the engine's REST API (under `/api/v1`, or `/ready`).
+    pub async fn api_get(&self, path: &str) -> anyhow::Result<Resp> {
+        read(self.http.get(self.url(path)).send().await?).await
     }
 
     /// POSTs JSON to the REST API, with an `Idempotency-Key` if given.

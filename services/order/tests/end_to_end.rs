@@ -133,6 +133,13 @@ impl E2e {
         .await
     }
 
+    /// `GET` from the engine's REST API, as an operator's tool calls it.
+    async fn engine_get(&self, path: &str) -> Answer {
+        let engine = Stack::engine_router(&self.stack.env, &self.stack.registry);
+        orderflow_service_testkit::call(&engine, axum::http::Method::GET, path, None, &[], None)
+            .await
+    }
+
     /// The payment service's `/metrics` (Prometheus text).
     async fn payment_metrics(&self) -> anyhow::Result<String> {
         orderflow_service_testkit::metrics(&self.payment).await
@@ -400,5 +407,49 @@ async fn smtp_down_keeps_the_order_confirmed_and_the_email_goes_out_once_smtp_is
     assert!(mail[0].contains(&id), "{}", mail[0]);
     // Only once, however many attempts failed before.
     assert_eq!(e2e.mail()?.len(), 1);
+    Ok(())
+}
+
+/// Support has only the `pi_...` id from Stripe's dashboard: the engine's REST list filter
+/// (`business_key`) finds the saga whose charge step recorded that PaymentIntent, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_is_found_by_its_stripe_payment_intent_id() -> anyhow::Result<()> {
+    let e2e = E2e::new().await?;
+    let stack = &e2e.stack;
+    let ann = stack.customer("ann@example.com").await;
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        let placed = e2e.place(&ann, SKU, 1, "pm_card_visa").await;
+        assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+        let saga = stack.workflow_of(&ann, &placed).await?;
+        orders.push((placed.id(), saga));
+    }
+    for (order, _) in &orders {
+        stack.order_settles(&ann, order, "confirmed").await?;
+    }
+    let ledger = e2e.sandbox.sandbox.ledger();
+    let (order, saga) = &orders[0];
+    let intent = ledger
+        .payment_intents
+        .iter()
+        .find(|pi| pi.metadata.get("order_id") == Some(order))
+        .unwrap_or_else(|| panic!("a PaymentIntent for order {order}: {ledger:?}"));
+    assert!(intent.id.starts_with("pi_"), "{}", intent.id);
+
+    let found = e2e
+        .engine_get(&format!("/api/v1/workflows?business_key={}", intent.id))
+        .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    let ids: Vec<&str> = found.body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["id"].as_str())
+        .collect();
+    assert_eq!(ids, [saga.to_string()], "{}", found.body);
+    let unknown = e2e
+        .engine_get("/api/v1/workflows?business_key=pi_unknown")
+        .await;
+    assert_eq!(unknown.body["items"], json!([]), "{}", unknown.body);
     Ok(())
 }
