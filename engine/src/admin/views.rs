@@ -565,7 +565,7 @@ pub async fn stuck_page(
         @if let Some(cursor) = next {
             p.pager { a #next-page href=(format!("/admin/stuck?{base}{}cursor={cursor}", if base.is_empty() { "" } else { "&" })) { "Older →" } }
         }
-        (stuck_filter_form(&params, &st.applier.registry))
+        (stuck_filter_form(&params, st.committer.registry()))
         (bulk_form(&op, "stuck", &base, None))
     };
     let frame = Frame {
