@@ -56,6 +56,7 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "app", "component", "act
 # Series Prometheus makes itself.
 BUILTIN_SERIES = {"up": set(), "scrape_duration_seconds": set(), "scrape_samples_scraped": set()}
 REQUIRED_PANELS = ["Throughput", "Latency", "Compensations", "Queue depths"]
+WORKER_SERVICES = {"order", "inventory", "payment", "notification"}
 
 problems: list[str] = []
 
@@ -77,7 +78,7 @@ def read(path: str) -> str:
 
 
 def rust_sources() -> Iterable[str]:
-    for pattern in ["engine/src/**/*.rs", "services/*/src/**/*.rs", "activities/src/**/*.rs", "src/**/*.rs"]:
+    for pattern in ["engine/src/**/*.rs", "services/*/src/**/*.rs", "activities/src/**/*.rs", "queue/src/**/*.rs", "telemetry/src/**/*.rs", "src/**/*.rs"]:
         yield from glob.glob(os.path.join(ROOT, pattern), recursive=True)
 
 
@@ -100,11 +101,11 @@ def exported_metrics() -> dict[str, set[str]]:
 
 
 def activities_from_code() -> list[str]:
-    text = read("activities/src/contracts.rs")
+    text = read("workflows/src/order/contracts.rs")
     consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]+)";', text))
     body = re.search(r"ORDER_SAGA_ACTIVITIES: \[&str; \d+\] = \[(.*?)\];", text, re.S)
     if not body:
-        problem("activities/src/contracts.rs: ORDER_SAGA_ACTIVITIES not found")
+        problem("workflows/src/order/contracts.rs: ORDER_SAGA_ACTIVITIES not found")
         return []
     return [consts[n] for n in re.findall(r"[A-Z_]+", body.group(1))]
 
@@ -324,8 +325,10 @@ def check_semantics(overlay: str, objects: list[dict[str, Any]]) -> None:
             err(f"no {name} Deployment")
             continue
         c = containers(d)[0]
-        if c["args"] != ["service", svc]:
+        if c["args"][:2] != ["service", svc]:
             err(f"{name} does not run `orderflow service {svc}`")
+        elif svc in WORKER_SERVICES and "--no-workers" not in c["args"]:
+            err(f"{name} takes tasks itself: the per-queue worker Deployments are the only consumers (--no-workers)")
         if [p["containerPort"] for p in c.get("ports", [])] != [ports.get(svc)]:
             err(f"{name} listens on {ports.get(svc)} in the code")
         if prod and c.get("resources") != {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}:
