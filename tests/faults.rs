@@ -34,6 +34,9 @@ use scenario::run;
 use system::{Options, Process, Service};
 
 const ENGINE: Process = Process::Engine(0);
+/// How soon every saga in flight moves again after the broker restarted: well under the
+/// attempts' start-to-close timeout (30 s), which would otherwise be what moves them.
+const MOVE_AGAIN_WITHIN: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_sigkill_at_random_moments() -> anyhow::Result<()> {
@@ -128,6 +131,16 @@ async fn rabbitmq_restarted_mid_run() -> anyhow::Result<()> {
             ctx.fault(format!(
                 "RabbitMQ SIGKILLed and booted again ({in_flight} sagas in flight)"
             ));
+            // Task messages are transient: those the broker dropped are sent again as soon as
+            // the engine is connected again, not when their attempts time out (30 s).
+            let waiting = ctx.sys.positions().await?;
+            let unmoved = ctx.sys.unmoved_after(&waiting, MOVE_AGAIN_WITHIN).await?;
+            anyhow::ensure!(
+                unmoved == 0,
+                "{unmoved} of {} sagas did not move within {MOVE_AGAIN_WITHIN:?} of RabbitMQ \
+                 coming back",
+                waiting.len()
+            );
         }
         Ok(())
     })

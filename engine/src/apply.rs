@@ -316,6 +316,7 @@ impl Writes {
                         exchange: String::new(),
                         queue: topology.task_queue(&spec.activity),
                         body: json(serde_json::to_string(&task))?,
+                        deadline: Some(spec.deadline),
                     });
                 }
                 Command::StartTimer {
@@ -358,6 +359,7 @@ impl Writes {
                         exchange: topology.events_exchange(),
                         queue: finished_routing_key(&wf.workflow_type),
                         body: json(serde_json::to_string(&finished))?,
+                        deadline: None,
                     });
                 }
                 Command::RequireAttention { reason } => {

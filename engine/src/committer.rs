@@ -14,9 +14,10 @@
 //!   committed. A batch that fails to commit drops the states it touched and is decided again
 //!   from the store after a pause; nothing of it was answered.
 //! - **Dispatch from memory.** After the commit the batch's task and finished-event messages go
-//!   to the queue straight from memory ([`publish`]); their outbox rows are deleted by the next
-//!   batch once the queue confirmed them. Rows an engine left behind (it died, the broker was
-//!   away) are published by the relay ([`crate::loops::relay`]).
+//!   to the queue straight from memory ([`crate::publisher`]; task messages transient); their
+//!   outbox rows are deleted by the next batch once the queue confirmed them. Rows an engine
+//!   left behind (it died, the broker was away) are published by the relay
+//!   ([`crate::loops::relay`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -26,10 +27,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use orderflow_core::{Event, History, Registry, WorkflowId, WorkflowState};
-use orderflow_queue::{Outgoing, TaskQueue};
-use orderflow_telemetry as telemetry;
+use orderflow_queue::TaskQueue;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::Span;
 use uuid::Uuid;
 
 use crate::{
@@ -37,6 +36,7 @@ use crate::{
         Applier, ApplyError, Entry, Meta, Outcome, StartError, StartRequest, Started, Writes, now,
     },
     metrics,
+    publisher::{Publisher, Settle, ToPublisher},
     store::{
         Loaded, Store,
         change::{NewTask, Written},
@@ -90,12 +90,8 @@ impl Committer {
         let (tx, rx) = mpsc::unbounded_channel();
         let (to_publish, published) = (mpsc::unbounded_channel(), Arc::default());
         let confirmed = Arc::new(Notify::new());
-        tokio::spawn(publish(
-            queue,
-            to_publish.1,
-            Arc::clone(&published),
-            Arc::clone(&confirmed),
-        ));
+        let publisher = Publisher::new(queue, Arc::clone(&published), Arc::clone(&confirmed));
+        tokio::spawn(publisher.run(to_publish.1));
         let run = Run {
             store,
             applier: applier.clone(),
@@ -205,7 +201,7 @@ struct Run<S> {
     cache: Cache,
     /// Inputs a batch could not finish (a workflow another writer moved): first in the next.
     carried: VecDeque<Pending>,
-    publisher: mpsc::UnboundedSender<Vec<NewTask>>,
+    publisher: mpsc::UnboundedSender<ToPublisher>,
     /// Task ids of outbox rows the queue confirmed, for the next batch to delete.
     published: Arc<Mutex<Vec<Uuid>>>,
     /// Notified when the publisher adds to `published`.
@@ -320,6 +316,8 @@ impl<S: Store> Run<S> {
         let fresh: HashSet<Uuid> = wanted.iter().copied().collect();
         let mut keys: HashSet<String> = HashSet::new();
         let mut stale_refusals: Vec<Uuid> = Vec::new();
+        // Task messages this attempt settles, for the publisher to stop answering for.
+        let mut settled = Settle::default();
 
         for (id, event) in &detected {
             if let Some(entry) = self.cache.entries.get_mut(&id.0) {
@@ -381,6 +379,7 @@ impl<S: Store> Run<S> {
                         touched.entry(id.0).or_insert(entry.last_seq);
                         match self.applier.decide(entry, event, at, &mut w)? {
                             Outcome::Rejected(e) if fresh.contains(&id.0) => {
+                                settled.tasks.extend(task_of(event));
                                 *d = Some(Outcome::Rejected(e))
                             }
                             // Refused on a cached state: decided again on the stored one.
@@ -433,8 +432,9 @@ impl<S: Store> Run<S> {
         }
         for (i, j, id, outcome) in tentative {
             if written.updated.contains(&id)
-                && let Pending::Apply { done, .. } = &mut batch[i]
+                && let Pending::Apply { events, done, .. } = &mut batch[i]
             {
+                settled.tasks.extend(task_of(&events[j].1));
                 done[j] = Some(outcome);
             }
         }
@@ -447,6 +447,7 @@ impl<S: Store> Run<S> {
                 .is_some_and(|e| e.state.status().is_terminal());
             if finished {
                 self.cache.remove(id);
+                settled.workflows.push(*id);
             }
         }
         w.count_finished(|id| written.contains(id));
@@ -465,7 +466,10 @@ impl<S: Store> Run<S> {
             .filter(|m| written.contains(&m.workflow_id))
             .collect();
         if !messages.is_empty() {
-            let _ = self.publisher.send(messages);
+            let _ = self.publisher.send(ToPublisher::Publish(messages));
+        }
+        if !settled.is_empty() {
+            let _ = self.publisher.send(ToPublisher::Settle(settled));
         }
         Ok(())
     }
@@ -630,79 +634,12 @@ impl From<Input> for Pending {
     }
 }
 
-/// Publishes what the committer hands over, as it comes: everything waiting goes in one
-/// pipelined publish. Confirmed rows are reported for the committer's next batch to delete; a
-/// publish that fails leaves its rows for the relay.
-async fn publish<Q: TaskQueue>(
-    queue: Q,
-    mut rx: mpsc::UnboundedReceiver<Vec<NewTask>>,
-    published: Arc<Mutex<Vec<Uuid>>>,
-    confirmed: Arc<Notify>,
-) {
-    while let Some(mut messages) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            messages.extend(more);
+/// The task a result event settles.
+fn task_of(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::ActivityCompleted { task_id, .. } | Event::ActivityFailed { task_id, .. } => {
+            Some(task_id.0)
         }
-        let spans: Vec<Option<Span>> = messages.iter().map(publish_span).collect();
-        let traceparents: Vec<Option<String>> = messages
-            .iter()
-            .zip(&spans)
-            .map(|(m, span)| {
-                let root = root_of(m);
-                match span {
-                    Some(span) => telemetry::traceparent_of(span, root.as_deref()),
-                    None => root,
-                }
-            })
-            .collect();
-        let msgs: Vec<Outgoing<'_>> = messages
-            .iter()
-            .zip(&traceparents)
-            .map(|(m, tp)| Outgoing {
-                exchange: &m.exchange,
-                queue: &m.queue,
-                body: m.body.as_bytes(),
-                message_id: m.task_id.to_string(),
-                traceparent: tp.as_deref(),
-                transient: false,
-            })
-            .collect();
-        match queue.publish(&msgs).await {
-            Ok(()) => {
-                metrics::TASKS_PUBLISHED.inc_by(messages.len() as u64);
-                published
-                    .lock()
-                    .expect("not poisoned")
-                    .extend(messages.iter().map(|m| m.task_id));
-                confirmed.notify_one();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, messages = messages.len(), "publishing after commit failed; the relay publishes them");
-            }
-        }
-        drop(spans);
+        _ => None,
     }
-}
-
-/// The saga root's `traceparent` a task message carries, if it is a task.
-fn root_of(m: &NewTask) -> Option<String> {
-    m.exchange
-        .is_empty()
-        .then(|| telemetry::root_traceparent(m.workflow_id))
-}
-
-/// The publish span of a task, a child of its saga's root; `None` for workflow events.
-fn publish_span(m: &NewTask) -> Option<Span> {
-    if !m.exchange.is_empty() {
-        return None;
-    }
-    let span = tracing::info_span!(
-        "task.publish",
-        otel.kind = "producer",
-        workflow_id = %m.workflow_id,
-        task_id = %m.task_id,
-        queue = %m.queue,
-    );
-    telemetry::set_parent(&span, root_of(m).as_deref(), m.workflow_id);
-    Some(span)
 }

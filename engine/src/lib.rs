@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod loops;
 pub mod metrics;
+mod publisher;
 pub mod store;
 
 pub use config::EngineConfig;

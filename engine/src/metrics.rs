@@ -41,6 +41,14 @@ pub static TASKS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static TASKS_REDISPATCHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "orderflow_tasks_redispatched_total",
+        "Transient task messages sent again because the broker connection they went over was lost"
+    )
+    .expect("metric registers once")
+});
+
 pub static TIMERS_FIRED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("orderflow_timers_fired_total", "Durable timers fired")
         .expect("metric registers once")

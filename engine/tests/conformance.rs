@@ -330,6 +330,7 @@ async fn store_contract<S: Store, Q: TaskQueue>(store: S, queue: Q) -> anyhow::R
         exchange: String::new(),
         queue: topology.task_queue("conformance.c"),
         body: "{}".into(),
+        deadline: None,
     }];
     assert_eq!(store.write(&by_hand).await?.created.len(), 1);
     let mut tx = store.begin().await?;

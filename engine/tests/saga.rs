@@ -437,3 +437,63 @@ async fn services_hear_when_a_saga_finishes_and_why() -> anyhow::Result<()> {
     assert_eq!(cause.code, "card_declined");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_a_lost_connection_may_have_dropped_are_sent_again_at_once() -> anyhow::Result<()> {
+    // Task messages are transient (DESIGN.md §3.2): a broker restart drops them and every
+    // connection with them. Here the queue is purged (what the restart does to its transient
+    // messages) and the engine's connection closed; the engine sends the unsettled task again
+    // over its next connection, the same attempt, long before the attempt's timeout (60 s).
+    let env = TestEnv::new().await?;
+    let registry = Arc::new(Registry::new().with(sagas::order(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+    )));
+    let queue = env.queue();
+    let engine =
+        orderflow_engine::Engine::new(env.pool.clone(), queue.clone(), registry, env.config());
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(engine.clone().run(stop));
+    let id = engine
+        .committer()
+        .start(orderflow_engine::apply::StartRequest {
+            workflow_type: "order".into(),
+            input: orderflow_testkit::order_input(),
+            business_keys: serde_json::json!({}),
+            idempotency_key: None,
+            request_hash: None,
+        })
+        .await?
+        .id;
+    let reserve = env.topology.task_queue(INVENTORY_RESERVE);
+    eventually(SETTLE, "the reserve task in its queue", || async {
+        Ok((queue.inspect(&reserve).await?.depth == 1).then_some(()))
+    })
+    .await?;
+
+    let conn = orderflow_queue::rabbit::connect(&orderflow_testkit::amqp_url(), SETTLE).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .queue_purge(reserve.as_str().into(), Default::default())
+        .await?;
+    queue.close().await;
+
+    let mut consumer = queue.consume(&reserve, 1).await?;
+    let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the task was not sent again within 5 s"))??;
+    let task: orderflow_core::TaskMessage = serde_json::from_slice(delivery.body())?;
+    assert_eq!(task.workflow_id, id);
+    assert_eq!(
+        task.attempt, 1,
+        "the same attempt, not a retry after a timeout"
+    );
+    assert_eq!(
+        scheduled(&env.pool, id.0).await?,
+        vec![INVENTORY_RESERVE.to_owned()],
+        "nothing else was scheduled"
+    );
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}

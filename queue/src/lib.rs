@@ -98,10 +98,19 @@ pub trait TaskQueue: Clone + Send + Sync + std::fmt::Debug + 'static {
         routing_key: &str,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Publishes every message persistently; returns once the queue is responsible for all of
-    /// them.
+    /// Publishes every message (persistently unless it is [`Outgoing::transient`]); returns
+    /// once the queue is responsible for all of them.
     fn publish(&self, msgs: &[Outgoing<'_>])
     -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The generation of the connection to the broker, connecting if there is none: it moves
+    /// on whenever a lost connection is made again. Transient messages published over an
+    /// earlier generation may be gone (the broker may have restarted), so their sender sends
+    /// them again (DESIGN.md §3.2). Fails at once if the broker cannot be reached now. A queue
+    /// that keeps every message durably stays at generation 0.
+    fn connection(&self) -> impl Future<Output = Result<u64, QueueError>> + Send {
+        std::future::ready(Ok(0))
+    }
 
     /// Consumes `queue` with at most `prefetch` deliveries unsettled at once.
     fn consume(

@@ -164,11 +164,15 @@ struct Inner {
     /// How long making a connection keeps retrying before the operation fails.
     patience: Duration,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Sessions made so far.
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 /// One connection and what was set up on it.
 #[derive(Debug)]
 struct Session {
+    /// Its place in the sequence of sessions (see [`TaskQueue::connection`]).
+    generation: u64,
     conn: Connection,
     /// The confirm channel every publish and declare goes through.
     publisher: Channel,
@@ -211,6 +215,10 @@ impl Inner {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let session = Arc::new(Session {
+            generation: self
+                .sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
             conn,
             publisher,
             declared: Mutex::default(),
@@ -238,6 +246,7 @@ impl RabbitQueue {
                 topology,
                 patience,
                 session: tokio::sync::Mutex::default(),
+                sessions: Default::default(),
             }),
         }
     }
@@ -352,6 +361,10 @@ impl TaskQueue for RabbitQueue {
             depth: q.message_count().into(),
             consumers: Some(q.consumer_count()),
         })
+    }
+
+    async fn connection(&self) -> Result<u64, QueueError> {
+        Ok(self.inner.session(Duration::ZERO).await?.generation)
     }
 
     async fn reachable(&self) -> Option<bool> {

@@ -86,10 +86,11 @@ fn queue_arguments() -> Value {
     })
 }
 
-/// What every message carries, whoever publishes it (`rabbit::publish_confirmed`).
-fn properties(message_id: &str) -> Value {
+/// What a message carries, whoever publishes it (`rabbit::publish_confirmed`). `delivery_mode`
+/// is one value, or the values a receiver may see.
+fn properties(delivery_mode: Value, message_id: &str) -> Value {
     json!({
-        "delivery_mode": 2,
+        "delivery_mode": delivery_mode,
         "content_type": "application/json",
         "message_id": message_id,
     })
@@ -118,10 +119,13 @@ fn headers() -> Value {
 fn task_envelope() -> Value {
     let queue = names().task_queue("<activity>");
     json!({
-        "description": "Published by the engine's outbox relay after the commit that decided \
-            the attempt, to the activity's durable queue through the default exchange. A \
-            worker acks it only after its result is published (confirmed); it nacks an \
-            undecodable task without requeue, which dead-letters it.",
+        "description": "Published by the engine right after the commit that decided the \
+            attempt, transient (delivery_mode 1), to the activity's durable queue through the \
+            default exchange; the outbox row is the durable copy. A task the broker may have \
+            dropped (its connection went away before the result came) is published again at \
+            once, and the outbox relay re-publishes rows left behind persistently \
+            (delivery_mode 2). A worker acks it only after its result is published \
+            (confirmed); it nacks an undecodable task without requeue, which dead-letters it.",
         "exchange": "",
         "routing_key": queue,
         "queue": {
@@ -129,7 +133,7 @@ fn task_envelope() -> Value {
             "durable": true,
             "arguments": queue_arguments(),
         },
-        "properties": properties("the task's `task_id`"),
+        "properties": properties(json!([1, 2]), "the task's `task_id`"),
         "headers": headers(),
     })
 }
@@ -148,7 +152,7 @@ fn result_envelope() -> Value {
             "durable": true,
             "arguments": queue_arguments(),
         },
-        "properties": properties("the task's `task_id`"),
+        "properties": properties(json!(2), "the task's `task_id`"),
         "headers": headers(),
     })
 }
@@ -156,7 +160,8 @@ fn result_envelope() -> Value {
 fn finished_envelope() -> Value {
     let topology = names();
     json!({
-        "description": "Published by the engine's outbox relay when a workflow ends, on the \
+        "description": "Published by the engine after the commit that ended a workflow (the outbox relay \
+            re-publishes one left behind), persistent, on the \
             events topic exchange. A follower binds its own durable queue with the routing key \
             of the workflow types it follows and acks each event after handling it.",
         "exchange": topology.events_exchange(),
@@ -169,6 +174,7 @@ fn finished_envelope() -> Value {
             "arguments": queue_arguments(),
         },
         "properties": properties(
+            json!(2),
             "a UUID derived from the workflow id: the same for every publish of one workflow's \
              finished event"
         ),

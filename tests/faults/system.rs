@@ -287,6 +287,37 @@ impl System {
         self.children.contains_key(&p)
     }
 
+    /// Where each saga not yet ended stands: its history sequence.
+    pub async fn positions(&self) -> anyhow::Result<HashMap<uuid::Uuid, i64>> {
+        let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+            "select id, last_seq from workflows where status in ('running', 'compensating')",
+        )
+        .fetch_all(&self.engine_db)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Waits up to `within` for every saga of `positions` to move on (a new event, or ended);
+    /// answers how many did not.
+    pub async fn unmoved_after(
+        &self,
+        positions: &HashMap<uuid::Uuid, i64>,
+        within: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.positions().await?;
+            let unmoved = positions
+                .iter()
+                .filter(|(id, seq)| now.get(id) == Some(seq))
+                .count();
+            if unmoved == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(unmoved);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sagas not yet ended, from the engine's database.
     pub async fn sagas_in_flight(&self) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar(

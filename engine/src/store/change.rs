@@ -76,6 +76,10 @@ pub struct NewTask {
     /// The queue, or the routing key when `exchange` is set.
     pub queue: String,
     pub body: String,
+    /// For a task message, its attempt's start-to-close deadline: the message is sent
+    /// transient, and its sender sends it again if it may have been lost before then.
+    /// `None` for a message sent persistently.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// A timer to create.
