@@ -158,6 +158,11 @@ impl Driver {
         })
     }
 
+    /// Sagas kept in flight by the next [`Driver::run`].
+    pub fn set_concurrency(&mut self, concurrency: usize) {
+        self.concurrency = concurrency.max(1);
+    }
+
     /// Runs `n` sagas numbered from `offset` (every `fail_every`-th by number is declined) with
     /// `concurrency` in flight, until all finished or `deadline`.
     pub async fn run(

@@ -137,6 +137,9 @@ pub struct Snapshot {
     pub workers_cpu: f64,
     pub driver_cpu: f64,
     pub broker_cpu: f64,
+    /// The engine, workers, driver and broker together, each process once (in-process runs
+    /// are one process).
+    pub processes_cpu: f64,
     pub backends: HashMap<u32, f64>,
     pub tasks_published: f64,
     pub results_applied: f64,
@@ -151,7 +154,11 @@ impl Snapshot {
             .text()
             .await
             .context("reading the engine's /metrics")?;
+        let mut pids = vec![engine, workers, Some(std::process::id()), broker_pid()];
+        pids.sort();
+        pids.dedup();
         Ok(Self {
+            processes_cpu: pids.into_iter().map(cpu).sum(),
             engine_cpu: cpu(engine),
             workers_cpu: cpu(workers),
             driver_cpu: cpu(Some(std::process::id())),
@@ -160,6 +167,15 @@ impl Snapshot {
             tasks_published: counter(&metrics, "orderflow_tasks_published_total"),
             results_applied: counter(&metrics, "orderflow_results_applied_total"),
         })
+    }
+}
+
+impl Snapshot {
+    /// CPU seconds every process of the run used since `before`: engine, workers, driver (and
+    /// with `--services` the services), RabbitMQ and the Postgres backends.
+    pub fn cpu_since(&self, before: &Snapshot) -> f64 {
+        (self.processes_cpu - before.processes_cpu)
+            + backend_delta(&before.backends, &self.backends)
     }
 }
 

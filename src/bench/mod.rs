@@ -32,6 +32,9 @@ use clap::Args;
 
 use crate::cli::Connections;
 
+/// Sagas in flight of the low-load runs that follow the measured one.
+const LOW_LOAD_IN_FLIGHT: [usize; 2] = [1, 8];
+
 /// Flags of `orderflow bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -46,6 +49,10 @@ pub struct BenchArgs {
     /// Sagas run first and not measured (connections, caches, JIT-free but cold pages).
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
+    /// Sagas run after the measured ones at 1 and then at 8 in flight, each reported beside the
+    /// main run (a shop's ordinary day is a few sagas in flight); 0: skip both.
+    #[arg(long, default_value_t = 200)]
+    pub low_load_sagas: usize,
     /// Every N-th saga's charge is declined (non-retryable), so it compensates; 0: none.
     #[arg(long, default_value_t = 0)]
     pub fail_every: usize,
@@ -167,13 +174,35 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
         .await?;
     let elapsed = started.elapsed();
     let after = measure::Snapshot::take(db, &stack, ticks).await?;
+    let mut low_load = Vec::new();
+    let mut offset = args.warmup + args.sagas;
+    for in_flight in LOW_LOAD_IN_FLIGHT {
+        if args.low_load_sagas == 0 {
+            break;
+        }
+        driver.set_concurrency(in_flight);
+        let before = measure::Snapshot::take(db, &stack, ticks).await?;
+        let started = Instant::now();
+        let phase = driver
+            .run(args.low_load_sagas, offset, None, deadline, &mut stack)
+            .await?;
+        let elapsed = started.elapsed();
+        let after = measure::Snapshot::take(db, &stack, ticks).await?;
+        offset += args.low_load_sagas;
+        low_load.push(report::LowLoad {
+            in_flight,
+            elapsed,
+            cpu: after.cpu_since(&before),
+            phase,
+        });
+    }
     let engine_rss = stack.engine_peak_rss();
     driver.close().await;
     check::drained(db, Duration::from_secs(10)).await?;
     let services = stack.stop().await?;
     let commits_after = measure::xact_commits(db).await?;
 
-    let sagas = args.warmup + args.sagas;
+    let sagas = offset;
     let checked = match services {
         Some(books) => {
             let declined = sagas.checked_div(args.fail_every).unwrap_or(0);
@@ -197,6 +226,7 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
         engine_rss,
         checked,
         floor,
+        low_load,
     }))
 }
 
@@ -236,13 +266,35 @@ mod tests {
     /// check passes, and the figures are there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_in_process_run_checks_out() -> anyhow::Result<()> {
-        let args = args(&["--in-process", "--sagas", "40", "--fail-every", "10"]);
+        let args = args(&[
+            "--in-process",
+            "--sagas",
+            "40",
+            "--fail-every",
+            "10",
+            "--low-load-sagas",
+            "8",
+        ]);
         let db = stack::BenchDb::create(&args.conn.database_url).await?;
         let report = run_in(&args, &db).await;
         db.drop_all(&args.conn.amqp_url).await?;
         let report = report?;
         assert_eq!(report.check.failure(), None);
-        assert_eq!((report.check.completed, report.check.compensated), (41, 4));
+        // 5 warm-up, 40 measured, 8 at 1 in flight and 8 at 8: every tenth is declined.
+        assert_eq!((report.check.completed, report.check.compensated), (55, 6));
+        let low_load = report.json["low_load"].as_array().expect("low-load runs");
+        let in_flight: Vec<_> = low_load.iter().map(|l| l["in_flight"].clone()).collect();
+        assert_eq!(in_flight, [1, 8]);
+        for l in low_load {
+            assert_eq!(l["sagas"], 8);
+            assert!(l["cpu_s_per_saga"].as_f64().is_some_and(|c| c > 0.0), "{l}");
+        }
+        assert!(
+            report.json["cpu_s_per_saga_all"]
+                .as_f64()
+                .is_some_and(|c| c > 0.0)
+        );
+        assert!(report.json["floor_ratio"].as_f64().is_some_and(|r| r > 0.0));
         assert!(report.json["sagas_per_s"].as_f64().is_some_and(|r| r > 0.0));
         assert!(
             report.json["pg_commits_per_saga"]

@@ -41,6 +41,42 @@ impl Percentiles {
     }
 }
 
+/// A run at low load after the measured one.
+#[derive(Debug)]
+pub struct LowLoad {
+    pub in_flight: usize,
+    pub elapsed: Duration,
+    /// CPU seconds of every process, the Postgres backends included.
+    pub cpu: f64,
+    pub phase: Phase,
+}
+
+impl LowLoad {
+    fn json(&self) -> Value {
+        let n = self.phase.latencies.len().max(1) as f64;
+        json!({
+            "in_flight": self.in_flight,
+            "sagas": self.phase.latencies.len(),
+            "sagas_per_s": r1(n / self.elapsed.as_secs_f64()),
+            "latency_ms": Percentiles::of(&self.phase.latencies).json(),
+            "cpu_s_per_saga": r6(self.cpu / n),
+        })
+    }
+
+    fn line(&self) -> String {
+        let n = self.phase.latencies.len().max(1) as f64;
+        let lat = Percentiles::of(&self.phase.latencies);
+        format!(
+            "at {} in flight: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms, CPU {:.2} ms/saga (all processes)",
+            self.in_flight,
+            n / self.elapsed.as_secs_f64(),
+            lat.p50,
+            lat.p99,
+            self.cpu / n * 1e3
+        )
+    }
+}
+
 /// Everything an engine run produced.
 #[derive(Debug)]
 pub struct EngineRun<'a> {
@@ -55,6 +91,7 @@ pub struct EngineRun<'a> {
     pub engine_rss: Option<u64>,
     pub checked: Check,
     pub floor: Option<Floor>,
+    pub low_load: Vec<LowLoad>,
 }
 
 /// A finished run, ready to print.
@@ -102,8 +139,18 @@ impl Report {
         }
         cpu.insert("postgres".into(), r6(postgres_cpu));
         cpu.insert("rabbitmq".into(), r6(per(a.broker_cpu - b.broker_cpu)));
+        let all_cpu = per(a.cpu_since(b));
         let mut check = run.checked;
-        check.wrong_status = run.measured.wrong_status.len();
+        check.wrong_status = run.measured.wrong_status.len()
+            + run
+                .low_load
+                .iter()
+                .map(|l| l.phase.wrong_status.len())
+                .sum::<usize>();
+        let floor_ratio = run.floor.as_ref().map(|f| {
+            let floor_rate = f.latencies.len() as f64 / f.elapsed.as_secs_f64();
+            rate / floor_rate
+        });
         let floor = run.floor.as_ref().map(floor_json);
         let mut json = json!({
             "mode": mode,
@@ -116,6 +163,9 @@ impl Report {
             "pg_commits_per_saga": r2(commits),
             "broker_messages_per_saga": r2(broker),
             "cpu_s_per_saga": Value::Object(cpu.clone()),
+            "cpu_s_per_saga_all": r6(all_cpu),
+            "floor_ratio": floor_ratio.map(r3),
+            "low_load": run.low_load.iter().map(LowLoad::json).collect::<Vec<_>>(),
             "engine_peak_rss_mb": run.engine_rss.map(|b| r1(b as f64 / (1024.0 * 1024.0))),
             "check": check.failure().unwrap_or_else(|| "ok".into()),
             "raw_floor": floor,
@@ -134,7 +184,9 @@ impl Report {
                 lat.p50, lat.p90, lat.p99, lat.max
             ),
             format!(
-                "per saga: {commits:.2} Postgres commits, {broker:.2} broker messages, CPU {}",
+                "per saga: {commits:.2} Postgres commits, {broker:.2} broker messages, CPU {:.2} ms \
+                 ({})",
+                all_cpu * 1e3,
                 cpu.iter()
                     .map(|(k, v)| format!("{k} {:.2} ms", v.as_f64().unwrap_or(0.0) * 1e3))
                     .collect::<Vec<_>>()
@@ -155,8 +207,12 @@ impl Report {
             ));
             json["crash"] = json!({ "in_flight": crash.in_flight, "moving_again_s": r3(s) });
         }
+        lines.extend(run.low_load.iter().map(LowLoad::line));
         if let Some(f) = &run.floor {
             lines.push(floor_line(f));
+        }
+        if let Some(ratio) = floor_ratio {
+            lines.push(format!("engine / raw floor: {ratio:.3}"));
         }
         lines.push(match check.failure() {
             None => format!(
