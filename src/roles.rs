@@ -258,7 +258,7 @@ async fn serve_engine(
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await?;
-    loops.await?;
+    loops.await??;
     Ok(())
 }
 

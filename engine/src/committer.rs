@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use orderflow_core::{Event, History, Registry, WorkflowId, WorkflowState};
 use orderflow_queue::TaskQueue;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -70,6 +71,8 @@ enum Input {
 pub struct Committer {
     tx: mpsc::UnboundedSender<Input>,
     applier: Applier,
+    /// Cancelled when the committer or its publisher has ended.
+    ended: CancellationToken,
 }
 
 impl std::fmt::Debug for Committer {
@@ -91,7 +94,7 @@ impl Committer {
         let (to_publish, published) = (mpsc::unbounded_channel(), Arc::default());
         let confirmed = Arc::new(Notify::new());
         let publisher = Publisher::new(queue, Arc::clone(&published), Arc::clone(&confirmed));
-        tokio::spawn(publisher.run(to_publish.1));
+        let publisher = tokio::spawn(publisher.run(to_publish.1));
         let run = Run {
             store,
             applier: applier.clone(),
@@ -102,8 +105,26 @@ impl Committer {
             confirmed,
             timers,
         };
-        tokio::spawn(run.run(rx));
-        Self { tx, applier }
+        let run = tokio::spawn(run.run(rx));
+        let ended = CancellationToken::new();
+        let on_end = ended.clone();
+        tokio::spawn(async move {
+            let (which, outcome) = tokio::select! {
+                r = run => ("committer", r),
+                r = publisher => ("publisher", r),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(task = which, error = %e, "the engine's {which} died");
+            }
+            on_end.cancel();
+        });
+        Self { tx, applier, ended }
+    }
+
+    /// Resolves once the committer or its publisher has ended: when every handle is gone, or
+    /// when one of them panicked, after which this engine can write nothing.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
     }
 
     /// The definitions and queue names the committer decides with.
@@ -316,6 +337,9 @@ impl<S: Store> Run<S> {
         let fresh: HashSet<Uuid> = wanted.iter().copied().collect();
         let mut keys: HashSet<String> = HashSet::new();
         let mut stale_refusals: Vec<Uuid> = Vec::new();
+        // Cached states an operator action wants decided on what is stored: dropped once this
+        // attempt is written (other inputs of the batch may have been decided on them already).
+        let mut reload: HashSet<Uuid> = HashSet::new();
         // Task messages this attempt settles, for the publisher to stop answering for.
         let mut settled = Settle::default();
 
@@ -353,10 +377,9 @@ impl<S: Store> Run<S> {
                             .filter(|id| !fresh.contains(id) && self.cache.entries.contains_key(id))
                             .collect();
                         if !stale.is_empty() {
-                            // Decide operator actions on what is stored: reload and come back.
-                            for id in &stale {
-                                self.cache.remove(id);
-                            }
+                            // Decide operator actions on what is stored: reload after this
+                            // attempt and come back in the next batch.
+                            reload.extend(stale);
                             continue;
                         }
                         let outcomes = self.dry_run(events, at)?;
@@ -366,7 +389,9 @@ impl<S: Store> Run<S> {
                         }
                     }
                     for (j, ((id, event), d)) in events.iter().zip(done.iter_mut()).enumerate() {
-                        if d.is_some() {
+                        // Settled already, or its workflow is to be reloaded: it waits for the
+                        // next batch.
+                        if d.is_some() || reload.contains(&id.0) {
                             continue;
                         }
                         let Some(entry) = self.cache.entries.get_mut(&id.0) else {
@@ -427,7 +452,7 @@ impl<S: Store> Run<S> {
                 }
             }
         }
-        for id in &stale_refusals {
+        for id in stale_refusals.iter().chain(&reload) {
             self.cache.remove(id);
         }
         for (i, j, id, outcome) in tentative {

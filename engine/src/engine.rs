@@ -63,7 +63,12 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
     /// poller fires what is due, which is how a restarted engine resumes everything in flight
     /// (DESIGN.md §3.6); each loop survives its store or queue going away (it logs, backs off and
     /// starts again).
-    pub async fn run(self, stop: CancellationToken) {
+    ///
+    /// A committer that dies (a bug: it panicked) leaves the process unable to write anything;
+    /// then `run` cancels `stop`, so the whole process shuts down to be restarted, and answers
+    /// [`CommitterDied`].
+    pub async fn run(self, stop: CancellationToken) -> Result<(), CommitterDied> {
+        let committer = self.committer.clone();
         let mut set = JoinSet::new();
         let (e, s) = (self.clone(), stop.clone());
         set.spawn(async move { supervise("relay", &s, || e.relay_loop(&s)).await });
@@ -71,8 +76,21 @@ impl<S: Store, Q: TaskQueue> Engine<S, Q> {
         set.spawn(async move { supervise("timers", &s, || e.timer_loop(&s)).await });
         let (e, s) = (self.clone(), stop.clone());
         set.spawn(async move { supervise("intake", &s, || e.intake_loop(&s)).await });
-        let (e, s) = (self, stop);
+        let (e, s) = (self, stop.clone());
         set.spawn(async move { e.backlog_loop(&s).await });
+        let died = tokio::select! {
+            () = committer.ended() => !stop.is_cancelled(),
+            () = stop.cancelled() => false,
+        };
+        if died {
+            stop.cancel();
+        }
         while set.join_next().await.is_some() {}
+        if died { Err(CommitterDied) } else { Ok(()) }
     }
 }
+
+/// The engine's committer ended while the engine ran.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine's committer died; the process must be restarted")]
+pub struct CommitterDied;

@@ -53,6 +53,7 @@ on_both_stores!(
     each_kind_of_stuck_is_found_with_its_latest_task,
     the_audit_lists_operator_actions_newest_first,
     a_refused_or_unkept_action_leaves_no_trace,
+    an_action_batched_behind_another_event_of_its_workflow,
 );
 
 /// A store's reads, and a committer on it to start and act with.
@@ -442,5 +443,43 @@ async fn a_refused_or_unkept_action_leaves_no_trace(
         .await?;
     assert!(matches!(missing[..], [Outcome::NotFound]));
     assert!(db.workflow(Uuid::now_v7()).await?.is_none());
+    Ok(())
+}
+
+/// An operator action is decided on the stored state, so it reloads a cached workflow first;
+/// when another input of the same batch was already decided on that workflow, both still
+/// commit and the committer keeps answering.
+async fn an_action_batched_behind_another_event_of_its_workflow(
+    db: &Db,
+    applier: &Applier,
+) -> anyhow::Result<()> {
+    for _ in 0..20 {
+        let id = WorkflowId(start(db, applier, json!({})).await?);
+        // A result no attempt waits for: decided (recorded as ignored) without an action's check.
+        let stray = Event::ActivityCompleted {
+            task_id: orderflow_core::TaskId(Uuid::now_v7()),
+            output: json!({}),
+        };
+        let cancel = Event::CancelRequested {
+            actor: "admin:ops".into(),
+            reason: "batched".into(),
+        };
+        // Both are sent before either is awaited, so they usually share a batch.
+        let action = [(id, cancel)];
+        let (result, action) = tokio::join!(
+            db.committer.apply(vec![(id, stray)], None),
+            db.apply(applier, &action, Box::new(|_| true)),
+        );
+        assert!(matches!(result?[..], [Outcome::Applied { .. }]));
+        assert!(matches!(action?[..], [Outcome::Applied { .. }]));
+        let kinds: Vec<String> = db
+            .history(id.0)
+            .await?
+            .iter()
+            .map(|e| e.event.kind().to_owned())
+            .collect();
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        assert!(kinds.contains(&"cancel_requested".to_owned()), "{kinds:?}");
+    }
     Ok(())
 }

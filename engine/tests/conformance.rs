@@ -636,7 +636,7 @@ where
     })
     .await?;
     stop.cancel();
-    running.await?;
+    running.await??;
     drop((engine, store, queue));
 
     // Second life on the same data: the engine and workers resume and finish the saga.

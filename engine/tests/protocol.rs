@@ -19,7 +19,7 @@ use lapin::{
 };
 use orderflow_activities::worker::{Handler, Worker};
 use orderflow_core::{Registry, ResultMessage, TaskMessage, TaskOutcome, WorkflowFinished};
-use orderflow_engine::Engine;
+use orderflow_engine::{Engine, engine::CommitterDied};
 use orderflow_queue::{TaskQueue, wire};
 use orderflow_testkit::{
     TestEnv, amqp_url, eventually, recording::RecordingActivity, sagas, settled, start_order,
@@ -176,7 +176,10 @@ async fn assert_declarable(
 }
 
 /// An engine whose end can be awaited.
-fn engine(env: &TestEnv, registry: &Arc<Registry>) -> (CancellationToken, JoinHandle<()>) {
+fn engine(
+    env: &TestEnv,
+    registry: &Arc<Registry>,
+) -> (CancellationToken, JoinHandle<Result<(), CommitterDied>>) {
     let stop = CancellationToken::new();
     let engine = Engine::new(
         env.pool.clone(),
@@ -231,7 +234,7 @@ async fn real_tasks_results_and_finished_events_fit_the_documented_wire_format()
     let (stop_engine, engine_ended) = engine(&env, &registry);
     let task = capture(&channel, &tasks, "the engine's first task").await?;
     stop_engine.cancel();
-    engine_ended.await?;
+    engine_ended.await??;
 
     // The result, as the worker published it; no engine runs to take it.
     let reserve = worker(&env, &[INVENTORY_RESERVE]);

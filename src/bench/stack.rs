@@ -410,7 +410,12 @@ async fn start_in_process(
             tracing::error!(error = %e, "bench engine API failed");
         }
     }));
-    tasks.push(tokio::spawn(engine.run(stop.clone())));
+    let run = engine.run(stop.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "bench engine stopped");
+        }
+    }));
     let worker = bench_worker(
         &args.conn.amqp_url,
         db.topology(),

@@ -129,7 +129,14 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         EngineConfig::default(),
     );
     let state = orderflow_engine::api::AppState::new(&engine);
-    tasks.spawn(engine.run(stop.clone()));
+    tasks.spawn({
+        let run = engine.run(stop.clone());
+        async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "orderflow dev is stopping");
+            }
+        }
+    });
 
     // The engine's API and admin UI answer whatever no service owns.
     let admin = AdminConfig {
