@@ -1,4 +1,4 @@
-//! `orderflow workflows list|show|retry|cancel|terminate`: the admin UI's everyday operations from
+//! `orderflow workflows list|show|retry|cancel|terminate|resolve`: the admin UI's everyday operations from
 //! a shell, through the engine's REST API (so the same checks apply and every action lands in the
 //! saga's history with the operator as its actor).
 
@@ -60,6 +60,14 @@ pub enum WorkflowsCommand {
     Cancel(Action),
     /// Stop the saga where it stands, compensating nothing.
     Terminate(Action),
+    /// Mark a step's failing compensation as repaired by hand; the saga goes on compensating.
+    Resolve {
+        #[command(flatten)]
+        action: Action,
+        /// The step whose compensation kept failing (the one the saga's reason names).
+        #[arg(long)]
+        step: String,
+    },
 }
 
 /// An operator action on one workflow.
@@ -134,6 +142,10 @@ pub async fn execute(client: &Client, args: &WorkflowsArgs) -> anyhow::Result<St
         WorkflowsCommand::Retry(a) => act(client, &base, args, "retry", a).await,
         WorkflowsCommand::Cancel(a) => act(client, &base, args, "cancel", a).await,
         WorkflowsCommand::Terminate(a) => act(client, &base, args, "terminate", a).await,
+        WorkflowsCommand::Resolve { action, step } => {
+            let extra = json!({ "step": step });
+            act_with(client, &base, args, "resolve", action, extra).await
+        }
     }
 }
 
@@ -144,6 +156,18 @@ async fn act(
     action: &str,
     a: &Action,
 ) -> anyhow::Result<String> {
+    act_with(client, base, args, action, a, json!({})).await
+}
+
+/// [`act`] with more fields in the request body (`resolve`'s step).
+async fn act_with(
+    client: &Client,
+    base: &str,
+    args: &WorkflowsArgs,
+    action: &str,
+    a: &Action,
+    extra: Value,
+) -> anyhow::Result<String> {
     let actor = a.actor.clone().unwrap_or_else(|| {
         format!(
             "cli:{}",
@@ -152,7 +176,13 @@ async fn act(
     });
     let res = client
         .post(format!("{base}/workflows/{}/{action}", a.id))
-        .json(&json!({ "reason": a.reason, "actor": actor }))
+        .json(&{
+            let mut body = json!({ "reason": a.reason, "actor": actor });
+            if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+                body.extend(extra);
+            }
+            body
+        })
         .send()
         .await
         .with_context(|| format!("reaching the engine at {}", args.api))?;
@@ -349,5 +379,78 @@ mod tests {
         .expect_err("not an id");
         assert!(bad.to_string().contains("400 Bad Request: id:"), "{bad}");
         Ok(())
+    }
+
+    /// `resolve` on a saga whose compensation failed for good: recorded through the REST API,
+    /// the saga finishes compensating; a step with nothing to resolve is the API's 409.
+    #[tokio::test]
+    async fn resolves_a_failed_compensation_through_the_rest_api() -> anyhow::Result<()> {
+        use orderflow_core::{ActivityError, Event, TaskId, WorkflowId};
+        let env = TestEnv::new().await?;
+        let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
+        let app = api::router(AppState::standalone(
+            env.pool.clone(),
+            applier.clone(),
+            env.queue(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let id = start_order(&env, &applier).await?;
+        let wf = WorkflowId(id);
+        let task = |what: &str| TaskId(wf.derive(&format!("task/{what}/1")));
+        // Reserve succeeds, the card is declined, and the release fails for good.
+        let events = [
+            Event::ActivityCompleted {
+                task_id: task("reserve/forward"),
+                output: json!({"reservation_id": "r1"}),
+            },
+            Event::ActivityFailed {
+                task_id: task("charge/forward"),
+                error: ActivityError::permanent("card_declined", "declined"),
+            },
+            Event::ActivityFailed {
+                task_id: task("reserve/compensate"),
+                error: ActivityError::permanent("gone", "the reservation table was dropped"),
+            },
+        ];
+        for e in events {
+            env.committer(&applier).apply(vec![(wf, e)], None).await?;
+        }
+        assert_eq!(env.status(id).await?, "needs_attention");
+        let resolve = |step: &str| {
+            args(
+                &url,
+                WorkflowsCommand::Resolve {
+                    action: Action {
+                        id: id.to_string(),
+                        reason: "released the units by hand".into(),
+                        actor: Some("cli:ops".into()),
+                    },
+                    step: step.into(),
+                },
+            )
+        };
+        let client = Client::new();
+        let wrong = execute(&client, &resolve("charge"))
+            .await
+            .expect_err("charge has no failing compensation");
+        assert!(wrong.to_string().starts_with("409"), "{wrong}");
+        let done = execute(&client, &resolve("reserve")).await?;
+        assert!(done.contains("the saga is compensated"), "{done}");
+        assert_eq!(env.status(id).await?, "compensated");
+        Ok(())
+    }
+
+    #[test]
+    fn resolve_without_its_step_names_the_flag() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: WorkflowsArgs,
+        }
+        let err = Cli::try_parse_from(["x", "resolve", "0194", "--reason", "r"]).unwrap_err();
+        assert!(err.to_string().contains("--step"), "{err}");
     }
 }

@@ -497,3 +497,90 @@ async fn tasks_a_lost_connection_may_have_dropped_are_sent_again_at_once() -> an
     conn.close(200, "done".into()).await?;
     Ok(())
 }
+
+/// The order saga with a wait for `approved` between the reservation and the pivot.
+fn order_awaiting_approval(timeout: Duration) -> orderflow_core::SagaDefinition {
+    use orderflow_core::{SagaDefinition, Step};
+    SagaDefinition::builder("order", 1)
+        .step(Step::compensatable("reserve", INVENTORY_RESERVE).compensate_with(INVENTORY_RELEASE))
+        .step(Step::wait("approval", "approved", timeout))
+        .step(Step::pivot("create_order", ORDER_CREATE).compensate_with(ORDER_CANCEL))
+        .step(Step::retriable("notify", NOTIFICATION_SEND))
+        .build()
+        .expect("a valid saga")
+}
+
+/// The wait's timer row, as the timers loop will find it after any restart.
+async fn wait_timer(stack: &Stack, id: Uuid) -> anyhow::Result<Option<(String,)>> {
+    Ok(sqlx::query_as(
+        "select purpose->>'signal' from timers
+         where workflow_id = $1 and purpose->>'purpose' = 'signal_timeout'",
+    )
+    .bind(id)
+    .fetch_optional(&stack.env.pool)
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_outlives_its_engine_and_the_signal_moves_the_saga_on() -> anyhow::Result<()> {
+    let mut stack = Stack::new(order_awaiting_approval(Duration::from_secs(3600)), &[]).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    eventually(SETTLE, "the saga to wait for its signal", || async {
+        Ok((stack.step(id, "approval").await?["status"] == "waiting").then_some(()))
+    })
+    .await?;
+    assert_eq!(wait_timer(&stack, id).await?, Some(("approved".into(),)));
+    // The engine dies while the saga waits; a new one takes over from the database alone.
+    stack.stops[0].cancel();
+    let registry =
+        Arc::new(Registry::new().with(order_awaiting_approval(Duration::from_secs(3600))));
+    stack.stops.push(stack.env.spawn_engine(registry));
+    assert_eq!(stack.env.status(id).await?, "running");
+    let signal = Event::SignalReceived {
+        name: "approved".into(),
+        payload: serde_json::json!({"by": "risk team"}),
+        actor: "test".into(),
+    };
+    assert!(matches!(
+        stack.act(id, signal).await?,
+        Outcome::Applied { .. }
+    ));
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "completed");
+    assert_eq!(
+        stack.step(id, "approval").await?["output"]["by"],
+        "risk team"
+    );
+    assert_eq!(
+        wait_timer(&stack, id).await?,
+        None,
+        "the wait's timer is gone"
+    );
+    assert_replays(
+        &stack,
+        id,
+        order_awaiting_approval(Duration::from_secs(3600)),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_whose_signal_never_comes_times_out_and_compensates() -> anyhow::Result<()> {
+    let stack = Stack::new(order_awaiting_approval(Duration::from_millis(300)), &[]).await?;
+    let id = start_order(&stack.env, &stack.applier).await?;
+    assert_eq!(settled(&stack.env, id, SETTLE).await?, "compensated");
+    let approval = stack.step(id, "approval").await?;
+    assert_eq!(approval["status"], "failed");
+    assert_eq!(approval["last_error"]["code"], "signal_timeout");
+    assert_eq!(
+        stack.effects().await?,
+        [INVENTORY_RESERVE, INVENTORY_RELEASE]
+    );
+    assert_replays(
+        &stack,
+        id,
+        order_awaiting_approval(Duration::from_millis(300)),
+    )
+    .await?;
+    Ok(())
+}

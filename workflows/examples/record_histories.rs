@@ -7,6 +7,8 @@
 //! cargo run -p orderflow-workflows --example record_histories [-- OUT_DIR]
 //! ```
 //!
+//! The return saga's histories go to `OUT_DIR/returns`, apart from the order saga's corpus.
+//!
 //! OUT_DIR defaults to `workflows/tests/histories`. Every id and instant is fixed, so running it
 //! again writes the same files.
 
@@ -17,6 +19,10 @@ use orderflow_workflows::order::contracts::{
     Charge, Notification, OrderConfirmation, OrderSagaInput, Reservation,
 };
 use orderflow_workflows::order::{self, CHARGE, CREATE_ORDER, NOTIFY, RESERVE};
+use orderflow_workflows::returns::{
+    self, CONFIRM, INSTRUCT, REFUND, RESTOCK,
+    contracts::{PARCEL_RECEIVED, ParcelReceived, ReturnRefund, ReturnSagaInput},
+};
 use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -52,9 +58,23 @@ fn main() -> Result<()> {
             v3_charge_in_doubt_given_up_and_refunded,
         ),
     ];
-    for (name, record) in scenarios {
+    let return_scenarios: [(&str, Scenario); 3] = [
+        ("return_completed", return_completed),
+        ("return_expired", return_expired),
+        (
+            "return_refund_retried_then_completed",
+            return_refund_retried_then_completed,
+        ),
+    ];
+    let returns_dir = out.join("returns");
+    std::fs::create_dir_all(&returns_dir)?;
+    let all = scenarios
+        .into_iter()
+        .map(|s| (&out, s))
+        .chain(return_scenarios.into_iter().map(|s| (&returns_dir, s)));
+    for (dir, (name, record)) in all {
         let history = record()?;
-        let path = out.join(format!("{name}.json"));
+        let path = dir.join(format!("{name}.json"));
         let mut text = serde_json::to_string_pretty(&history)?;
         text.push('\n');
         std::fs::write(&path, text)?;
@@ -273,4 +293,88 @@ fn v3_charge_in_doubt_given_up_and_refunded() -> Result<History> {
         json!({"reservation_id": format!("rsv_01977c2e5a4{n}"), "status": "released"}),
     )?;
     finished(d, WorkflowStatus::Compensated)
+}
+
+/// Return saga number `n`, of order saga number `n`, started at `at` on the deployed v1.
+fn start_return(n: u8, at: &str) -> Result<Driver> {
+    let order = order_input(n)?;
+    let input = ReturnSagaInput {
+        order_id: serde_json::from_value(order["order_id"].clone())?,
+        order_workflow_id: format!("01977c2e-5a40-7000-8000-0000000000{n:02x}").parse()?,
+        user_id: serde_json::from_value(order["user_id"].clone())?,
+        items: serde_json::from_value(order["items"].clone())?,
+        total: serde_json::from_value(order["total"].clone())?,
+        email: serde_json::from_value(order["email"].clone())?,
+    };
+    Ok(Driver::builder(returns::v1())
+        .workflow_id(format!("01977c2e-5a40-7000-8000-0000000001{n:02x}").parse()?)
+        .start_at(at.parse()?)
+        .start(serde_json::to_value(input)?)?)
+}
+
+fn parcel() -> Result<Value> {
+    Ok(serde_json::to_value(ParcelReceived {
+        received_by: "warehouse:berlin-1".into(),
+    })?)
+}
+
+fn refunded(n: u8) -> Result<Value> {
+    Ok(serde_json::to_value(ReturnRefund {
+        payment_id: format!("pay_01977c2e5a4{n}"),
+        refund_id: Some(format!("re_3PqK8eLkdIwHu7ix0{n}r7Tn2W")),
+    })?)
+}
+
+/// The parcel arrives after five days: refunded, restocked, the customer told.
+fn return_completed() -> Result<History> {
+    let n = 1;
+    let mut d = start_return(n, "2025-06-10T08:00:00.000Z")?;
+    d.advance(ms(300)).complete(INSTRUCT, notification(n)?)?;
+    d.advance(Duration::from_secs(5 * 24 * 3600)).signal(
+        PARCEL_RECEIVED,
+        parcel()?,
+        "service:warehouse",
+    )?;
+    d.advance(ms(900)).complete(REFUND, refunded(n)?)?;
+    d.advance(ms(120))
+        .complete(RESTOCK, json!({"restocked": 3}))?;
+    d.advance(ms(280)).complete(CONFIRM, notification(n)?)?;
+    finished(d, WorkflowStatus::Completed)
+}
+
+/// No parcel within 14 days: the wait times out, the customer is told the return expired.
+fn return_expired() -> Result<History> {
+    let n = 5;
+    let mut d = start_return(n, "2025-06-11T10:30:00.000Z")?;
+    d.advance(ms(250)).complete(INSTRUCT, notification(n)?)?;
+    d.fire_next_timer()?; // the 14-day wait ends
+    d.advance(ms(310)).complete(INSTRUCT, notification(n)?)?;
+    finished(d, WorkflowStatus::Compensated)
+}
+
+/// Stripe is down when the parcel arrives: the refund is retried past the outage; a late parcel
+/// signal sent twice by the warehouse is recorded and changes nothing.
+fn return_refund_retried_then_completed() -> Result<History> {
+    let n = 6;
+    let mut d = start_return(n, "2025-06-12T12:00:00.000Z")?;
+    d.advance(ms(300)).complete(INSTRUCT, notification(n)?)?;
+    d.advance(Duration::from_secs(9 * 24 * 3600)).signal(
+        PARCEL_RECEIVED,
+        parcel()?,
+        "operator:ada",
+    )?;
+    for _ in 0..2 {
+        d.advance(ms(10_000)).fail(
+            REFUND,
+            ActivityError::retryable("stripe_unavailable", "Stripe unavailable: timed out"),
+        )?;
+        d.fire_next_timer()?; // the refund's backoff ends
+    }
+    d.advance(ms(40))
+        .signal(PARCEL_RECEIVED, parcel()?, "service:warehouse")?;
+    d.advance(ms(700)).complete(REFUND, refunded(n)?)?;
+    d.advance(ms(150))
+        .complete(RESTOCK, json!({"restocked": 3}))?;
+    d.advance(ms(260)).complete(CONFIRM, notification(n)?)?;
+    finished(d, WorkflowStatus::Completed)
 }

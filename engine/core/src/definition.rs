@@ -16,6 +16,9 @@ pub enum StepKind {
     Pivot,
     /// After the pivot: retried until it succeeds, never compensated.
     Retriable,
+    /// Runs no activity: waits for a named signal until a timeout ([`Wait`]). Before the pivot
+    /// a wait that times out fails the saga (it compensates); after it, it needs an operator.
+    Wait,
 }
 
 impl StepKind {
@@ -24,6 +27,7 @@ impl StepKind {
             Self::Compensatable => "compensatable",
             Self::Pivot => "pivot",
             Self::Retriable => "retriable",
+            Self::Wait => "wait",
         }
     }
 }
@@ -37,8 +41,17 @@ pub struct Compensation {
     pub start_to_close: Duration,
 }
 
+/// What a [`StepKind::Wait`] step waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The signal's name (`parcel_received`); its payload becomes the step's output.
+    pub signal: String,
+    /// How long to wait from the moment the step is reached; a durable timer holds the deadline.
+    pub timeout: Duration,
+}
+
 /// One step of a saga definition.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Step {
     pub name: String,
     pub activity: String,
@@ -49,6 +62,27 @@ pub struct Step {
     pub start_to_close: Duration,
     /// The step changes nothing (a check, a lookup), so it has nothing to compensate.
     pub read_only: bool,
+    /// Set exactly for [`StepKind::Wait`] steps, whose `activity` is empty.
+    pub wait: Option<Wait>,
+}
+
+// By hand so that a step without a wait prints as it did before waits existed: the definition's
+// fingerprint is built from this text, and a changed fingerprint makes every running saga replay.
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Step");
+        d.field("name", &self.name)
+            .field("activity", &self.activity)
+            .field("kind", &self.kind)
+            .field("compensation", &self.compensation)
+            .field("retry", &self.retry)
+            .field("start_to_close", &self.start_to_close)
+            .field("read_only", &self.read_only);
+        if let Some(wait) = &self.wait {
+            d.field("wait", wait);
+        }
+        d.finish()
+    }
 }
 
 impl Step {
@@ -61,6 +95,21 @@ impl Step {
             retry: RetryPolicy::default(),
             start_to_close: Duration::from_secs(30),
             read_only: false,
+            wait: None,
+        }
+    }
+
+    /// Waits for the signal `signal` for at most `timeout` from the moment the step is reached.
+    /// The signal's payload is the step's output. A signal that arrived earlier (while an earlier
+    /// step ran) counts: the step completes as soon as it is reached.
+    pub fn wait(name: &str, signal: &str, timeout: Duration) -> Self {
+        Self {
+            start_to_close: timeout,
+            wait: Some(Wait {
+                signal: signal.to_owned(),
+                timeout,
+            }),
+            ..Self::new(name, "", StepKind::Wait)
         }
     }
 
@@ -139,6 +188,8 @@ pub enum DefinitionError {
     OutOfOrder(String),
     #[error("step `{0}` has a start-to-close timeout of zero")]
     ZeroTimeout(String),
+    #[error("step `{0}` waits for a signal and cannot have an activity or a compensation")]
+    WaitWithActivity(String),
 }
 
 type InputCheck = fn(&Value) -> Result<(), String>;
@@ -189,6 +240,11 @@ impl SagaDefinition {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
         format!("{}@{}:{hash:016x}", self.workflow_type, self.version)
+    }
+
+    /// The wait of step `idx`, if it is a wait step.
+    pub fn wait_of(&self, idx: usize) -> Option<&Wait> {
+        self.steps.get(idx)?.wait.as_ref()
     }
 
     /// Index of the pivot step, if any.
@@ -267,6 +323,19 @@ impl SagaBuilder {
                     }
                     seen_retriable = true;
                 }
+                // A wait changes nothing, so it may stand anywhere: its kind of failure (compensate
+                // or needs attention) follows from whether the pivot succeeded before it.
+                StepKind::Wait => {
+                    if step.compensation.is_some()
+                        || !step.activity.is_empty()
+                        || step.wait.as_ref().is_none_or(|w| w.timeout.is_zero())
+                    {
+                        return Err(DefinitionError::WaitWithActivity(step.name.clone()));
+                    }
+                }
+            }
+            if step.wait.is_some() && step.kind != StepKind::Wait {
+                return Err(DefinitionError::WaitWithActivity(step.name.clone()));
             }
         }
         Ok(def)

@@ -109,6 +109,8 @@ pub enum TimerPurpose {
     AttemptTimeout { task_id: TaskId },
     /// The workflow-level deadline.
     Deadline,
+    /// The end of a wait step's wait for `signal` (started each time the step is reached).
+    SignalTimeout { step: String, signal: String },
 }
 
 /// What the decider asks the engine to do.

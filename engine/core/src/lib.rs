@@ -16,6 +16,10 @@
 //! - **timer**: a durable wake-up (backoff, start-to-close timeout, deadline), id [`TimerId`].
 //! - **compensation**: the activity that semantically undoes a completed step.
 //! - **pivot**: the step after whose success the saga only moves forward.
+//! - **signal**: a named message with a payload sent to a running workflow from outside (a
+//!   warehouse scanned the parcel); recorded as an event.
+//! - **wait**: a step that runs no activity and completes when its signal arrives, or fails when
+//!   its timeout timer fires first ([`Wait`]).
 //!
 //! # Map
 //! [`ids`] and [`protocol`] are the durable vocabulary; [`definition`] builds and checks sagas;
@@ -36,7 +40,7 @@ pub mod saga;
 pub mod state;
 pub mod testing;
 
-pub use definition::{DefinitionError, SagaDefinition, Step, StepKind};
+pub use definition::{DefinitionError, SagaDefinition, Step, StepKind, Wait};
 pub use event::{Command, Decision, Event, Phase, TaskSpec, TimerPurpose};
 pub use history::{History, RecordedEvent};
 pub use ids::{TaskId, TimerId, WorkflowId};
@@ -46,6 +50,6 @@ pub use replay::{ReplayError, replay};
 pub use retry::RetryPolicy;
 pub use saga::SagaState;
 pub use state::{
-    DecideError, NondeterminismPolicy, StepStatus, StepView, WorkflowDefinition, WorkflowState,
-    WorkflowStatus, WorkflowView,
+    DecideError, NondeterminismPolicy, StepStatus, StepView, WaitView, WorkflowDefinition,
+    WorkflowState, WorkflowStatus, WorkflowView,
 };

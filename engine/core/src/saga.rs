@@ -4,6 +4,11 @@
 //! completed step in reverse order (and the failed step too when one of its attempts timed out,
 //! since its effect is then unknown). After the pivot the saga only moves forward. Cancel and the
 //! deadline wait for an in-flight task to settle, then compensate the same way.
+//!
+//! A wait step schedules no task: it starts a timer for its timeout and completes when its signal
+//! arrives (or at once, if the signal arrived before the step was reached). The timer firing
+//! first fails the step: before the pivot the saga compensates, after it the saga needs an
+//! operator. Both the signal and the timer are events, so waiting replays like everything else.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +47,9 @@ pub struct StepState {
     pub outcome_unknown: bool,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// While a wait step waits: when its timeout fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<DateTime<Utc>>,
 }
 
 /// The folded state of one saga; snapshotted after every change.
@@ -95,6 +103,11 @@ impl WorkflowState for SagaState {
                     output: s.output.clone(),
                     started_at: s.started_at,
                     finished_at: s.finished_at,
+                    // The signal's name is the definition's; `describe` fills it in.
+                    waiting_for: s.wait_until.map(|until| crate::WaitView {
+                        signal: String::new(),
+                        until,
+                    }),
                 })
                 .collect(),
         }
@@ -133,6 +146,7 @@ impl WorkflowDefinition for SagaDefinition {
     fn activities(&self) -> Vec<&str> {
         self.steps
             .iter()
+            .filter(|s| s.kind != StepKind::Wait)
             .flat_map(|s| {
                 std::iter::once(s.activity.as_str())
                     .chain(s.compensation.as_ref().map(|c| c.activity.as_str()))
@@ -144,6 +158,9 @@ impl WorkflowDefinition for SagaDefinition {
         for (step, def) in view.steps.iter_mut().zip(&self.steps) {
             step.activity.clone_from(&def.activity);
             step.kind = def.kind.as_str().to_owned();
+            if let (Some(w), Some(view)) = (&def.wait, &mut step.waiting_for) {
+                view.signal.clone_from(&w.signal);
+            }
         }
     }
 
@@ -183,6 +200,7 @@ impl WorkflowDefinition for SagaDefinition {
                     outcome_unknown: false,
                     started_at: None,
                     finished_at: None,
+                    wait_until: None,
                 })
                 .collect(),
             cursor: 0,
@@ -336,6 +354,16 @@ impl<'a> Decider<'a> {
             Event::SignalReceived { name, payload, .. } => {
                 self.refuse_if_terminal("signal")?;
                 self.s.signals.insert(name.clone(), payload.clone());
+                let idx = self.s.cursor;
+                let awaited = self.s.steps[idx].status == StepStatus::Waiting
+                    && self
+                        .step_def(idx)
+                        .wait
+                        .as_ref()
+                        .is_some_and(|w| w.signal == *name);
+                if awaited {
+                    self.wait_done(idx, payload.clone());
+                }
                 Ok(None)
             }
             Event::CompensationResolved {
@@ -379,11 +407,10 @@ impl<'a> Decider<'a> {
     }
 
     fn past_pivot(&self) -> bool {
-        self.def
-            .steps
-            .iter()
-            .zip(&self.s.steps)
-            .any(|(d, s)| d.kind != StepKind::Compensatable && s.status == StepStatus::Completed)
+        self.def.steps.iter().zip(&self.s.steps).any(|(d, s)| {
+            matches!(d.kind, StepKind::Pivot | StepKind::Retriable)
+                && s.status == StepStatus::Completed
+        })
     }
 
     fn take_in_flight(&mut self, task: TaskId) -> Option<InFlight> {
@@ -418,6 +445,14 @@ impl<'a> Decider<'a> {
             TimerPurpose::Retry { step, phase } => {
                 let idx = self.index_of(&step)?;
                 self.schedule(idx, phase);
+                Ok(None)
+            }
+            TimerPurpose::SignalTimeout { step, signal } => {
+                let idx = self.index_of(&step)?;
+                if self.s.steps[idx].status != StepStatus::Waiting {
+                    return Ok(Some(format!("the wait for `{signal}` already ended")));
+                }
+                self.wait_timed_out(idx, &signal);
                 Ok(None)
             }
             TimerPurpose::Deadline => {
@@ -521,6 +556,7 @@ impl<'a> Decider<'a> {
         if let Some(timer) = self.retry_timer() {
             self.cancel_timer(timer);
         }
+        self.stop_waiting();
         for st in &mut self.s.steps[idx..=cursor] {
             st.status = StepStatus::Pending;
             st.output = None;
@@ -555,12 +591,89 @@ impl<'a> Decider<'a> {
                     self.s.cancelled = false;
                     self.s.reason = Some(format!("{why}, but the pivot had already succeeded"));
                 }
-                if f.step + 1 < self.s.steps.len() {
-                    self.schedule(f.step + 1, Phase::Forward);
-                } else {
-                    self.finish(WorkflowStatus::Completed, None);
-                }
+                self.forward_from(f.step);
             }
+        }
+    }
+
+    /// Step `done` completed: go on with the next one, or finish.
+    fn forward_from(&mut self, done: usize) {
+        if done + 1 < self.s.steps.len() {
+            self.schedule(done + 1, Phase::Forward);
+        } else {
+            self.finish(WorkflowStatus::Completed, None);
+        }
+    }
+
+    /// Reaches wait step `idx`: completes it at once if its signal already arrived, else starts
+    /// the timer of its timeout.
+    fn begin_wait(&mut self, idx: usize) {
+        let def = self.step_def(idx);
+        let wait = def.wait.as_ref().expect("a wait step has a wait");
+        let wf = self.s.workflow_id;
+        let at = self.at;
+        let st = &mut self.s.steps[idx];
+        st.attempts += 1;
+        st.started_at.get_or_insert(at);
+        let attempt = st.attempts;
+        self.s.cursor = idx;
+        if let Some(payload) = self.s.signals.get(&wait.signal).cloned() {
+            self.s.steps[idx].status = StepStatus::Waiting;
+            return self.wait_done(idx, payload);
+        }
+        let st = &mut self.s.steps[idx];
+        st.status = StepStatus::Waiting;
+        st.wait_until = Some(at + wait.timeout);
+        let timer = TimerId(wf.derive(&format!("wait/{}/{attempt}", def.name)));
+        self.start_timer(
+            timer,
+            wait.timeout,
+            TimerPurpose::SignalTimeout {
+                step: def.name.clone(),
+                signal: wait.signal.clone(),
+            },
+        );
+    }
+
+    /// The signal wait step `idx` waits for arrived with `payload`: the step's output.
+    fn wait_done(&mut self, idx: usize, payload: Value) {
+        self.stop_waiting();
+        let at = self.at;
+        let st = &mut self.s.steps[idx];
+        st.status = StepStatus::Completed;
+        st.output = Some(payload);
+        st.finished_at = Some(at);
+        self.forward_from(idx);
+    }
+
+    /// Wait step `idx` saw its timeout fire before its signal.
+    fn wait_timed_out(&mut self, idx: usize, signal: &str) {
+        let def = self.step_def(idx);
+        let at = self.at;
+        let st = &mut self.s.steps[idx];
+        let until = st.wait_until.take().unwrap_or(at);
+        let error = ActivityError::permanent(
+            "signal_timeout",
+            format!("no `{signal}` signal arrived by {}", until.to_rfc3339()),
+        );
+        st.last_error = Some(error.clone());
+        st.status = StepStatus::Failed;
+        st.finished_at = Some(at);
+        let why = format!("step `{}` failed: {error}", def.name);
+        if self.past_pivot() {
+            self.needs_attention(Phase::Forward, why);
+        } else {
+            self.begin_compensation(idx, why);
+        }
+    }
+
+    /// Ends a wait in progress without its signal (an undo, a retry from an earlier step).
+    fn stop_waiting(&mut self) {
+        if let Some(t) = self.timer_for(|p| matches!(p, TimerPurpose::SignalTimeout { .. })) {
+            self.cancel_timer(t);
+        }
+        for st in &mut self.s.steps {
+            st.wait_until = None;
         }
     }
 
@@ -627,6 +740,7 @@ impl<'a> Decider<'a> {
         if let Some(timer) = self.retry_timer() {
             self.cancel_timer(timer);
         }
+        self.stop_waiting();
         if self.s.steps[idx].status != StepStatus::Completed {
             self.s.steps[idx].status = StepStatus::Failed;
         }
@@ -754,6 +868,10 @@ impl<'a> Decider<'a> {
 
     fn schedule(&mut self, idx: usize, phase: Phase) {
         let def = self.step_def(idx);
+        if def.kind == StepKind::Wait {
+            debug_assert_eq!(phase, Phase::Forward, "a wait has nothing to compensate");
+            return self.begin_wait(idx);
+        }
         let wf = self.s.workflow_id;
         let payload = self.payload();
         let st = &mut self.s.steps[idx];

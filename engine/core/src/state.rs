@@ -87,7 +87,9 @@ pub enum StepStatus {
     Running,
     /// An attempt failed; the next one waits on a backoff timer.
     Retrying,
-    /// The step's activity succeeded.
+    /// A wait step waits for its signal (until [`StepView::waiting_for`]'s instant).
+    Waiting,
+    /// The step's activity succeeded (or its signal arrived).
     Completed,
     /// The step failed for good.
     Failed,
@@ -110,6 +112,16 @@ pub struct StepView {
     pub output: Option<Value>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set while a wait step waits: which signal, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitView>,
+}
+
+/// What a waiting step waits for, as the API and the admin UI show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitView {
+    pub signal: String,
+    pub until: DateTime<Utc>,
 }
 
 /// A workflow as the API shows it.

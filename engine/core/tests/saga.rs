@@ -93,6 +93,7 @@ fn describe(c: &Command) -> String {
             TimerPurpose::Retry { step, phase } => format!("start_timer retry {step} {phase:?}"),
             TimerPurpose::AttemptTimeout { .. } => "start_timer attempt_timeout".into(),
             TimerPurpose::Deadline => "start_timer deadline".into(),
+            TimerPurpose::SignalTimeout { signal, .. } => format!("start_timer wait {signal}"),
         },
         Command::CancelTimer { .. } => "cancel_timer".into(),
         Command::Finish { status, .. } => format!("finish {status}"),

@@ -5,6 +5,10 @@
 //! and did not fire (the start-to-close timeout or the deadline passed and no engine reacted).
 //! [`why`] reads one saga's state, timers and latest task and says which, with the numbers an
 //! operator needs: the attempt, the last error, the queue, how late.
+//!
+//! A saga whose wait step waits for its signal before the wait's timeout is not stuck: [`why`]
+//! says what it waits for and until when, with no stuck kind. Once that timeout is overdue and
+//! has not fired, it is stuck like any other overdue timer.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -155,6 +159,13 @@ pub fn why(
                     .unwrap_or("?")
             ),
             Some("deadline") => "the saga's deadline".to_owned(),
+            Some("signal_timeout") => format!(
+                "the end of the wait for signal `{}`",
+                t.purpose
+                    .get("signal")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("?")
+            ),
             _ => "a timer".to_owned(),
         };
         return why(
@@ -219,12 +230,32 @@ pub fn why(
         };
         return why(StuckKind::Retrying, line);
     }
-    let line = match &state {
-        Some(s) if s.undo_pending.is_some() => format!(
+    let waiting = state
+        .as_ref()
+        .and_then(|s| s.steps.iter().find(|st| st.status == StepStatus::Waiting));
+    let line = match (&state, waiting) {
+        (_, Some(st)) => {
+            let until = st.wait_until.unwrap_or(now);
+            let signal = timers
+                .iter()
+                .find_map(|t| {
+                    (t.purpose.get("purpose").and_then(|p| p.as_str()) == Some("signal_timeout"))
+                        .then(|| t.purpose.get("signal").and_then(|v| v.as_str()))
+                        .flatten()
+                })
+                .unwrap_or("its signal");
+            format!(
+                "Waiting for signal `{signal}` (step `{}`) until {} ({} from now); not stuck",
+                st.name,
+                until.format("%Y-%m-%d %H:%M UTC"),
+                human(until - now)
+            )
+        }
+        (Some(s), None) if s.undo_pending.is_some() => format!(
             "Waiting for the running step to settle before undoing: {}",
             s.undo_pending.as_deref().unwrap_or_default()
         ),
-        Some(s) if s.steps.iter().any(|st| st.status == StepStatus::Running) => {
+        (Some(s), None) if s.steps.iter().any(|st| st.status == StepStatus::Running) => {
             "Running; no longer stuck".to_owned()
         }
         _ => "No longer stuck".to_owned(),
@@ -312,5 +343,66 @@ mod tests {
         assert_eq!(human(chrono::Duration::seconds(42)), "42 s");
         assert_eq!(human(chrono::Duration::seconds(7500)), "2 h 5 min");
         assert_eq!(human(chrono::Duration::seconds(-3)), "0 s");
+    }
+
+    /// A saga driven to its wait step, as its stuck row and timer rows would show it.
+    fn waiting_saga() -> (StuckRow, TimerRow) {
+        use orderflow_core::{SagaDefinition, Step, testing::Driver};
+        let def = SagaDefinition::builder("return", 1)
+            .step(Step::wait(
+                "await_parcel",
+                "parcel_received",
+                Duration::from_secs(14 * 86400),
+            ))
+            .step(Step::pivot("refund", "payment.refund"))
+            .build()
+            .unwrap();
+        let run = Driver::builder(def).start(json!({})).unwrap();
+        let timer = run.next_timer().unwrap();
+        let state = serde_json::to_value(run.state() as &dyn orderflow_core::WorkflowState);
+        let t = TimerRow {
+            workflow_id: Uuid::nil(),
+            id: timer.timer_id.0,
+            fire_at: timer.fire_at,
+            purpose: serde_json::to_value(&timer.purpose).unwrap(),
+        };
+        (row("running", state.unwrap(), None), t)
+    }
+
+    #[test]
+    fn a_saga_waiting_for_its_signal_is_told_apart_from_a_stuck_one() {
+        let (r, t) = waiting_saga();
+        let now = t.fire_at - chrono::Duration::days(3);
+        let w = why(
+            &r,
+            &[&t],
+            &ProbeResult::default(),
+            now,
+            Duration::from_secs(10),
+        );
+        assert_eq!(w.kind, None, "{}", w.line);
+        assert!(
+            w.line
+                .starts_with("Waiting for signal `parcel_received` (step `await_parcel`) until ")
+                && w.line.contains("(3 d from now); not stuck"),
+            "{}",
+            w.line
+        );
+        // Past its timeout with no engine firing it: stuck, and the line says which wait.
+        let late = t.fire_at + chrono::Duration::minutes(5);
+        let w = why(
+            &r,
+            &[&t],
+            &ProbeResult::default(),
+            late,
+            Duration::from_secs(10),
+        );
+        assert_eq!(w.kind, Some(StuckKind::Overdue));
+        assert!(
+            w.line
+                .contains("the end of the wait for signal `parcel_received` came due 5 min ago"),
+            "{}",
+            w.line
+        );
     }
 }

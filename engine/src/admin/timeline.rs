@@ -13,6 +13,7 @@ pub fn status_word(s: StepStatus) -> &'static str {
         StepStatus::Pending => "pending",
         StepStatus::Running => "running",
         StepStatus::Retrying => "retrying",
+        StepStatus::Waiting => "waiting",
         StepStatus::Completed => "completed",
         StepStatus::Failed => "failed",
         StepStatus::Compensating => "compensating",
@@ -73,11 +74,20 @@ pub fn svg(
                         text.kind x=(bx + BOX_W - 10) y=(FWD_Y + 19) text-anchor="end" { "pivot" }
                     } @else if s.kind == "retriable" {
                         text.kind x=(bx + BOX_W - 10) y=(FWD_Y + 19) text-anchor="end" { "retriable" }
+                    } @else if s.kind == "wait" {
+                        text.kind x=(bx + BOX_W - 10) y=(FWD_Y + 19) text-anchor="end" { "wait" }
                     }
-                    text.activity x=(bx + 10) y=(FWD_Y + 37) { (s.activity) }
-                    text.state x=(bx + 10) y=(FWD_Y + 56) {
-                        (word)
-                        @if s.attempts > 0 { " · attempt " (s.attempts) }
+                    @if let Some(w) = &s.waiting_for {
+                        text.activity x=(bx + 10) y=(FWD_Y + 37) { "signal " (w.signal) }
+                        text.state x=(bx + 10) y=(FWD_Y + 56) {
+                            "waiting until " (w.until.format("%Y-%m-%d %H:%M"))
+                        }
+                    } @else {
+                        text.activity x=(bx + 10) y=(FWD_Y + 37) { (s.activity) }
+                        text.state x=(bx + 10) y=(FWD_Y + 56) {
+                            (word)
+                            @if s.attempts > 0 { " · attempt " (s.attempts) }
+                        }
                     }
                 }
                 @if undoable[i] {
@@ -108,7 +118,16 @@ pub fn svg(
 }
 
 fn step_title(s: &StepView) -> String {
-    let mut t = format!("{} ({}, {})", s.name, s.activity, s.kind);
+    let mut t = match &s.waiting_for {
+        Some(w) => format!(
+            "{} (waits for signal `{}` until {}, {})",
+            s.name,
+            w.signal,
+            w.until.to_rfc3339(),
+            s.kind
+        ),
+        None => format!("{} ({}, {})", s.name, s.activity, s.kind),
+    };
     if let Some(e) = &s.last_error {
         t.push_str(&format!("\nlast error: {}: {}", e.code, e.message));
     }
@@ -131,7 +150,25 @@ mod tests {
             output: None,
             started_at: None,
             finished_at: None,
+            waiting_for: None,
         }
+    }
+
+    #[test]
+    fn a_waiting_step_says_what_it_waits_for_and_until_when() {
+        let until = chrono::DateTime::parse_from_rfc3339("2026-12-21T08:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut wait = step("await_parcel", "wait", StepStatus::Waiting);
+        wait.activity = String::new();
+        wait.waiting_for = Some(orderflow_core::WaitView {
+            signal: "parcel_received".into(),
+            until,
+        });
+        let svg = svg(&[wait], &BTreeMap::new(), Some(0)).into_string();
+        assert!(svg.contains("box st-waiting current"), "{svg}");
+        assert!(svg.contains("signal parcel_received"), "{svg}");
+        assert!(svg.contains("waiting until 2026-12-21 08:00"), "{svg}");
     }
 
     #[test]

@@ -999,6 +999,9 @@ fn command_summary(c: &Command) -> Markup {
                 TimerPurpose::Retry { step, .. } => format!("retry {step}"),
                 TimerPurpose::AttemptTimeout { .. } => "start-to-close".to_owned(),
                 TimerPurpose::Deadline => "deadline".to_owned(),
+                TimerPurpose::SignalTimeout { signal, .. } => {
+                    format!("end of the wait for {signal}")
+                }
             };
             html! { "timer " (what) " at " (time(*fire_at)) }
         }

@@ -1,4 +1,5 @@
-//! The inventory's activities: `inventory.reserve` and its compensation `inventory.release`.
+//! The inventory's activities: `inventory.reserve` and its compensation `inventory.release`, and
+//! the return saga's `inventory.restock`.
 //! Both are idempotent per saga step, as at-least-once delivery requires.
 
 use std::{sync::Arc, time::Duration};
@@ -6,8 +7,12 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use orderflow_activities::{Activity, ActivityError, TaskContext, worker::Handler};
 use orderflow_service_kit::db::Db;
-use orderflow_workflows::order::contracts::{
-    INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation,
+use orderflow_workflows::{
+    order::{
+        RESERVE,
+        contracts::{INVENTORY_RELEASE, INVENTORY_RESERVE, OrderSagaInput, Reservation},
+    },
+    returns::contracts::{INVENTORY_RESTOCK, ReturnSagaInput},
 };
 
 use crate::{
@@ -20,6 +25,8 @@ use crate::{
 pub mod codes {
     pub use orderflow_workflows::order::contracts::codes::{OUT_OF_STOCK, UNKNOWN_PRODUCT};
     pub const INVALID_ITEMS: &str = "invalid_items";
+    /// `inventory.restock`: the order's reservation was never sold; final.
+    pub const NOT_SOLD: &str = "not_sold";
     pub const DATABASE: &str = "database";
 }
 
@@ -124,6 +131,49 @@ impl Activity for Release {
     }
 }
 
+/// `inventory.restock`: puts the units the returned order bought back on hand, taken from the
+/// order saga's committed reservation (what was actually sold, not what the return claims).
+#[derive(Debug, Clone)]
+pub struct Restock {
+    pub db: Db,
+}
+
+#[async_trait]
+impl Activity for Restock {
+    const NAME: &'static str = INVENTORY_RESTOCK;
+    type Input = ReturnSagaInput;
+    type Output = serde_json::Value;
+
+    async fn run(
+        &self,
+        ctx: &TaskContext,
+        input: ReturnSagaInput,
+    ) -> Result<serde_json::Value, ActivityError> {
+        let order = StepRef {
+            workflow_id: input.order_workflow_id,
+            step: RESERVE.to_owned(),
+        };
+        let done = reservations::restock(&self.db, &order, &ctx.idempotency_key, ctx.workflow_id.0)
+            .await
+            .map_err(db_error)?;
+        match done {
+            reservations::Restocked::Now(units) => {
+                Ok(serde_json::json!({ "outcome": "restocked", "units": units }))
+            }
+            reservations::Restocked::Already => {
+                Ok(serde_json::json!({ "outcome": "already_restocked" }))
+            }
+            reservations::Restocked::NotSold => Err(ActivityError::permanent(
+                codes::NOT_SOLD,
+                format!(
+                    "order workflow {} sold nothing to put back",
+                    input.order_workflow_id
+                ),
+            )),
+        }
+    }
+}
+
 /// The forward and compensation tasks of one step carry the same workflow id and step name; that
 /// pair, not the (phase-specific) idempotency key, names the reservation.
 fn step_ref(ctx: &TaskContext) -> StepRef {
@@ -145,6 +195,7 @@ pub fn handlers(db: Db, ttl: Duration) -> Vec<Arc<dyn Handler>> {
             db: db.clone(),
             ttl,
         }),
-        Arc::new(Release { db }),
+        Arc::new(Release { db: db.clone() }),
+        Arc::new(Restock { db }),
     ]
 }

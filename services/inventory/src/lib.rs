@@ -81,6 +81,7 @@ pub fn handlers(db: Db, config: &InventoryConfig) -> Vec<Arc<dyn Handler>> {
 pub const ACTIVITIES: &[&str] = &[
     orderflow_workflows::order::contracts::INVENTORY_RESERVE,
     orderflow_workflows::order::contracts::INVENTORY_RELEASE,
+    orderflow_workflows::returns::contracts::INVENTORY_RESTOCK,
 ];
 
 /// What the service follows: the order saga's end.

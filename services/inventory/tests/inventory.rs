@@ -944,3 +944,68 @@ async fn the_api_answers_on_sqlite() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The return saga's restock puts back what the order's committed reservation sold, once: a
+/// redelivered task and a second return of the same order change nothing more, and an order that
+/// sold nothing is a final `not_sold`.
+#[tokio::test]
+async fn a_returned_order_is_restocked_once() -> anyhow::Result<()> {
+    restocked_once(Db::from(inventory_db().await?)).await
+}
+
+#[tokio::test]
+async fn a_returned_order_is_restocked_once_on_sqlite() -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("orderflow-test-restock-{}.db", Uuid::new_v4()));
+    let db = Db::connect(
+        &format!("sqlite://{}", file.display()),
+        &orderflow_inventory::migrations(),
+    )
+    .await?;
+    let out = restocked_once(db).await;
+    let _ = std::fs::remove_file(&file);
+    out
+}
+
+async fn restocked_once(db: Db) -> anyhow::Result<()> {
+    use orderflow_inventory::activities::Restock;
+    use orderflow_workflows::returns::contracts::ReturnSagaInput;
+    common::add_product(&db, "mug", 10).await?;
+    let reserve = Reserve {
+        db: db.clone(),
+        ttl: HOLD,
+    };
+    let (sold, unsold) = (Uuid::now_v7(), Uuid::now_v7());
+    for wf in [sold, unsold] {
+        reserve
+            .run(&ctx(wf, Phase::Forward), order(&[("mug", 2)]))
+            .await?;
+    }
+    settle::on_workflow_finished(&db, &finished(sold, WorkflowStatus::Completed)).await?;
+    settle::on_workflow_finished(&db, &finished(unsold, WorkflowStatus::Compensated)).await?;
+    assert_eq!(common::stock(&db, "mug").await?, stock_of(8, 0, 2));
+
+    let o = order(&[("mug", 2)]);
+    let input = |order_workflow_id| ReturnSagaInput {
+        order_id: o.order_id,
+        order_workflow_id,
+        user_id: o.user_id,
+        items: o.items.clone(),
+        total: o.total.clone(),
+        email: o.email.clone(),
+    };
+    let restock = Restock { db: db.clone() };
+    let task = |wf| TaskContext::first_attempt(wf, "restock", Phase::Forward);
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let out = restock.run(&task(first), input(sold)).await?;
+    assert_eq!(out, json!({"outcome": "restocked", "units": 2}));
+    let again = restock.run(&task(first), input(sold)).await?;
+    assert_eq!(again["outcome"], "already_restocked");
+    let other = restock.run(&task(second), input(sold)).await?;
+    assert_eq!(other["outcome"], "already_restocked", "a second return");
+    assert_eq!(common::stock(&db, "mug").await?, stock_of(10, 0, 0));
+
+    let err = restock.run(&task(second), input(unsold)).await.unwrap_err();
+    assert_eq!((err.code.as_str(), err.retryable), ("not_sold", false));
+    assert_eq!(common::stock(&db, "mug").await?, stock_of(10, 0, 0));
+    Ok(())
+}

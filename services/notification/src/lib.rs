@@ -3,6 +3,8 @@
 //! message and delivery attempt that admins can read.
 //!
 //! - [`send`]: the activity; one message per channel and idempotency key, never sent twice.
+//! - [`returns`]: the return saga's emails (instructions, expired, refunded), delivered the same
+//!   way.
 //! - [`providers`]: the delivery traits and their implementations: SMTP email (lettre), HTTP SMS
 //!   and push, and the outbox that only records messages (`orderflow up` without providers).
 //! - [`templates`]: the message templates (minijinja), compiled in.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod providers;
+pub mod returns;
 pub mod send;
 pub mod store;
 pub mod templates;
@@ -99,14 +102,25 @@ pub fn providers(db: impl Into<Db>, config: &NotificationConfig) -> anyhow::Resu
 
 /// The activity handlers for a worker.
 pub fn handlers(db: impl Into<Db>, providers: Providers) -> Vec<Arc<dyn Handler>> {
-    vec![Arc::new(Send {
+    let send = Send {
         db: db.into(),
         providers,
-    })]
+    };
+    vec![
+        Arc::new(returns::Instructions(send.clone())),
+        Arc::new(returns::Expired(send.clone())),
+        Arc::new(returns::Refunded(send.clone())),
+        Arc::new(send),
+    ]
 }
 
 /// The activities its workers do.
-pub const ACTIVITIES: &[&str] = &[orderflow_workflows::order::contracts::NOTIFICATION_SEND];
+pub const ACTIVITIES: &[&str] = &[
+    orderflow_workflows::order::contracts::NOTIFICATION_SEND,
+    orderflow_workflows::returns::contracts::NOTIFICATION_RETURN_INSTRUCTIONS,
+    orderflow_workflows::returns::contracts::NOTIFICATION_RETURN_EXPIRED,
+    orderflow_workflows::returns::contracts::NOTIFICATION_RETURN_REFUNDED,
+];
 
 /// Connects to and migrates the database (Postgres or SQLite by the URL's scheme) and picks the
 /// providers. The parts: the API and the `notification.send` handler. On an embedded database

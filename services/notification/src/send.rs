@@ -47,14 +47,14 @@ pub struct Send {
 }
 
 /// One channel's message, rendered and addressed.
-struct Outgoing<'a> {
-    channel: Channel,
-    recipient: String,
-    rendered: &'a Rendered,
+pub(crate) struct Outgoing<'a> {
+    pub(crate) channel: Channel,
+    pub(crate) recipient: String,
+    pub(crate) rendered: &'a Rendered,
 }
 
 /// How one channel's delivery ended.
-enum Outcome {
+pub(crate) enum Outcome {
     Sent(Uuid),
     Failed(Uuid, String),
     Delayed(String),
@@ -132,7 +132,11 @@ impl Send {
     /// side. That is why [`store::claim`] commits the message's row, and so its id, before the
     /// provider is called (the fault suite's Postgres crash found two confirmations with two
     /// Message-IDs when the row rolled back with the crash).
-    async fn deliver(&self, ctx: &TaskContext, out: &Outgoing<'_>) -> Result<Outcome, sqlx::Error> {
+    pub(crate) async fn deliver(
+        &self,
+        ctx: &TaskContext,
+        out: &Outgoing<'_>,
+    ) -> Result<Outcome, sqlx::Error> {
         let provider = match out.channel {
             Channel::Email => self.providers.email.name(),
             Channel::Sms => self.providers.sms.name(),
@@ -255,7 +259,7 @@ fn outcome_label(o: &Outcome) -> &'static str {
     }
 }
 
-fn db_error(e: sqlx::Error) -> ActivityError {
+pub(crate) fn db_error(e: sqlx::Error) -> ActivityError {
     tracing::warn!(error = %e, "notification database error; the task will be retried");
     ActivityError::retryable(codes::DATABASE, "the notification database is unavailable")
 }

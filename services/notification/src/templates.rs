@@ -4,7 +4,10 @@
 use std::sync::LazyLock;
 
 use minijinja::{Environment, context};
-use orderflow_workflows::order::contracts::{Money, OrderSagaInput};
+use orderflow_workflows::{
+    order::contracts::{Money, OrderSagaInput},
+    returns::contracts::ReturnSagaInput,
+};
 use serde::Serialize;
 
 /// The stored name of the order confirmation template.
@@ -28,6 +31,23 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
         (
             "order_confirmation.sms.txt",
             include_str!("../templates/order_confirmation.sms.txt"),
+        ),
+        // The return saga's emails: one text each, short enough to live here.
+        (
+            "return_instructions.txt",
+            "Hello,\n\nwe received your request to return order {{ order_ref }} ({{ total }}).\nPlease send the parcel back to our warehouse within 14 days; we refund you as soon as it arrives.\n",
+        ),
+        (
+            "return_expired.txt",
+            "Hello,\n\nyour return of order {{ order_ref }} has ended: we did not receive the parcel in time, or could not refund it. The order stands; reply to this email if you think this is a mistake.\n",
+        ),
+        (
+            "return_refunded.txt",
+            "Hello,\n\nyour parcel for order {{ order_ref }} arrived. We refunded {{ total }} to your card.\n",
+        ),
+        (
+            "return.html",
+            "<p>{% for line in lines %}{{ line }}<br>{% endfor %}</p>\n",
         ),
     ] {
         env.add_template(name, source)
@@ -85,6 +105,73 @@ pub fn order_confirmation(input: &OrderSagaInput) -> Result<Rendered, RenderErro
         text: render("order_confirmation.txt")?,
         html: render("order_confirmation.html")?,
         short: render("order_confirmation.sms.txt")?.trim().to_owned(),
+    })
+}
+
+/// The return saga's three emails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnMessage {
+    Instructions,
+    Expired,
+    Refunded,
+}
+
+impl ReturnMessage {
+    /// The stored template name.
+    pub fn template(self) -> &'static str {
+        match self {
+            Self::Instructions => "return_instructions",
+            Self::Expired => "return_expired",
+            Self::Refunded => "return_refunded",
+        }
+    }
+}
+
+/// One of the return saga's emails for its input.
+pub fn return_message(
+    message: ReturnMessage,
+    input: &ReturnSagaInput,
+) -> Result<Rendered, RenderError> {
+    let order_id = input.order_id.to_string();
+    let order_ref = order_id[order_id.len() - 8..].to_uppercase();
+    let total = format_money(&input.total);
+    let render = |name: &str, ctx: minijinja::Value| {
+        ENV.get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|source| RenderError {
+                template: name.to_owned(),
+                source,
+            })
+    };
+    let template = message.template();
+    let text = render(
+        &format!("{template}.txt"),
+        context! { order_ref => &order_ref, total => &total },
+    )?;
+    let html = render(
+        "return.html",
+        context! { lines => text.lines().collect::<Vec<_>>() },
+    )?;
+    let (subject, short) = match message {
+        ReturnMessage::Instructions => (
+            format!("Your return of order {order_ref}"),
+            format!("OrderFlow: send order {order_ref} back within 14 days."),
+        ),
+        ReturnMessage::Expired => (
+            format!("Your return of order {order_ref} has ended"),
+            format!("OrderFlow: the return of order {order_ref} has ended."),
+        ),
+        ReturnMessage::Refunded => (
+            format!("We refunded order {order_ref}"),
+            format!("OrderFlow: order {order_ref} refunded, {total}."),
+        ),
+    };
+    Ok(Rendered {
+        template,
+        subject,
+        text,
+        html,
+        short,
     })
 }
 
@@ -156,5 +243,26 @@ mod tests {
             r.short,
             "OrderFlow: order 00000042 confirmed, total 25.99 EUR."
         );
+    }
+
+    #[test]
+    fn the_return_emails_name_the_order_and_the_amount() {
+        let input = ReturnSagaInput {
+            order_id: Uuid::parse_str("0195f0a4-0000-7000-8000-000000000042").unwrap(),
+            order_workflow_id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            items: vec![],
+            total: money(2599, "EUR"),
+            email: "buyer@example.com".into(),
+        };
+        let r = return_message(ReturnMessage::Refunded, &input).unwrap();
+        assert_eq!(r.template, "return_refunded");
+        assert_eq!(r.subject, "We refunded order 00000042");
+        assert!(r.text.contains("We refunded 25.99 EUR"), "{}", r.text);
+        let r = return_message(ReturnMessage::Instructions, &input).unwrap();
+        assert!(r.text.contains("within 14 days"), "{}", r.text);
+        assert!(r.html.starts_with("<p>Hello,<br>"), "{}", r.html);
+        let r = return_message(ReturnMessage::Expired, &input).unwrap();
+        assert!(r.text.contains("has ended"), "{}", r.text);
     }
 }

@@ -563,3 +563,74 @@ async fn the_saga_confirms_by_email_once_smtp_is_back() -> anyhow::Result<()> {
     assert!(logged[0].attempts > failed_attempts);
     server.stop().await
 }
+
+/// The return saga's emails reach the SMTP server once per task, each with its own wording, and
+/// the log names their templates.
+#[tokio::test]
+async fn the_return_emails_reach_the_smtp_server_once_each() -> anyhow::Result<()> {
+    use orderflow_notification::returns::{Expired, Instructions, Refunded};
+    use orderflow_workflows::returns::contracts::ReturnSagaInput;
+    let pool = notification_db().await?;
+    let port = free_port().await?;
+    let server = SmtpServer::start(port).await?;
+    let send = Send {
+        db: Db::from(pool.clone()),
+        providers: providers(&pool, smtp(port)),
+    };
+    let o = order("returner@example.com");
+    let input = ReturnSagaInput {
+        order_id: o.order_id,
+        order_workflow_id: Uuid::now_v7(),
+        user_id: o.user_id,
+        items: o.items,
+        total: o.total,
+        email: o.email,
+    };
+    let wf = Uuid::now_v7();
+    let step = |name: &str, phase| TaskContext::first_attempt(wf, name, phase);
+    let forward = orderflow_core::Phase::Forward;
+    let a = Instructions(send.clone())
+        .run(&step("instruct", forward), input.clone())
+        .await?;
+    let again = Instructions(send.clone())
+        .run(&step("instruct", forward), input.clone())
+        .await?;
+    assert_eq!(a, again, "a repeated task sends nothing more");
+    Expired(send.clone())
+        .run(
+            &step("instruct", orderflow_core::Phase::Compensate),
+            input.clone(),
+        )
+        .await?;
+    Refunded(send.clone())
+        .run(&step("confirm", forward), input.clone())
+        .await?;
+
+    let mail = server.messages()?;
+    assert_eq!(mail.len(), 3, "{mail:?}");
+    // By subject, since bodies may be wrapped by the transfer encoding.
+    let r = input.order_id.to_string()[28..].to_uppercase();
+    let subjects: Vec<&str> = mail
+        .iter()
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("Subject: ")))
+        .map(str::trim)
+        .collect();
+    for want in [
+        format!("Your return of order {r}"),
+        format!("Your return of order {r} has ended"),
+        format!("We refunded order {r}"),
+    ] {
+        assert!(subjects.contains(&want.as_str()), "{want} in {subjects:?}");
+    }
+    assert!(
+        mail.iter()
+            .all(|m| m.contains("X-RcptTo: returner@example.com"))
+    );
+    let mut templates: Vec<String> = rows(&pool).await?.into_iter().map(|r| r.template).collect();
+    templates.sort();
+    assert_eq!(
+        templates,
+        ["return_expired", "return_instructions", "return_refunded"]
+    );
+    server.stop().await
+}

@@ -6,6 +6,7 @@
 //! | `GET /orders?cursor=&limit=` | the caller's orders, newest first, cursor pages |
 //! | `GET /orders/{id}` | one order: its owner or an admin, otherwise 404 |
 //! | `POST /orders/{id}/cancel` | the owner cancels before confirmation; the saga compensates |
+//! | `POST /orders/{id}/return` | the owner returns a confirmed order: starts its return saga |
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,6 +37,8 @@ use tokio::sync::Notify;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use orderflow_workflows::returns::contracts::ReturnSagaInput;
+
 use crate::{
     clients::{CallError, Clients},
     model::{CancelCode, NewOrder, OrderRequest, OrderStatus, ShippingAddress},
@@ -61,7 +64,7 @@ pub struct AppState {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "OrderFlow order service", description = "Places orders and follows their sagas."),
-    paths(place, list, show, cancel),
+    paths(place, list, show, cancel, return_order),
     components(schemas(Problem)),
     modifiers(&BearerJwt)
 )]
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", post(place).get(list))
         .route("/orders/{id}", get(show))
         .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/{id}/return", post(return_order))
         .route(
             "/openapi.json",
             orderflow_service_kit::openapi::serve(&ApiDoc::openapi()),
@@ -478,4 +482,67 @@ async fn cancel(
         )),
         Err(e) => Err(unavailable(e)),
     }
+}
+
+/// The answer to a return request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReturnStarted {
+    pub order_id: Uuid,
+    /// The return saga: it waits for the parcel (`parcel_received`), then refunds.
+    pub return_workflow_id: Uuid,
+}
+
+/// `POST /orders/{id}/return`: the owner returns a confirmed order. One return per order: a
+/// repeated request answers with the same return saga.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/return",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id (a UUID)")),
+    responses(
+        (status = 202, description = "The return saga started (or had started already)", body = ReturnStarted),
+        (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or another user's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The engine is unavailable", body = Problem, content_type = "application/problem+json"),
+        BearerErrors,
+    )
+)]
+async fn return_order(
+    State(s): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let order = store::get(&s.db, id)
+        .await?
+        .filter(|o| o.user_id == caller.id())
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    let (OrderStatus::Confirmed, Some(order_workflow_id)) = (order.status, order.workflow_id)
+    else {
+        return Err(ApiError::Conflict(format!(
+            "only a confirmed order can be returned; order {id} is {}",
+            match order.status {
+                OrderStatus::Pending => "pending",
+                OrderStatus::Confirmed => "confirmed",
+                OrderStatus::Cancelled => "cancelled",
+            }
+        )));
+    };
+    let o = starter::saga_input(&order);
+    let input = ReturnSagaInput {
+        order_id: o.order_id,
+        order_workflow_id,
+        user_id: o.user_id,
+        items: o.items,
+        total: o.total,
+        email: o.email,
+    };
+    let started = s.clients.start_return(&input).await.map_err(unavailable)?;
+    let body = ReturnStarted {
+        order_id: id,
+        return_workflow_id: started,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

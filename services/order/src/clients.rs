@@ -164,6 +164,33 @@ impl Clients {
         Ok(started.id)
     }
 
+    /// Starts the return saga of an order. The Idempotency-Key `return:<order id>` makes one
+    /// return per order: a repeated request gets the same workflow.
+    pub async fn start_return(
+        &self,
+        input: &orderflow_workflows::returns::contracts::ReturnSagaInput,
+    ) -> Result<Uuid, CallError> {
+        const SERVICE: &str = "engine";
+        let body = json!({
+            "type": orderflow_workflows::returns::RETURN_SAGA,
+            "input": input,
+            "business_keys": {
+                "order_id": input.order_id.to_string(),
+                "user_id": input.user_id.to_string(),
+            },
+        });
+        let res = self
+            .http
+            .post(format!("{}/api/v1/workflows", self.engine_url))
+            .header("Idempotency-Key", format!("return:{}", input.order_id))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(SERVICE, &e))?;
+        let started: Started = json_of(SERVICE, res).await?;
+        Ok(started.id)
+    }
+
     /// Asks the engine to cancel (compensate) a saga on the owner's behalf.
     pub async fn cancel_saga(&self, workflow: Uuid, user: Uuid) -> Result<(), CallError> {
         const SERVICE: &str = "engine";

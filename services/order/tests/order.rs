@@ -518,3 +518,93 @@ async fn an_order_placed_while_the_engine_is_down_gets_its_saga_later_on(
     assert_eq!(sagas, 1);
     Ok(())
 }
+
+/// `POST /orders/{id}/return`: a pending order is a 409 problem, another user's a 404; a
+/// confirmed one starts the return saga (once, however often asked) with the order saga's id.
+#[tokio::test]
+async fn only_a_confirmed_order_is_returned_and_once() -> anyhow::Result<()> {
+    let registry = Registry::new()
+        .with(sagas::fast_order())
+        .with(orderflow_workflows::returns::v1());
+    let stack =
+        with_recording(Stack::with_backend(registry, Engine::Up, OrderBackend::Postgres).await?);
+    let ann = stack.customer("ann@example.com").await;
+    let bob = stack.customer("bob@example.com").await;
+    let placed = stack
+        .place(
+            &ann,
+            "k-ret",
+            order_body(json!([{"product_id": "sku-1", "quantity": 1}])),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+    let path = format!("/api/v1/orders/{}/return", placed.id());
+    let order_wf = stack.workflow_of(&ann, &placed).await?;
+    stack.order_becomes(&ann, &placed.id(), "confirmed").await?;
+
+    let other = call(&stack.order, Method::POST, &path, Some(&bob), &[], None).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.body);
+    let first = call(&stack.order, Method::POST, &path, Some(&ann), &[], None).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = call(&stack.order, Method::POST, &path, Some(&ann), &[], None).await;
+    assert_eq!(
+        again.body["return_workflow_id"], first.body["return_workflow_id"],
+        "one return per order"
+    );
+    let ret: Uuid = serde_json::from_value(first.body["return_workflow_id"].clone())?;
+    let (kind, input): (String, Value) = sqlx::query_as(
+        "select w.workflow_type, h.event->'input' from workflows w
+         join history h on h.workflow_id = w.id and h.seq = 1 where w.id = $1",
+    )
+    .bind(ret)
+    .fetch_one(&stack.env.pool)
+    .await?;
+    assert_eq!(kind, "return");
+    assert_eq!(input["order_workflow_id"], json!(order_wf.to_string()));
+    assert_eq!(input["email"], "ann@example.com");
+    Ok(())
+}
+
+/// A bad id is a 400 naming the field; a pending order is a 409 problem.
+#[tokio::test]
+async fn a_return_of_a_pending_order_is_a_conflict() -> anyhow::Result<()> {
+    // An engine that never answers: the order stays pending.
+    let unanswered = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", unanswered.local_addr()?);
+    let stack = stack_with(
+        sagas::fast_order(),
+        Engine::Later(url),
+        OrderBackend::Postgres,
+    )
+    .await?;
+    let ann = stack.customer("ann@example.com").await;
+    let bad = call(
+        &stack.order,
+        Method::POST,
+        "/api/v1/orders/not-a-uuid/return",
+        Some(&ann),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert_eq!(bad.body["field"], "id", "{}", bad.body);
+    let placed = stack
+        .place(
+            &ann,
+            "k-pending",
+            order_body(json!([{"product_id": "sku-1", "quantity": 1}])),
+        )
+        .await;
+    let path = format!("/api/v1/orders/{}/return", placed.id());
+    let res = call(&stack.order, Method::POST, &path, Some(&ann), &[], None).await;
+    assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.body);
+    assert!(
+        res.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("order") && d.contains("is pending")),
+        "{}",
+        res.body
+    );
+    Ok(())
+}

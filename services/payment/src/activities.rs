@@ -1,4 +1,5 @@
-//! `payment.charge` and `payment.refund` for the worker runtime.
+//! `payment.charge` and `payment.refund` for the worker runtime, and the return saga's
+//! `payment.refund_return`, which refunds a confirmed order's charge the same way.
 //!
 //! Both run at least once per task and at most once in effect per step:
 //!
@@ -20,8 +21,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use orderflow_activities::{Activity, ActivityError, TaskContext, worker::Handler};
 use orderflow_service_kit::db::Db;
-use orderflow_workflows::order::contracts::{
-    self, Charge, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND, codes,
+use orderflow_workflows::{
+    order::contracts::{self, Charge, OrderSagaInput, PAYMENT_CHARGE, PAYMENT_REFUND, codes},
+    returns::contracts::{PAYMENT_REFUND_RETURN, ReturnRefund, ReturnSagaInput},
 };
 use tokio::time::Instant;
 
@@ -46,8 +48,56 @@ pub struct Payments {
 pub fn handlers(payments: Arc<Payments>) -> Vec<Arc<dyn Handler>> {
     vec![
         Arc::new(ChargeActivity(payments.clone())),
-        Arc::new(RefundActivity(payments)),
+        Arc::new(RefundActivity(payments.clone())),
+        Arc::new(RefundReturnActivity(payments)),
     ]
+}
+
+/// `payment.refund_return` (the return saga's pivot): refunds the charge of the order being
+/// returned, found by the order saga's charge key. Stripe's `Idempotency-Key` is the return
+/// step's own key, and a payment already refunded (the order was cancelled, or an earlier attempt
+/// got through) answers with its refund instead of refunding twice.
+#[derive(Clone, Debug)]
+pub struct RefundReturnActivity(pub Arc<Payments>);
+
+#[async_trait]
+impl Activity for RefundReturnActivity {
+    const NAME: &'static str = PAYMENT_REFUND_RETURN;
+    type Input = ReturnSagaInput;
+    type Output = ReturnRefund;
+
+    async fn run(
+        &self,
+        ctx: &TaskContext,
+        input: ReturnSagaInput,
+    ) -> Result<ReturnRefund, ActivityError> {
+        let p = &self.0;
+        let charge_key = format!("{}/charge", input.order_workflow_id);
+        let Some(payment) = store::by_key(&p.db, &charge_key).await.map_err(db_error)? else {
+            return Err(ActivityError::permanent(
+                return_codes::CHARGE_NOT_FOUND,
+                format!("no payment was charged under `{charge_key}`"),
+            ));
+        };
+        let result = refund(p, ctx, &payment).await;
+        let label = match &result {
+            Ok(r) if r.refund_id.is_some() => "refunded",
+            Ok(_) => "noop",
+            Err(_) => "failed",
+        };
+        metrics::REFUNDS.with_label_values(&[label]).inc();
+        let done = result?;
+        Ok(ReturnRefund {
+            payment_id: payment.id.to_string(),
+            refund_id: done.refund_id,
+        })
+    }
+}
+
+/// Error codes of `payment.refund_return`.
+pub mod return_codes {
+    /// The order saga's charge never reached this service: nothing to refund; final.
+    pub const CHARGE_NOT_FOUND: &str = "charge_not_found";
 }
 
 /// `payment.charge`: charges the saga's total with its payment method.

@@ -126,6 +126,7 @@ pub fn app_state(db: Db, config: &PaymentConfig) -> AppState {
 pub const ACTIVITIES: &[&str] = &[
     orderflow_workflows::order::contracts::PAYMENT_CHARGE,
     orderflow_workflows::order::contracts::PAYMENT_REFUND,
+    orderflow_workflows::returns::contracts::PAYMENT_REFUND_RETURN,
 ];
 
 /// Connects the database, Stripe and the outcome cache. The parts: the API (webhooks included)

@@ -19,7 +19,7 @@ use orderflow_activities::{Activity, TaskContext};
 use orderflow_core::Phase;
 use orderflow_payment::{
     AppState, Payments, StripeConfig,
-    activities::{ChargeActivity, RefundActivity},
+    activities::{ChargeActivity, RefundActivity, RefundReturnActivity},
     breaker::BreakerConfig,
     cache::OutcomeCache,
     model::{ChargeRequest, PaymentStatus},
@@ -236,6 +236,7 @@ on_both_backends!(
     a_processing_error_is_retried_under_a_fresh_key,
     a_crash_between_the_phases_never_charges_twice,
     a_refund_happens_exactly_once,
+    a_returned_order_is_refunded_once_and_an_unknown_one_not_at_all,
     refunding_a_charge_that_never_happened_is_a_no_op_and_bars_it,
     refunding_an_in_doubt_charge_settles_it_then_refunds_it_once,
     the_cache_answers_a_repeated_charge_without_the_database_or_stripe,
@@ -539,6 +540,51 @@ async fn a_refund_happens_exactly_once(setup: Setup) -> anyhow::Result<()> {
         .await?
         .unwrap();
     assert_eq!(row.status, PaymentStatus::Refunded);
+    Ok(())
+}
+
+/// The return saga's refund finds the order saga's charge by its key and refunds it once, however
+/// often its task runs; a return of an order whose charge never got here is refused for good.
+async fn a_returned_order_is_refunded_once_and_an_unknown_one_not_at_all(
+    setup: Setup,
+) -> anyhow::Result<()> {
+    use orderflow_workflows::returns::contracts::ReturnSagaInput;
+    let w = World::with(setup).await?;
+    let order_wf = Uuid::now_v7();
+    let inp = input("pm_card_visa");
+    let charge = w
+        .charge()
+        .run(&task(order_wf, Phase::Forward), inp.clone())
+        .await?;
+    let ret = ReturnSagaInput {
+        order_id: inp.order_id,
+        order_workflow_id: order_wf,
+        user_id: inp.user_id,
+        items: inp.items.clone(),
+        total: inp.total.clone(),
+        email: inp.email.clone(),
+    };
+    let refund = RefundReturnActivity(w.payments.clone());
+    let return_wf = Uuid::now_v7();
+    let step = TaskContext::first_attempt(return_wf, "refund", Phase::Forward);
+    let a = refund.run(&step, ret.clone()).await?;
+    let b = refund.run(&step, ret.clone()).await?;
+    assert_eq!(a, b, "a repeated task answers with the first refund");
+    assert_eq!(a.payment_id, charge.payment_id);
+    let ledger = w.sandbox.sandbox.ledger();
+    let refunds = ledger.refunds_of(pi_of(&charge));
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(Some(refunds[0].id.clone()), a.refund_id);
+
+    let unknown = ReturnSagaInput {
+        order_workflow_id: Uuid::now_v7(),
+        ..ret
+    };
+    let err = refund.run(&step, unknown).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.retryable),
+        ("charge_not_found", false)
+    );
     Ok(())
 }
 

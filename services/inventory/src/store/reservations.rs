@@ -187,6 +187,31 @@ pub async fn release(
     }
 }
 
+/// What a restock did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restocked {
+    /// This many units moved from `sold` back to `on_hand`.
+    Now(i64),
+    /// The reservation was already restocked (a redelivered task, or a second return).
+    Already,
+    /// The order's reservation was never committed (sold): nothing to put back.
+    NotSold,
+}
+
+/// Puts the units of `order`'s committed reservation back on hand, once per reservation
+/// however many tasks (or returns) ask.
+pub async fn restock(
+    db: &Db,
+    order: &StepRef,
+    idempotency_key: &str,
+    workflow_id: Uuid,
+) -> Result<Restocked, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => postgres::restock(pool, order, idempotency_key, workflow_id).await,
+        Db::Sqlite(pool) => sqlite::restock(pool, order, idempotency_key, workflow_id).await,
+    }
+}
+
 /// Settles every live reservation of a finished workflow: committed if it completed, released
 /// otherwise. Returns how many it settled; a repeat settles none.
 pub async fn settle_workflow(

@@ -267,3 +267,48 @@ async fn settle(
     .await?;
     Ok(())
 }
+
+pub(super) async fn restock(
+    pool: &PgPool,
+    order: &StepRef,
+    idempotency_key: &str,
+    workflow_id: Uuid,
+) -> Result<super::Restocked, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found: Option<(Uuid, String)> = sqlx::query_as(
+        "select id, status from reservations where workflow_id = $1 and step = $2 for update",
+    )
+    .bind(order.workflow_id)
+    .bind(&order.step)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, _)) = found.filter(|(_, s)| s == "committed") else {
+        return Ok(super::Restocked::NotSold);
+    };
+    let inserted = sqlx::query(
+        "insert into restocks (idempotency_key, reservation_id, workflow_id)
+         values ($1, $2, $3) on conflict do nothing",
+    )
+    .bind(idempotency_key)
+    .bind(id)
+    .bind(workflow_id)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(super::Restocked::Already);
+    }
+    let moved: Vec<(i32,)> = sqlx::query_as(
+        "update products p set sold = p.sold - i.quantity, on_hand = p.on_hand + i.quantity,
+                updated_at = now()
+         from reservation_items i
+         where i.reservation_id = $1 and p.id = i.product_id
+         returning i.quantity",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(super::Restocked::Now(
+        moved.iter().map(|r| i64::from(r.0)).sum(),
+    ))
+}

@@ -281,3 +281,54 @@ async fn settle(
     update.execute(&mut *tx).await?;
     Ok(())
 }
+
+pub(super) async fn restock(
+    pool: &SqlitePool,
+    order: &StepRef,
+    idempotency_key: &str,
+    workflow_id: Uuid,
+) -> Result<super::Restocked, sqlx::Error> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let now = Utc::now();
+    let found: Option<(Uuid, String)> =
+        sqlx::query_as("select id, status from reservations where workflow_id = ?1 and step = ?2")
+            .bind(order.workflow_id)
+            .bind(&order.step)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, _)) = found.filter(|(_, s)| s == "committed") else {
+        return Ok(super::Restocked::NotSold);
+    };
+    let inserted = sqlx::query(
+        "insert into restocks (idempotency_key, reservation_id, workflow_id, created_at)
+         values (?1, ?2, ?3, ?4) on conflict do nothing",
+    )
+    .bind(idempotency_key)
+    .bind(id)
+    .bind(workflow_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(super::Restocked::Already);
+    }
+    let items: Vec<(String, i64)> = sqlx::query_as(
+        "select product_id, quantity from reservation_items where reservation_id = ?1",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (product, q) in &items {
+        sqlx::query(
+            "update products set sold = sold - ?2, on_hand = on_hand + ?2, updated_at = ?3
+             where id = ?1",
+        )
+        .bind(product)
+        .bind(q)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(super::Restocked::Now(items.iter().map(|i| i.1).sum()))
+}
