@@ -749,6 +749,20 @@ async fn sql_injection_in_every_filter_is_refused_or_matches_nothing() -> anyhow
     let admin = s.admin_token();
     let operator = s.operator_token();
     let ui = AdminUi::login(&s).await?;
+    // The order's saga was started (as the order service, with its token): once its first task
+    // is published, the committer deletes the outbox row. Wait for that, so the tables hold
+    // still for everything but an injection.
+    orderflow_testkit::eventually(
+        Duration::from_secs(30),
+        "the first task published",
+        || async {
+            let (n,): (i64,) = sqlx::query_as("select count(*) from outbox")
+                .fetch_one(&s.env.pool)
+                .await?;
+            Ok((n == 0).then_some(()))
+        },
+    )
+    .await?;
     let before = s.inventory_of_tables().await?;
 
     // (service, path, parameter, token, whether a free-text match: 200 with nothing found)
