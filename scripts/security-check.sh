@@ -7,8 +7,9 @@
 #      target/security-venv/bin/detect-secrets scan --baseline .secrets.baseline \
 #        --exclude-files '^deploy/schemas/|^Cargo\.lock$|\.svg$|\.min\.js$'
 #      target/security-venv/bin/detect-secrets audit .secrets.baseline   # mark each: not a secret
-#  - cargo deny check licenses bans sources (deny.toml), offline. The advisories check is not run:
-#    the RustSec database is only published on GitHub, which this machine cannot reach.
+#  - cargo deny check licenses bans sources (deny.toml), offline.
+#  - cargo deny check advisories, offline, against the RustSec snapshot beside the repository
+#    (scripts/advisories.sh prints its date); an advisory not ignored in deny.toml fails.
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
@@ -37,3 +38,4 @@ echo "security-check: no unaudited secret in the tracked files"
 # which a build on this machine never downloads: fetch them all from crates.io first.
 cargo fetch --locked --quiet
 "$bin/cargo-deny" --offline check licenses bans sources
+scripts/advisories.sh

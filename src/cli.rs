@@ -58,8 +58,9 @@ pub enum Command {
         conn: Connections,
         #[command(flatten)]
         admin: AdminArgs,
-        /// Address of the engine's REST API.
-        #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
+        /// Address of the engine's REST API and admin UI. Loopback by default: on any other
+        /// address `up` needs ORDERFLOW_ADMIN_PASSWORD (it refuses the development password).
+        #[arg(long, env = "ORDERFLOW_BIND", default_value = "127.0.0.1:8080")]
         bind: SocketAddr,
         /// Concurrent tasks per activity queue.
         #[arg(long, env = "ORDERFLOW_WORKER_CONCURRENCY", default_value_t = 32)]
@@ -102,6 +103,10 @@ pub enum Command {
         /// Address of the REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
+        /// HS256 secret that signs the tokens of the API's callers (operators and services):
+        /// the services' `ORDERFLOW_JWT_SECRET`. Required.
+        #[arg(long, env = "ORDERFLOW_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
     },
     /// Workers for the given activity queues (by default every activity a service of this build
     /// implements), each running the production handlers of the service that owns the queue,
@@ -229,8 +234,9 @@ pub struct AdminArgs {
     /// User name of the admin UI's operator account.
     #[arg(long, env = "ORDERFLOW_ADMIN_USER", default_value = "admin")]
     pub admin_user: String,
-    /// Its password. `up` falls back to a development password and prints it at start;
-    /// `engine` serves no password login without one.
+    /// Its password. `up` on a loopback address falls back to a development password and prints
+    /// it at start (on any other address it refuses to start without one); `engine` serves no
+    /// password login without one.
     #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_ui_password: Option<String>,
     /// Marks the admin UI's cookies `Secure`: set it wherever the UI is reached over HTTPS.

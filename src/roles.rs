@@ -44,16 +44,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             admin,
             services,
         } => {
+            // Checked before anything starts: a refusal is the first and only thing said.
+            let admin = admin_ui(&admin, true, bind)?;
             let pool = migrated_pool(&conn.database_url).await?;
             let stop = shutdown_token();
             let secret = jwt_secret(services.jwt_secret.clone(), true)?;
+            let auth = api_auth(&secret);
             let settings = settings(&conn, &services, secret, concurrency, None, None)?;
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(serve_engine(
                 pool,
                 task_queue(&conn),
                 bind,
-                admin_ui(&admin, true),
+                auth,
+                admin,
                 stop.clone(),
             ));
             // The services share one connection to the broker; the engine has its own.
@@ -105,11 +109,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .run(task_queue(&conn), placement, shutdown_token())
                 .await
         }
-        Command::Engine { conn, bind, admin } => {
+        Command::Engine {
+            conn,
+            bind,
+            admin,
+            jwt_secret: secret,
+        } => {
+            let admin = admin_ui(&admin, false, bind)?;
+            let auth = api_auth(&jwt_secret(secret, false)?);
             let pool = migrated_pool(&conn.database_url).await?;
             let queue = task_queue(&conn);
-            let admin = admin_ui(&admin, false);
-            serve_engine(pool, queue, bind, admin, shutdown_token()).await
+            serve_engine(pool, queue, bind, auth, admin, shutdown_token()).await
         }
         Command::Worker {
             conn,
@@ -235,6 +245,7 @@ async fn serve_engine(
     pool: PgPool,
     queue: RabbitQueue,
     bind: SocketAddr,
+    auth: api::ApiAuth,
     admin: Option<AdminConfig>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -247,8 +258,8 @@ async fn serve_engine(
     );
     let state = AppState::new(&engine);
     let app = match admin {
-        Some(config) => api::router_with(state.clone(), admin::router(state, config)),
-        None => api::router(state),
+        Some(config) => api::router_with(state.clone(), auth, admin::router(state, config)),
+        None => api::router(state, auth),
     };
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -425,6 +436,12 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Who may call the engine API: operators and services with tokens signed by `secret`, the
+/// deployment's signing secret (the user service's).
+fn api_auth(secret: &str) -> api::ApiAuth {
+    api::ApiAuth::new(orderflow_auth::KeyRing::new(secret))
+}
+
 /// The token secret. `up` is one process, so it may invent one; separate `service` processes
 /// must share theirs, so there it is required.
 fn jwt_secret(configured: Option<String>, may_generate: bool) -> anyhow::Result<String> {
@@ -451,25 +468,87 @@ fn jwt_secret(configured: Option<String>, may_generate: bool) -> anyhow::Result<
 }
 
 /// The admin UI's setup from the flags. `up` is for a developer's machine, so without a password
-/// it uses the documented development one and says so at start; `engine` runs in production and
-/// serves no password login without one.
-fn admin_ui(args: &AdminArgs, dev_default: bool) -> Option<AdminConfig> {
+/// it uses the documented development one and says so at start, but only on a loopback address:
+/// a password everyone knows must not guard a UI the network reaches, so there it refuses to
+/// start. `engine` runs in production and serves no password login without one.
+pub fn admin_ui(
+    args: &AdminArgs,
+    dev_default: bool,
+    bind: SocketAddr,
+) -> anyhow::Result<Option<AdminConfig>> {
     let password = match (&args.admin_ui_password, dev_default) {
-        (Some(p), _) => p.clone(),
-        (None, true) => {
+        (Some(p), _) if !p.is_empty() => p.clone(),
+        (_, true) if !bind.ip().is_loopback() => bail!(
+            "refusing to serve the admin UI on {bind} with the development password: set \
+             ORDERFLOW_ADMIN_PASSWORD (--admin-ui-password), or bind to a loopback address \
+             (--bind 127.0.0.1:8080)"
+        ),
+        (_, true) => {
             println!(
-                "admin UI: /admin, user `{}`, password `{DEV_PASSWORD}` (the development default; \
-                 set ORDERFLOW_ADMIN_PASSWORD)",
+                "admin UI: /admin, user `{}`, password `{DEV_PASSWORD}` (the development default, \
+                 on loopback only; set ORDERFLOW_ADMIN_PASSWORD)",
                 args.admin_user
             );
             DEV_PASSWORD.to_owned()
         }
-        (None, false) => {
+        (_, false) => {
             tracing::warn!("admin UI disabled: set ORDERFLOW_ADMIN_PASSWORD to enable /admin");
-            return None;
+            return Ok(None);
         }
     };
     let mut config = AdminConfig::with_password(&args.admin_user, password);
     config.secure_cookies = args.admin_secure_cookies;
-    Some(config)
+    Ok(Some(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(password: Option<&str>) -> AdminArgs {
+        AdminArgs {
+            admin_user: "admin".into(),
+            admin_ui_password: password.map(str::to_owned),
+            admin_secure_cookies: false,
+        }
+    }
+
+    #[test]
+    fn the_development_password_is_for_loopback_only() {
+        let open: SocketAddr = "0.0.0.0:8080".parse().expect("an address");
+        let lan: SocketAddr = "10.1.2.3:8080".parse().expect("an address");
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("an address");
+        let v6: SocketAddr = "[::1]:8080".parse().expect("an address");
+        for bind in [open, lan] {
+            let refused = admin_ui(&args(None), true, bind).expect_err("no default off loopback");
+            assert!(
+                refused.to_string().contains("ORDERFLOW_ADMIN_PASSWORD"),
+                "{refused}"
+            );
+            // An empty password is no password.
+            assert!(admin_ui(&args(Some("")), true, bind).is_err());
+            let set = admin_ui(&args(Some("s3cret-s3cret")), true, bind)
+                .expect("a configured password")
+                .expect("the UI");
+            assert_eq!(
+                set.credential.map(|c| c.password).as_deref(),
+                Some("s3cret-s3cret")
+            );
+            // `engine` without a password serves no login at all.
+            assert!(
+                admin_ui(&args(None), false, bind)
+                    .expect("starts")
+                    .is_none()
+            );
+        }
+        for bind in [local, v6] {
+            let dev = admin_ui(&args(None), true, bind)
+                .expect("loopback")
+                .expect("the UI");
+            assert_eq!(
+                dev.credential.map(|c| c.password).as_deref(),
+                Some(DEV_PASSWORD)
+            );
+        }
+    }
 }

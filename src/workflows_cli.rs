@@ -1,6 +1,8 @@
 //! `orderflow workflows list|show|retry|cancel|terminate|resolve`: the admin UI's everyday operations from
 //! a shell, through the engine's REST API (so the same checks apply and every action lands in the
-//! saga's history with the operator as its actor).
+//! saga's history with the operator as its actor). The CLI is an operator: it sends
+//! `--token` (`ORDERFLOW_ENGINE_TOKEN`), or, where the deployment's signing secret is at hand
+//! (`ORDERFLOW_JWT_SECRET`), signs a short-lived operator token for `--operator` (`$USER`).
 
 use std::fmt::Write as _;
 
@@ -23,6 +25,27 @@ pub struct WorkflowsArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// An operator's bearer token for the engine API (role `operator`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_ENGINE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// Without `--token`: the deployment's signing secret, to sign an operator token for
+    /// `--operator` valid for five minutes.
+    #[arg(
+        long,
+        env = "ORDERFLOW_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Who signs in with `--jwt-secret`: recorded as `operator:<name>` in the saga's history
+    /// (default `$USER`).
+    #[arg(long, env = "USER", default_value = "cli", global = true)]
+    pub operator: String,
     #[command(subcommand)]
     pub command: WorkflowsCommand,
 }
@@ -74,18 +97,39 @@ pub enum WorkflowsCommand {
 #[derive(Debug, Args)]
 pub struct Action {
     pub id: String,
-    /// Why; recorded in the saga's history.
+    /// Why; recorded in the saga's history with the token's operator as the actor.
     #[arg(long)]
     pub reason: String,
-    /// Who; recorded in the saga's history (default `cli:$USER`).
-    #[arg(long)]
-    pub actor: Option<String>,
 }
 
 pub async fn run(args: WorkflowsArgs) -> anyhow::Result<()> {
-    let out = execute(&Client::new(), &args).await?;
+    let client = authenticated(&args)?;
+    let out = execute(&client, &args).await?;
     print!("{out}");
     Ok(())
+}
+
+/// An HTTP client that sends the operator's token on every request.
+pub fn authenticated(args: &WorkflowsArgs) -> anyhow::Result<Client> {
+    let token = match (&args.token, &args.jwt_secret) {
+        (Some(t), _) => t.clone(),
+        (None, Some(secret)) => orderflow_auth::engine::issue(
+            &orderflow_auth::KeyRing::new(secret),
+            orderflow_auth::engine::EngineRole::Operator,
+            &args.operator,
+            std::time::Duration::from_secs(300),
+        )?,
+        (None, None) => bail!(
+            "the engine API needs an operator token: set ORDERFLOW_ENGINE_TOKEN (--token), or \
+             ORDERFLOW_JWT_SECRET to sign one (`orderflow dev` prints one)"
+        ),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is not a valid header value")?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(Client::builder().default_headers(headers).build()?)
 }
 
 /// Runs the command and returns what it prints.
@@ -159,7 +203,8 @@ async fn act(
     act_with(client, base, args, action, a, json!({})).await
 }
 
-/// [`act`] with more fields in the request body (`resolve`'s step).
+/// [`act`] with more fields in the request body (`resolve`'s step). The engine records the
+/// authenticated caller as the actor.
 async fn act_with(
     client: &Client,
     base: &str,
@@ -168,16 +213,10 @@ async fn act_with(
     a: &Action,
     extra: Value,
 ) -> anyhow::Result<String> {
-    let actor = a.actor.clone().unwrap_or_else(|| {
-        format!(
-            "cli:{}",
-            std::env::var("USER").unwrap_or_else(|_| "operator".into())
-        )
-    });
     let res = client
         .post(format!("{base}/workflows/{}/{action}", a.id))
         .json(&{
-            let mut body = json!({ "reason": a.reason, "actor": actor });
+            let mut body = json!({ "reason": a.reason });
             if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
                 body.extend(extra);
             }
@@ -288,10 +327,15 @@ mod tests {
 
     use super::*;
 
+    const SECRET: &str = "cli-test-secret-cli-test-secret-cli-0001";
+
     fn args(api: &str, command: WorkflowsCommand) -> WorkflowsArgs {
         WorkflowsArgs {
             api: api.to_owned(),
             json: false,
+            token: None,
+            jwt_secret: Some(SECRET.into()),
+            operator: "ops".into(),
             command,
         }
     }
@@ -302,17 +346,23 @@ mod tests {
     async fn lists_shows_and_acts_through_the_rest_api() -> anyhow::Result<()> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
-        let app = api::router(AppState::standalone(
-            env.pool.clone(),
-            applier.clone(),
-            env.queue(),
-        ));
+        let app = api::router(
+            AppState::standalone(env.pool.clone(), applier.clone(), env.queue()),
+            api::ApiAuth::new(orderflow_auth::KeyRing::new(SECRET)),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
         let id = start_order(&env, &applier).await?;
         let other = start_order(&env, &applier).await?;
-        let client = Client::new();
+        let client = authenticated(&args(&url, WorkflowsCommand::Show { id: id.to_string() }))?;
+        let anonymous = execute(
+            &Client::new(),
+            &args(&url, WorkflowsCommand::Show { id: id.to_string() }),
+        )
+        .await
+        .expect_err("no token");
+        assert!(anonymous.to_string().starts_with("401"), "{anonymous}");
 
         let list = execute(
             &client,
@@ -348,13 +398,20 @@ mod tests {
                 WorkflowsCommand::Terminate(Action {
                     id: id.to_string(),
                     reason: "duplicate order".into(),
-                    actor: Some("cli:ops".into()),
                 }),
             ),
         )
         .await?;
         assert!(done.contains("the saga is terminated"), "{done}");
         assert_eq!(env.status(id).await?, "terminated");
+        let (actor,): (String,) = sqlx::query_as(
+            "select event->>'actor' from history where workflow_id = $1 \
+             and event->>'type' = 'terminate_requested'",
+        )
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await?;
+        assert_eq!(actor, "operator:ops", "the actor is the token's operator");
 
         let refused = execute(
             &client,
@@ -363,7 +420,6 @@ mod tests {
                 WorkflowsCommand::Retry(Action {
                     id: id.to_string(),
                     reason: "again".into(),
-                    actor: None,
                 }),
             ),
         )
@@ -388,11 +444,10 @@ mod tests {
         use orderflow_core::{ActivityError, Event, TaskId, WorkflowId};
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(Registry::new().with(sagas::fast_order())));
-        let app = api::router(AppState::standalone(
-            env.pool.clone(),
-            applier.clone(),
-            env.queue(),
-        ));
+        let app = api::router(
+            AppState::standalone(env.pool.clone(), applier.clone(), env.queue()),
+            api::ApiAuth::new(orderflow_auth::KeyRing::new(SECRET)),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -425,13 +480,12 @@ mod tests {
                     action: Action {
                         id: id.to_string(),
                         reason: "released the units by hand".into(),
-                        actor: Some("cli:ops".into()),
                     },
                     step: step.into(),
                 },
             )
         };
-        let client = Client::new();
+        let client = authenticated(&resolve("charge"))?;
         let wrong = execute(&client, &resolve("charge"))
             .await
             .expect_err("charge has no failing compensation");

@@ -33,6 +33,8 @@ struct Dev {
     url: String,
     curl: String,
     token: String,
+    /// The operator token the banner prints, for the engine API.
+    operator: String,
     http: reqwest::Client,
 }
 
@@ -60,7 +62,7 @@ impl Dev {
             .context("the orderflow binary starts")?;
         let stdout = child.stdout.take().context("piped stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut url, mut curl) = (None, None);
+        let (mut url, mut curl, mut operator) = (None, None, None);
         let banner = async {
             while let Some(line) = lines.next_line().await? {
                 let line = line.trim().to_owned();
@@ -70,6 +72,9 @@ impl Dev {
                         .next()
                         .and_then(|u| u.strip_suffix("/admin"))
                         .map(str::to_owned);
+                }
+                if let Some(token) = line.strip_prefix("operator:") {
+                    operator = token.split_whitespace().next().map(str::to_owned);
                 }
                 if line.starts_with("curl ") {
                     curl = Some(line);
@@ -91,6 +96,7 @@ impl Dev {
             url,
             curl: curl.context("the banner prints a curl that places an order")?,
             token,
+            operator: operator.context("the banner prints an operator token")?,
             http,
         })
     }
@@ -99,11 +105,20 @@ impl Dev {
         place(&self.http, &self.url, &self.token, payment_method).await
     }
 
+    /// The engine's routes take the operator's token; the services' the demo customer's.
+    fn token_for(&self, url: &str) -> &str {
+        if url.contains("/api/v1/workflows") {
+            &self.operator
+        } else {
+            &self.token
+        }
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self
             .http
             .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token_for(path))
             .send()
             .await?
             .error_for_status()?
@@ -356,7 +371,7 @@ async fn a_declined_card_compensates_and_bad_input_is_a_problem() -> anyhow::Res
         let answer = dev
             .http
             .post(url)
-            .bearer_auth(&dev.token)
+            .bearer_auth(dev.token_for(url))
             .header("idempotency-key", Uuid::new_v4().to_string())
             .header("content-type", "application/json")
             .body(body)
@@ -376,6 +391,16 @@ async fn a_declined_card_compensates_and_bad_input_is_a_problem() -> anyhow::Res
     }
     let anonymous = dev.http.post(&orders).json(&json!({})).send().await?;
     assert_eq!(anonymous.status(), 401, "ordering needs a login");
+    // The engine API takes the printed operator token, not a customer's, nor none.
+    let as_customer = dev
+        .http
+        .get(&workflows)
+        .bearer_auth(&dev.token)
+        .send()
+        .await?;
+    assert_eq!(as_customer.status(), 403, "a customer may not list sagas");
+    let anonymous = dev.http.get(&workflows).send().await?;
+    assert_eq!(anonymous.status(), 401, "the engine API needs a token");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use orderflow_auth::engine::EngineRole;
 use orderflow_engine::{admin::AdminConfig, api::AppState as EngineState};
 use orderflow_order::OrderConfig;
 use orderflow_service_kit::{
@@ -28,6 +29,17 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 const SECRET: &str = "security-test-secret-security-test-secret-01";
+
+/// A token for the engine API in `role`, signed with the stack's secret.
+fn engine_token(role: EngineRole, name: &str) -> String {
+    orderflow_auth::engine::issue(
+        &orderflow_auth::KeyRing::new(SECRET),
+        role,
+        name,
+        Duration::from_secs(600),
+    )
+    .expect("signs")
+}
 const ADMIN_UI_PASSWORD: &str = "security-test-admin-ui-password";
 
 /// Logins per client, and orders per user, that the stack allows per [`WINDOW`]. The window is
@@ -124,7 +136,15 @@ impl Stack {
             state.clone(),
             AdminConfig::with_password("operator", ADMIN_UI_PASSWORD),
         );
-        let engine = serve(orderflow_engine::api::router_with(state, admin), &stop).await?;
+        let engine = serve(
+            orderflow_engine::api::router_with(
+                state,
+                orderflow_engine::api::ApiAuth::new(orderflow_auth::KeyRing::new(SECRET)),
+                admin,
+            ),
+            &stop,
+        )
+        .await?;
 
         let mut service = ServiceConfig::local("order", 0);
         service.bind = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -250,6 +270,11 @@ impl Stack {
         JwtKeys::new(SECRET)
             .issue(Uuid::now_v7(), Role::Admin, Duration::from_secs(600))
             .expect("signs")
+    }
+
+    /// A token of an operator of the engine API (role `operator`).
+    fn operator_token(&self) -> String {
+        engine_token(EngineRole::Operator, "sec")
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Resp> {
@@ -664,6 +689,38 @@ async fn the_admin_ui_needs_a_session_and_its_csrf_token() -> anyhow::Result<()>
         .await?;
     login.problem(StatusCode::FORBIDDEN, "admin login without its CSRF cookie");
     assert!(login.headers.get(header::SET_COOKIE).is_none());
+    // A matching CSRF pair does not let a page of another site post: the browser's Origin and
+    // Sec-Fetch-Site say where the form comes from. Without them the same post reaches the
+    // password check (401: wrong password).
+    let post = |extra: Option<(&'static str, &'static str)>| {
+        let mut req = s
+            .http
+            .post(format!("{}/admin/login", s.engine))
+            .header(header::COOKIE, "orderflow_admin_login=pair")
+            .form(&[
+                ("csrf", "pair"),
+                ("username", "operator"),
+                ("password", "wrong"),
+            ]);
+        if let Some((k, v)) = extra {
+            req = req.header(k, v);
+        }
+        s.send(req)
+    };
+    for (name, value, field) in [
+        ("origin", "https://evil.example", "Origin"),
+        ("origin", "null", "Origin"),
+        ("sec-fetch-site", "cross-site", "Sec-Fetch-Site"),
+        ("sec-fetch-site", "same-site", "Sec-Fetch-Site"),
+    ] {
+        let r = post(Some((name, value))).await?;
+        r.problem(StatusCode::FORBIDDEN, &format!("{name}: {value}"));
+        assert_eq!(r.body["field"], field, "{}", r.text);
+    }
+    let same = post(Some(("sec-fetch-site", "same-origin"))).await?;
+    assert_eq!(same.status, StatusCode::UNAUTHORIZED, "{}", same.text);
+    let plain = post(None).await?;
+    assert_eq!(plain.status, StatusCode::UNAUTHORIZED, "{}", plain.text);
     let (n,): (i64,) = sqlx::query_as("select count(*) from admin_sessions")
         .fetch_one(&s.env.pool)
         .await?;
@@ -690,7 +747,22 @@ async fn sql_injection_in_every_filter_is_refused_or_matches_nothing() -> anyhow
     let placed = s.place_order(&customer, "dave-1").await?;
     assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.text);
     let admin = s.admin_token();
+    let operator = s.operator_token();
     let ui = AdminUi::login(&s).await?;
+    // The order's saga was started (as the order service, with its token): once its first task
+    // is published, the committer deletes the outbox row. Wait for that, so the tables hold
+    // still for everything but an injection.
+    orderflow_testkit::eventually(
+        Duration::from_secs(30),
+        "the first task published",
+        || async {
+            let (n,): (i64,) = sqlx::query_as("select count(*) from outbox")
+                .fetch_one(&s.env.pool)
+                .await?;
+            Ok((n == 0).then_some(()))
+        },
+    )
+    .await?;
     let before = s.inventory_of_tables().await?;
 
     // (service, path, parameter, token, whether a free-text match: 200 with nothing found)
@@ -698,38 +770,43 @@ async fn sql_injection_in_every_filter_is_refused_or_matches_nothing() -> anyhow
         (
             format!("{}/api/v1/workflows", s.engine),
             "status",
-            None,
+            Some(&operator),
             false,
         ),
-        (format!("{}/api/v1/workflows", s.engine), "type", None, true),
+        (
+            format!("{}/api/v1/workflows", s.engine),
+            "type",
+            Some(&operator),
+            true,
+        ),
         (
             format!("{}/api/v1/workflows", s.engine),
             "business_key",
-            None,
+            Some(&operator),
             true,
         ),
         (
             format!("{}/api/v1/workflows", s.engine),
             "created_after",
-            None,
+            Some(&operator),
             false,
         ),
         (
             format!("{}/api/v1/workflows", s.engine),
             "created_before",
-            None,
+            Some(&operator),
             false,
         ),
         (
             format!("{}/api/v1/workflows", s.engine),
             "cursor",
-            None,
+            Some(&operator),
             false,
         ),
         (
             format!("{}/api/v1/workflows", s.engine),
             "limit",
-            None,
+            Some(&operator),
             false,
         ),
         (
@@ -845,6 +922,8 @@ async fn sql_injection_in_every_filter_is_refused_or_matches_nothing() -> anyhow
         ] {
             let token = if url.starts_with(&s.order) {
                 Some(customer.as_str())
+            } else if url.starts_with(&s.engine) {
+                Some(operator.as_str())
             } else {
                 None
             };
@@ -973,6 +1052,7 @@ async fn oversized_and_deeply_nested_bodies_get_problem_json() -> anyhow::Result
     let s = Stack::new().await?;
     let (_, customer) = s.customer("frank@security.test").await?;
     let admin = s.admin_token();
+    let operator = s.operator_token();
     // (url, token, the API's body limit)
     let posts: Vec<(String, Method, Option<&str>, usize)> = vec![
         (
@@ -1026,7 +1106,7 @@ async fn oversized_and_deeply_nested_bodies_get_problem_json() -> anyhow::Result
         (
             format!("{}/api/v1/workflows", s.engine),
             Method::POST,
-            None,
+            Some(&operator),
             2 << 20,
         ),
     ];
@@ -1143,5 +1223,80 @@ async fn login_and_order_creation_are_rate_limited_with_retry_after() -> anyhow:
             .fetch_one(s.pool("order"))
             .await?;
     assert_eq!(n, 0);
+    Ok(())
+}
+
+/// `orderflow up` on an address the network reaches, without ORDERFLOW_ADMIN_PASSWORD, refuses
+/// to start (it would guard the admin UI with the published development password), naming the
+/// variable; `engine` there without one starts with no admin login at all (checked in
+/// `src/roles.rs`).
+#[tokio::test]
+async fn up_refuses_the_development_password_off_loopback() -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["up", "--bind", "0.0.0.0:0"])
+        .env_remove("ORDERFLOW_ADMIN_PASSWORD")
+        .env_remove("ORDERFLOW_BIND")
+        // Nothing may be reached before the refusal: these point nowhere.
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://nobody:x@127.0.0.1:1/%2f")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up started: {stderr}");
+    assert!(
+        stderr.contains("ORDERFLOW_ADMIN_PASSWORD") && stderr.contains("refusing"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `scripts/advisories.sh` (part of the test command) on a copy of the RustSec snapshot with one
+/// advisory planted against a crate in `Cargo.lock`: the check must fail and name it. The real
+/// snapshot passes (its one relevant advisory is ignored in deny.toml with a reason) and the
+/// snapshot's date is printed.
+#[tokio::test]
+async fn a_known_advisory_fails_the_dependency_check() -> anyhow::Result<()> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let snapshot = repo.join("../shared/rustsec-advisory-db");
+    let run = |db: &std::path::Path| {
+        let mut cmd = tokio::process::Command::new(repo.join("scripts/advisories.sh"));
+        cmd.env("ORDERFLOW_ADVISORY_DB", db).kill_on_drop(true);
+        cmd.output()
+    };
+    let clean = run(&snapshot).await?;
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&clean.stdout),
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(clean.status.success(), "the real snapshot: {out}");
+    assert!(out.contains("snapshot of 20"), "the date is printed: {out}");
+
+    let planted = std::env::temp_dir().join(format!("orderflow-advisory-{}", Uuid::new_v4()));
+    let copied = tokio::process::Command::new("cp")
+        .arg("-R")
+        .arg(&snapshot)
+        .arg(&planted)
+        .status()
+        .await?;
+    assert!(copied.success());
+    // `hex` 0.4.3 is in Cargo.lock (the services sign and compare with it).
+    std::fs::create_dir_all(planted.join("crates/hex"))?;
+    std::fs::write(
+        planted.join("crates/hex/RUSTSEC-2099-0001.md"),
+        "```toml\n[advisory]\nid = \"RUSTSEC-2099-0001\"\npackage = \"hex\"\n\
+         date = \"2026-01-01\"\n\n[versions]\npatched = []\n```\n\n\
+         # Planted by tests/security.rs\n\nThe check must fail on this.\n",
+    )?;
+    let failed = run(&planted).await?;
+    std::fs::remove_dir_all(&planted).ok();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&failed.stdout),
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    assert!(!failed.status.success(), "a planted advisory passed: {out}");
+    assert!(out.contains("RUSTSEC-2099-0001"), "{out}");
     Ok(())
 }

@@ -8,7 +8,10 @@
    custom resources (KEDA, External Secrets) against deploy/schemas/.
 4. The manifests checked against the code they deploy: subcommands, ports, activities and queue
    names, drain time, probes, resources, and that every Secret and ConfigMap referenced exists
-   (from an ExternalSecret in production; from the documented hand-made list in dev).
+   (from an ExternalSecret in production; from the documented hand-made list in dev). The
+   NetworkPolicies: everything denied by default; only the order service, the admin ingress and
+   Prometheus reach the engine; only the queue's clients (engine, services, workers) reach
+   RabbitMQ.
 5. Kong's declarative config against deploy/schemas/kong-deck-3.0.json and the k8s Services.
 6. Prometheus: scrape config; alert rules parsed by a real PromQL parser (promql-parser), and
    every metric and label they use is one the code exports; each runbook link resolves.
@@ -383,6 +386,92 @@ def check_semantics(overlay: str, objects: list[dict[str, Any]]) -> None:
     for h in by_kind.get("HorizontalPodAutoscaler", []):
         if h["spec"]["scaleTargetRef"]["name"] not in deployments:
             err(f"HorizontalPodAutoscaler/{h['metadata']['name']} targets no Deployment")
+    check_network_policies(err, objects, deployments)
+
+
+# --- 4b. NetworkPolicies -----------------------------------------------------------------------
+
+# Who may reach the engine's port (DESIGN.md §7): the order service's pods, and these namespaces
+# (the admin ingress, Prometheus's scrapes).
+ENGINE_CALLERS = {"orderflow-order"}
+ENGINE_NAMESPACES = {"ingress-nginx", "monitoring"}
+# Pods that may open AMQP: the queue's clients. The migration Job and anything else may not.
+AMQP_PORTS = {5672, 5671}
+AMQP_COMPONENTS = {"engine", "service", "worker"}
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against `labels`."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        has, value = e["key"] in labels, labels.get(e["key"])
+        op = e["operator"]
+        if (op == "In" and value not in e["values"]) or (op == "NotIn" and value in e.get("values", [])) \
+                or (op == "Exists" and not has) or (op == "DoesNotExist" and has):
+            return False
+    return True
+
+
+def pod_labels(o: dict[str, Any]) -> dict[str, str]:
+    if o["kind"] == "CronJob":
+        return o["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels", {})
+    return o.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+
+
+def check_network_policies(err: Any, objects: list[dict[str, Any]], deployments: dict[str, Any]) -> None:
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
+    if not any(p["spec"].get("podSelector") == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies):
+        err("no default-deny NetworkPolicy (every pod, Ingress and Egress, no rule)")
+        return
+    for p in policies:
+        if not any(matches(p["spec"]["podSelector"], pod_labels(w)) for w in workloads):
+            err(f"NetworkPolicy/{p['metadata']['name']} selects no workload")
+
+    def selecting(w: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        return [p for p in policies if kind in p["spec"].get("policyTypes", []) and matches(p["spec"]["podSelector"], pod_labels(w))]
+
+    # The engine: every ingress rule names its peers, and each is the order service or an
+    # allowed namespace.
+    engine = deployments.get("orderflow-engine")
+    if engine:
+        for p in selecting(engine, "Ingress"):
+            for rule in p["spec"].get("ingress", []):
+                if not rule.get("from"):
+                    err(f"NetworkPolicy/{p['metadata']['name']} lets anyone reach the engine")
+                for peer in rule.get("from", []):
+                    if "ipBlock" in peer:
+                        err(f"NetworkPolicy/{p['metadata']['name']}: an ipBlock reaches the engine")
+                    elif "namespaceSelector" in peer:
+                        ns = peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                        if ns not in ENGINE_NAMESPACES or "podSelector" in peer:
+                            err(f"NetworkPolicy/{p['metadata']['name']}: namespace {ns or peer} may not reach the engine")
+                    else:
+                        callers = {name for name, d in deployments.items() if matches(peer["podSelector"], pod_labels(d))}
+                        if not callers or not callers <= ENGINE_CALLERS:
+                            err(f"NetworkPolicy/{p['metadata']['name']}: {sorted(callers) or 'no pod'} may not reach the engine")
+
+    # AMQP: a workload may open 5672/5671 exactly when it is one of the queue's clients. A rule
+    # with no port list opens every port, so it may only lead into the namespace.
+    for w in workloads:
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        component = pod_labels(w).get("app.kubernetes.io/component")
+        open_ports: set[Any] = set()
+        for p in selecting(w, "Egress"):
+            for rule in p["spec"].get("egress", []):
+                if "ports" not in rule:
+                    if any(set(peer) != {"podSelector"} for peer in rule.get("to", [{}])):
+                        err(f"NetworkPolicy/{p['metadata']['name']}: an egress rule with every port leaves the namespace")
+                    continue
+                open_ports |= {port.get("port") for port in rule["ports"]}
+        amqp = bool(open_ports & AMQP_PORTS)
+        uses_amqp = any(e.get("name") == "AMQP_URL" for c in containers(w) for e in c.get("env", []))
+        if amqp and component not in AMQP_COMPONENTS:
+            err(f"{name} may reach RabbitMQ, but it is no client of the queue")
+        if uses_amqp and not amqp:
+            err(f"{name} is given AMQP_URL but no NetworkPolicy lets it reach RabbitMQ")
 
 
 # --- 5. Kong -----------------------------------------------------------------------------------
@@ -411,11 +500,11 @@ def check_kong(services: list[dict[str, Any]]) -> None:
         if needed not in plugins:
             problem(f"{rel(path)}: no {needed} plugin")
     # Kong's jwt plugin finds the verifying key by the token's `iss`, which the user service sets
-    # and every service requires (services/kit/src/auth.rs ISSUER).
-    m = re.search(r'pub const ISSUER: &str = "([^"]+)";', read("services/kit/src/auth.rs"))
+    # and every service requires (auth/src/lib.rs ISSUER).
+    m = re.search(r'pub const ISSUER: &str = "([^"]+)";', read("auth/src/lib.rs"))
     issuer = m.group(1) if m else None
     if not issuer:
-        problem("services/kit/src/auth.rs: ISSUER not found")
+        problem("auth/src/lib.rs: ISSUER not found")
     keys = {k.get("key") for c in conf.get("consumers", []) for k in c.get("jwt_secrets", [])}
     if issuer and keys != {issuer}:
         problem(f"{rel(path)}: jwt_secrets keys {sorted(map(str, keys))} are not the tokens' iss `{issuer}`")

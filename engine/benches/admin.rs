@@ -415,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState::standalone(env.pool.clone(), env.applier(registry), env.queue());
     let app = api::router_with(
         state.clone(),
+        orderflow_testkit::api_auth(),
         orderflow_engine::admin::router(state, config),
     );
     let cookie = session(&env).await?;

@@ -880,7 +880,7 @@ async fn the_rest_api_starts_lists_reads_and_cancels(store: Db) -> anyhow::Resul
         .post_json(
             &format!("/api/v1/workflows/{id}/cancel"),
             None,
-            &serde_json::json!({ "reason": "the customer called", "actor": "support:ann" }),
+            &serde_json::json!({ "reason": "the customer called" }),
         )
         .await?;
     assert_eq!(cancel.status, StatusCode::ACCEPTED, "{}", cancel.text);
@@ -891,7 +891,7 @@ async fn the_rest_api_starts_lists_reads_and_cancels(store: Db) -> anyhow::Resul
         history.events.iter().any(|e| matches!(
             &e.event,
             Event::CancelRequested { actor, reason }
-                if actor == "support:ann" && reason == "the customer called"
+                if actor == "operator:ann" && reason == "the customer called"
         )),
         "{:?}",
         history.events
@@ -944,6 +944,7 @@ async fn embedded_sessions_and_actions_outlive_a_restart() -> anyhow::Result<()>
     let state = orderflow_engine::api::AppState::standalone(reopened, ui.applier.clone(), queue);
     let app = orderflow_engine::api::router_with(
         state.clone(),
+        orderflow_testkit::api_auth(),
         orderflow_engine::admin::router(state, Setup::default().config),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -1115,7 +1116,8 @@ async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
             "reason",
         ),
         (
-            serde_json::json!({ "step": "reserve", "reason": "x", "actor": "" }),
+            // The actor is the caller, never a field of the body.
+            serde_json::json!({ "step": "reserve", "reason": "x", "actor": "mallory" }),
             "actor",
         ),
     ] {
@@ -1159,7 +1161,7 @@ async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
         .post_json(
             &path,
             None,
-            &serde_json::json!({ "step": "reserve", "reason": why, "actor": "support:ann" }),
+            &serde_json::json!({ "step": "reserve", "reason": why }),
         )
         .await?;
     assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text);
@@ -1188,13 +1190,13 @@ async fn a_failing_compensation_is_resolved_through_the_rest_api_and_audited(
         resolved,
         [&Event::CompensationResolved {
             step: "reserve".into(),
-            actor: "support:ann".into(),
+            actor: "operator:ann".into(),
             reason: why.into(),
         }]
     );
     let row = audit_row(&ui, id).await?;
     assert!(row.contains("compensation_resolved"), "{row}");
-    assert!(row.contains("support:ann"), "{row}");
+    assert!(row.contains("operator:ann"), "{row}");
     assert!(row.contains(why), "{row}");
     Ok(())
 }

@@ -15,7 +15,7 @@ use orderflow_engine::{
     apply::{Applier, Outcome},
 };
 use orderflow_queue::rabbit::RabbitQueue;
-use orderflow_testkit::{TestEnv, order_input};
+use orderflow_testkit::{TestEnv, api_auth, operator_token, order_input};
 use orderflow_workflows::order::contracts::INVENTORY_RESERVE;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -70,11 +70,10 @@ impl Api {
     async fn new() -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
         let applier = env.applier(Arc::new(orderflow_workflows::registry()));
-        let app = router(AppState::standalone(
-            env.pool.clone(),
-            applier.clone(),
-            env.queue(),
-        ));
+        let app = router(
+            AppState::standalone(env.pool.clone(), applier.clone(), env.queue()),
+            api_auth(),
+        );
         Ok(Self { env, applier, app })
     }
 
@@ -86,8 +85,21 @@ impl Api {
         body: Body,
     ) -> anyhow::Result<Reply> {
         let mut req = Request::builder().method(method).uri(uri);
+        // The operator `tester` unless the test says who (an empty `authorization`: nobody).
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header(
+                "authorization",
+                format!("Bearer {}", operator_token("tester")),
+            );
+        }
         for (name, value) in headers {
-            req = req.header(*name, *value);
+            let nobody = name.eq_ignore_ascii_case("authorization") && value.is_empty();
+            if !nobody {
+                req = req.header(*name, *value);
+            }
         }
         let res = self.app.clone().oneshot(req.body(body)?).await?;
         let status = res.status();
@@ -109,6 +121,13 @@ impl Api {
 
     async fn post(&self, uri: &str, body: &Value) -> anyhow::Result<Reply> {
         self.post_raw(uri, &[], body.to_string()).await
+    }
+
+    /// A POST by operator `who`: the actor of what it does is `operator:<who>`.
+    async fn post_as(&self, who: &str, uri: &str, body: &Value) -> anyhow::Result<Reply> {
+        let auth = format!("Bearer {}", operator_token(who));
+        self.post_raw(uri, &[("authorization", &auth)], body.to_string())
+            .await
     }
 
     async fn post_raw(
@@ -491,9 +510,10 @@ async fn list_pages_newest_first_and_filters() -> anyhow::Result<()> {
     let other_type = api.get("/api/v1/workflows?type=refund").await?;
     assert_eq!(other_type.json["items"], json!([]));
 
-    let stop = json!({ "reason": "test", "actor": "ops" });
+    let stop = json!({ "reason": "test" });
     let res = api
-        .post(
+        .post_as(
+            "ops",
             &format!("/api/v1/workflows/{}/terminate", started[1]),
             &stop,
         )
@@ -558,9 +578,10 @@ async fn cancel_waits_for_the_in_flight_step_then_compensates() -> anyhow::Resul
     let cancel = format!("/api/v1/workflows/{id}/cancel");
 
     let res = api
-        .post(
+        .post_as(
+            "alice",
             &cancel,
-            &json!({ "reason": "customer changed their mind", "actor": "alice" }),
+            &json!({ "reason": "customer changed their mind" }),
         )
         .await?;
     assert_eq!(res.status, StatusCode::ACCEPTED, "body: {}", res.text);
@@ -573,7 +594,7 @@ async fn cancel_waits_for_the_in_flight_step_then_compensates() -> anyhow::Resul
     assert_eq!(wf.json["status"], "running");
     let reason = wf.json["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("cancelled by alice: customer changed their mind"),
+        reason.contains("cancelled by operator:alice: customer changed their mind"),
         "reason: {reason}"
     );
 
@@ -583,7 +604,7 @@ async fn cancel_waits_for_the_in_flight_step_then_compensates() -> anyhow::Resul
     assert_eq!(
         last.event,
         Event::CancelRequested {
-            actor: "alice".into(),
+            actor: "operator:alice".into(),
             reason: "customer changed their mind".into()
         }
     );
@@ -618,13 +639,14 @@ async fn cancel_rejects_bad_bodies_and_settled_workflows() -> anyhow::Result<()>
     let id = api.start(json!({})).await?;
     let cancel = format!("/api/v1/workflows/{id}/cancel");
 
-    api.post(&cancel, &json!({ "actor": "alice" }))
+    api.post(&cancel, &json!({}))
         .await?
         .assert_problem(StatusCode::BAD_REQUEST, Some("reason"));
     api.post(&cancel, &json!({ "reason": "  " }))
         .await?
         .assert_problem(StatusCode::BAD_REQUEST, Some("reason"));
-    api.post(&cancel, &json!({ "reason": "x", "actor": "" }))
+    // The actor is the caller, never a field of the body.
+    api.post(&cancel, &json!({ "reason": "x", "actor": "mallory" }))
         .await?
         .assert_problem(StatusCode::BAD_REQUEST, Some("actor"));
     api.post(&cancel, &json!({ "reason": "x", "force": true }))
@@ -673,24 +695,24 @@ async fn terminate_stops_the_workflow_once() -> anyhow::Result<()> {
     let terminate = format!("/api/v1/workflows/{id}/terminate");
 
     let res = api
-        .post(
-            &terminate,
-            &json!({ "reason": "fraud suspected", "actor": "bob" }),
-        )
+        .post_as("bob", &terminate, &json!({ "reason": "fraud suspected" }))
         .await?;
     assert_eq!(res.status, StatusCode::ACCEPTED, "body: {}", res.text);
     assert_eq!(res.json["status"], "terminated");
 
     let wf = api.get(&format!("/api/v1/workflows/{id}")).await?;
     assert_eq!(wf.json["status"], "terminated");
-    assert_eq!(wf.json["reason"], "terminated by bob: fraud suspected");
+    assert_eq!(
+        wf.json["reason"],
+        "terminated by operator:bob: fraud suspected"
+    );
 
     let history = api.history(id).await?;
     let last = history.events.last().expect("events");
     assert_eq!(
         last.event,
         Event::TerminateRequested {
-            actor: "bob".into(),
+            actor: "operator:bob".into(),
             reason: "fraud suspected".into()
         }
     );
@@ -706,7 +728,7 @@ async fn terminate_stops_the_workflow_once() -> anyhow::Result<()> {
     again.assert_problem(StatusCode::CONFLICT, None);
     assert_eq!(api.history(id).await?.events.len(), 2);
 
-    // Without an actor the API records itself as the actor.
+    // The default caller of these tests is the operator `tester`.
     let other = api.start(json!({})).await?;
     let res = api
         .post(
@@ -719,7 +741,7 @@ async fn terminate_stops_the_workflow_once() -> anyhow::Result<()> {
     assert_eq!(
         last.event,
         Event::TerminateRequested {
-            actor: "api".into(),
+            actor: "operator:tester".into(),
             reason: "cleanup".into()
         }
     );
@@ -741,7 +763,7 @@ async fn retry_runs_a_waiting_step_now() -> anyhow::Result<()> {
     let api = Api::new().await?;
     let id = api.start(json!({})).await?;
     let retry = format!("/api/v1/workflows/{id}/retry");
-    let why = json!({ "reason": "the warehouse is back", "actor": "carol" });
+    let why = json!({ "reason": "the warehouse is back" });
 
     // The first attempt is still out: nothing waits to be retried.
     let early = api.post(&retry, &why).await?;
@@ -775,7 +797,7 @@ async fn retry_runs_a_waiting_step_now() -> anyhow::Result<()> {
     assert_eq!(wf.json["steps"][0]["status"], "retrying");
     assert_eq!(wf.json["steps"][0]["last_error"]["code"], "unavailable");
 
-    let res = api.post(&retry, &why).await?;
+    let res = api.post_as("carol", &retry, &why).await?;
     assert_eq!(res.status, StatusCode::ACCEPTED, "body: {}", res.text);
     assert_eq!(res.json["status"], "running");
 
@@ -787,7 +809,7 @@ async fn retry_runs_a_waiting_step_now() -> anyhow::Result<()> {
     assert_eq!(
         last.event,
         Event::RetryRequested {
-            actor: "carol".into(),
+            actor: "operator:carol".into(),
             reason: "the warehouse is back".into()
         }
     );
@@ -817,9 +839,10 @@ async fn signals_are_recorded_in_the_history() -> anyhow::Result<()> {
 
     let payload = json!({ "address": "Main St 1" });
     let res = api
-        .post(
+        .post_as(
+            "dave",
             &format!("/api/v1/workflows/{id}/signals/address.changed"),
-            &json!({ "payload": payload, "actor": "dave" }),
+            &json!({ "payload": payload }),
         )
         .await?;
     assert_eq!(res.status, StatusCode::ACCEPTED, "body: {}", res.text);
@@ -830,11 +853,11 @@ async fn signals_are_recorded_in_the_history() -> anyhow::Result<()> {
         Event::SignalReceived {
             name: "address.changed".into(),
             payload,
-            actor: "dave".into()
+            actor: "operator:dave".into()
         }
     );
 
-    // An empty body is a signal without payload, from the API.
+    // An empty body is a signal without payload.
     let res = api
         .post_raw(&format!("/api/v1/workflows/{id}/signals/ping"), &[], "")
         .await?;
@@ -845,7 +868,7 @@ async fn signals_are_recorded_in_the_history() -> anyhow::Result<()> {
         Event::SignalReceived {
             name: "ping".into(),
             payload: Value::Null,
-            actor: "api".into()
+            actor: "operator:tester".into()
         }
     );
 
@@ -957,15 +980,18 @@ async fn ready_answers_503_when_the_broker_is_unreachable() -> anyhow::Result<()
     let env = TestEnv::new().await?;
     let applier = env.applier(Arc::new(orderflow_workflows::registry()));
     // Port 1 on localhost refuses connections at once.
-    let app = router(AppState::standalone(
-        env.pool.clone(),
-        applier,
-        RabbitQueue::new(
-            "amqp://guest:guest@127.0.0.1:1/%2f",
-            env.topology.clone(),
-            Duration::ZERO,
+    let app = router(
+        AppState::standalone(
+            env.pool.clone(),
+            applier,
+            RabbitQueue::new(
+                "amqp://guest:guest@127.0.0.1:1/%2f",
+                env.topology.clone(),
+                Duration::ZERO,
+            ),
         ),
-    ));
+        api_auth(),
+    );
 
     let res = app
         .oneshot(Request::get("/ready").body(Body::empty())?)
@@ -1023,6 +1049,11 @@ async fn unreadable_bodies_are_problems_too() -> anyhow::Result<()> {
     // A header value that is not visible ASCII cannot be an idempotency key.
     let req = Request::post("/api/v1/workflows")
         .header(
+            "authorization",
+            format!("Bearer {}", operator_token("tester")),
+        )
+        .header("content-type", "application/json")
+        .header(
             "idempotency-key",
             header::HeaderValue::from_bytes(b"caf\xc3\xa9")?,
         )
@@ -1067,4 +1098,228 @@ fn latest_order_version() -> u32 {
         .latest("order")
         .map(|d| d.version())
         .expect("the order saga is registered")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may call: every route of the OpenAPI document, anonymous and with the wrong role
+
+/// A token signed with the test secret carrying exactly `claims` (a shop token, an expired one).
+fn signed(claims: &Value) -> String {
+    orderflow_auth::KeyRing::new(orderflow_testkit::API_SECRET)
+        .sign(claims)
+        .expect("signs")
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Every (method, path) of the API's own OpenAPI document, with its parameters filled in. The
+/// document is the route list: a route added to the API and its document is checked here
+/// without anyone remembering to.
+async fn documented_routes(api: &Api) -> anyhow::Result<Vec<(Method, String, String)>> {
+    let doc = api.get("/api/v1/openapi.json").await?;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
+    let mut routes = vec![(
+        Method::GET,
+        "/api/v1/openapi.json".to_owned(),
+        "/api/v1/openapi.json".to_owned(),
+    )];
+    let id = Uuid::now_v7().to_string();
+    for (path, ops) in doc.json["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("operations").keys() {
+            let method: Method = method.to_uppercase().parse()?;
+            let uri = path.replace("{id}", &id).replace("{name}", "ping");
+            assert!(
+                !uri.contains('{'),
+                "a parameter this test cannot fill: {path}"
+            );
+            routes.push((method, path.clone(), uri));
+        }
+    }
+    assert!(routes.len() >= 11, "{routes:?}");
+    Ok(routes)
+}
+
+#[tokio::test]
+async fn every_route_refuses_anonymous_and_wrong_role_callers() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let routes = documented_routes(&api).await?;
+    let other_key = orderflow_auth::engine::issue(
+        &orderflow_auth::KeyRing::new("some-other-secret-some-other-secret-9999"),
+        orderflow_auth::engine::EngineRole::Operator,
+        "eve",
+        Duration::from_secs(600),
+    )?;
+    let expired = signed(&json!({
+        "iss": orderflow_auth::ISSUER, "sub": "ann", "role": "operator",
+        "iat": now() - 7200, "exp": now() - 3600,
+    }));
+    let unauthenticated = [
+        ("", "no token"),
+        ("Bearer", "an empty bearer"),
+        ("Basic YWRtaW46b3JkZXJmbG93LWRldg==", "basic auth"),
+        ("Bearer not-a-jwt", "garbage"),
+        (&*format!("Bearer {other_key}"), "another deployment's key"),
+        (&*format!("Bearer {expired}"), "an expired token"),
+    ];
+    let user = Uuid::now_v7().to_string();
+    let customer = signed(&json!({
+        "iss": orderflow_auth::ISSUER, "sub": user, "role": "customer",
+        "iat": now(), "exp": now() + 600,
+    }));
+    let shop_admin = signed(&json!({
+        "iss": orderflow_auth::ISSUER, "sub": user, "role": "admin",
+        "iat": now(), "exp": now() + 600,
+    }));
+    let service = orderflow_testkit::service_token("order");
+    let body = r#"{"reason":"x"}"#;
+    for (method, route, uri) in &routes {
+        let json = [("content-type", "application/json")];
+        for (auth, what) in &unauthenticated {
+            // An empty value sends no Authorization header at all.
+            let mut headers = vec![("authorization", *auth)];
+            headers.extend_from_slice(&json);
+            let res = api
+                .send(method.clone(), uri, &headers, Body::from(body))
+                .await?;
+            res.assert_problem(StatusCode::UNAUTHORIZED, Some("Authorization"));
+            assert_eq!(
+                res.header(header::WWW_AUTHENTICATE),
+                "Bearer",
+                "{method} {route} with {what}"
+            );
+        }
+        for (token, what) in [(&customer, "a customer"), (&shop_admin, "a shop admin")] {
+            let auth = format!("Bearer {token}");
+            let res = api
+                .send(
+                    method.clone(),
+                    uri,
+                    &[("authorization", &auth), json[0]],
+                    Body::from(body),
+                )
+                .await?;
+            assert_eq!(
+                res.status,
+                StatusCode::FORBIDDEN,
+                "{method} {route} as {what}: {}",
+                res.text
+            );
+            res.assert_problem(StatusCode::FORBIDDEN, None);
+        }
+        // A service reaches its own routes only.
+        let auth = format!("Bearer {service}");
+        let res = api
+            .send(
+                method.clone(),
+                uri,
+                &[("authorization", &auth), json[0]],
+                Body::from(body),
+            )
+            .await?;
+        let for_services = orderflow_engine::api::auth::SERVICE_ROUTES
+            .iter()
+            .any(|(m, r)| *m == method.as_str() && r == route);
+        if for_services {
+            assert!(
+                res.status != StatusCode::UNAUTHORIZED && res.status != StatusCode::FORBIDDEN,
+                "{method} {route} as a service: {}",
+                res.text
+            );
+        } else {
+            res.assert_problem(StatusCode::FORBIDDEN, None);
+        }
+    }
+    // Nothing any of them sent was recorded.
+    let (n,): (i64,) = sqlx::query_as("select count(*) from history")
+        .fetch_one(&api.env.pool)
+        .await?;
+    assert_eq!(n, 0);
+    // Probes and scrapers need no token.
+    for open in ["/health", "/ready", "/metrics"] {
+        let res = api
+            .send(Method::GET, open, &[("authorization", "")], Body::empty())
+            .await?;
+        assert_eq!(res.status, StatusCode::OK, "{open}: {}", res.text);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_starts_and_cancels_as_itself() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let auth = format!("Bearer {}", orderflow_testkit::service_token("order"));
+    let res = api
+        .post_raw(
+            "/api/v1/workflows",
+            &[("authorization", &auth)],
+            start_body(order_input(), json!({})).to_string(),
+        )
+        .await?;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+    let id: Uuid = res.json["id"].as_str().unwrap_or_default().parse()?;
+    let res = api
+        .post_raw(
+            &format!("/api/v1/workflows/{id}/cancel"),
+            &[("authorization", &auth)],
+            json!({ "reason": "the customer cancelled" }).to_string(),
+        )
+        .await?;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text);
+    let last = api.history(id).await?.events.pop().expect("events");
+    assert_eq!(
+        last.event,
+        Event::CancelRequested {
+            actor: "service:order".into(),
+            reason: "the customer cancelled".into()
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_are_refused_with_415() -> anyhow::Result<()> {
+    let api = Api::new().await?;
+    let id = api.start(json!({})).await?;
+    let start = start_body(order_input(), json!({})).to_string();
+    let cancel = format!("/api/v1/workflows/{id}/cancel");
+    for (uri, body) in [
+        ("/api/v1/workflows", start.as_str()),
+        (
+            &*format!("/api/v1/workflows/{id}/signals/ping"),
+            r#"{"payload":1}"#,
+        ),
+        (cancel.as_str(), r#"{"reason":"x"}"#),
+    ] {
+        for kind in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+        ] {
+            // What a page on another site can send without a preflight, or no type at all.
+            let headers: &[(&str, &str)] = if kind.is_empty() {
+                &[]
+            } else {
+                &[("content-type", kind)]
+            };
+            let res = api
+                .send(Method::POST, uri, headers, Body::from(body.to_owned()))
+                .await?;
+            res.assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("Content-Type"));
+        }
+        let res = api
+            .send(
+                Method::POST,
+                uri,
+                &[("content-type", "application/json; charset=utf-8")],
+                Body::from(body.to_owned()),
+            )
+            .await?;
+        assert!(res.status.is_success(), "{uri}: {}", res.text);
+    }
+    // Only the accepted signal and cancel were recorded, after the start.
+    assert_eq!(api.history(id).await?.events.len(), 3);
+    Ok(())
 }

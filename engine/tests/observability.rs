@@ -170,7 +170,10 @@ impl Stack {
         let registry = Arc::new(Registry::new().with(sagas::fast_order()));
         let applier = env.applier(registry.clone());
         let engine = env.spawn_engine(registry);
-        let app = api::router(AppState::standalone(env.pool.clone(), applier, env.queue()));
+        let app = api::router(
+            AppState::standalone(env.pool.clone(), applier, env.queue()),
+            orderflow_testkit::api_auth(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
         let served = CancellationToken::new();
@@ -199,6 +202,7 @@ impl Stack {
         let res = self
             .http
             .post(format!("{}/api/v1/workflows", self.api))
+            .bearer_auth(orderflow_testkit::service_token("order"))
             .header(
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",

@@ -65,7 +65,7 @@ struct Started {
 #[derive(Debug, Clone)]
 pub enum Target {
     /// The engine's REST API (`POST /api/v1/workflows`); sagas are known by workflow id.
-    Engine { base: String },
+    Engine { base: String, token: String },
     /// The order service (`POST /api/v1/orders` as a customer), which starts the saga itself;
     /// sagas are known by order id, the `order_id` business key of their finished event.
     Orders { base: String, token: String },
@@ -256,9 +256,9 @@ impl Driver {
         let permits = self.http_permits.clone();
         let payment_method = if fail { DECLINED_CARD } else { "pm_card_visa" };
         let (url, token, body) = match &self.target {
-            Target::Engine { base } => (
+            Target::Engine { base, token } => (
                 format!("{base}/api/v1/workflows"),
-                None,
+                Some(token.clone()),
                 json!({
                     "type": "order",
                     "business_keys": { "bench": key },

@@ -159,6 +159,13 @@ async fn run_in(args: &BenchArgs, db: &stack::BenchDb) -> anyhow::Result<report:
         },
         None => driver::Target::Engine {
             base: stack.api_base(),
+            // The bench starts sagas as a service would.
+            token: orderflow_auth::engine::issue(
+                &orderflow_auth::KeyRing::new(&db.jwt_secret),
+                orderflow_auth::engine::EngineRole::Service,
+                "bench",
+                Duration::from_secs(args.timeout_secs.saturating_add(3600)),
+            )?,
         },
     };
     let mut driver = driver::Driver::connect(db, args, target).await?;

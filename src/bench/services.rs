@@ -60,7 +60,7 @@ impl Running {
     /// Starts the services against `engine_url` and stocks the bench product.
     pub async fn start(db: &BenchDb, args: &BenchArgs, engine_url: &str) -> anyhow::Result<Self> {
         let server = db.server().to_owned();
-        let secret = format!("bench-{}", Uuid::new_v4().simple());
+        let secret = db.jwt_secret.clone();
         let sandbox = RunningSandbox::start(SandboxConfig::default()).await?;
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();

@@ -41,6 +41,8 @@ pub struct BenchDb {
     pub url: String,
     server: String,
     pub prefix: String,
+    /// Signs the tokens of this run: the driver's to the engine, the services' own.
+    pub jwt_secret: String,
 }
 
 impl BenchDb {
@@ -72,6 +74,7 @@ impl BenchDb {
             url,
             server,
             prefix: format!("bench{}.", &tag[..12]),
+            jwt_secret: format!("bench-{}", Uuid::new_v4().simple()),
         })
     }
 
@@ -163,6 +166,7 @@ pub enum Stack {
         db_url: String,
         amqp_url: String,
         prefix: String,
+        jwt_secret: String,
     },
     InProcess {
         stop: CancellationToken,
@@ -182,7 +186,14 @@ impl Stack {
                 Some(bin) => bin.clone(),
                 None => std::env::current_exe()?,
             };
-            let engine = spawn_engine(&engine_bin, &db.url, &args.conn.amqp_url, &db.prefix, bind)?;
+            let engine = spawn_engine(
+                &engine_bin,
+                &db.url,
+                &args.conn.amqp_url,
+                &db.prefix,
+                &db.jwt_secret,
+                bind,
+            )?;
             if args.services {
                 wait_ready(bind).await?;
                 let services =
@@ -196,6 +207,7 @@ impl Stack {
                     db_url: db.url.clone(),
                     amqp_url: args.conn.amqp_url.clone(),
                     prefix: db.prefix.clone(),
+                    jwt_secret: db.jwt_secret.clone(),
                 });
             }
             let exe = std::env::current_exe()?;
@@ -220,6 +232,7 @@ impl Stack {
                 db_url: db.url.clone(),
                 amqp_url: args.conn.amqp_url.clone(),
                 prefix: db.prefix.clone(),
+                jwt_secret: db.jwt_secret.clone(),
             }
         };
         wait_ready(bind).await?;
@@ -256,6 +269,7 @@ impl Stack {
             db_url,
             amqp_url,
             prefix,
+            jwt_secret,
             ..
         } = self
         else {
@@ -263,7 +277,7 @@ impl Stack {
         };
         // `Child::kill` is SIGKILL: nothing gets to flush, drain or ack.
         engine.kill().await?;
-        *engine = spawn_engine(engine_bin, db_url, amqp_url, prefix, *bind)?;
+        *engine = spawn_engine(engine_bin, db_url, amqp_url, prefix, jwt_secret, *bind)?;
         Ok(())
     }
 
@@ -317,10 +331,12 @@ fn spawn_engine(
     db_url: &str,
     amqp_url: &str,
     prefix: &str,
+    jwt_secret: &str,
     bind: SocketAddr,
 ) -> anyhow::Result<Child> {
     Command::new(bin)
         .args(["engine", "--bind", &bind.to_string()])
+        .env("ORDERFLOW_JWT_SECRET", jwt_secret)
         .env("DATABASE_URL", db_url)
         .env("AMQP_URL", amqp_url)
         .env("ORDERFLOW_QUEUE_PREFIX", prefix)
@@ -398,7 +414,10 @@ async fn start_in_process(
         registry,
         EngineConfig::default(),
     );
-    let app = api::router(AppState::new(&engine));
+    let app = api::router(
+        AppState::new(&engine),
+        api::ApiAuth::new(orderflow_auth::KeyRing::new(&db.jwt_secret)),
+    );
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let mut tasks = Vec::new();
     let s = stop.clone();

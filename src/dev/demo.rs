@@ -24,7 +24,7 @@ pub const DEMO_ADMIN_EMAIL: &str = "admin@orderflow.dev";
 /// Both demo accounts' password.
 pub const DEMO_PASSWORD: &str = "orderflow-demo";
 /// How long the printed token stays valid.
-const DEMO_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The curl printed on start: the demo customer orders two espresso cups. The Idempotency-Key
 /// (required) is the time, so each run places a new order and a retried one does not.

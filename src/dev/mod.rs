@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "ORDERFLOW_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+    /// The admin UI's password (user `admin`). Unset: the printed development password, which
+    /// is accepted on a loopback address only.
+    #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
 }
 
 /// Everything `orderflow dev` runs, started; dropped or stopped, it stops.
@@ -46,6 +50,8 @@ pub struct Dev {
     pub stop: CancellationToken,
     /// A token of the demo customer, for the printed curl.
     pub demo_token: String,
+    /// An operator's token for the engine API (`/api/v1/workflows`, `orderflow workflows`).
+    pub operator_token: String,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -66,10 +72,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         true => println!("  data:      in memory (gone on exit)"),
         false => println!("  data:      {}", args.data_dir.display()),
     }
-    println!(
-        "  admin UI:  {url}/admin  (log in as admin / {})",
-        orderflow_engine::admin::DEV_PASSWORD
-    );
+    match args.admin_password.as_deref().filter(|p| !p.is_empty()) {
+        Some(_) => {
+            println!("  admin UI:  {url}/admin  (log in as admin / ORDERFLOW_ADMIN_PASSWORD)")
+        }
+        None => println!(
+            "  admin UI:  {url}/admin  (log in as admin / {})",
+            orderflow_engine::admin::DEV_PASSWORD
+        ),
+    }
     println!(
         "  API:       {url}/api/v1/products, /orders, /payments, /users, /auth/login, /workflows"
     );
@@ -83,6 +94,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  cards:     pm_card_visa succeeds, pm_card_chargeDeclined is declined, \
          pm_card_chargeDeclinedProcessingError fails"
     );
+    println!(
+        "  operator:  {}  (the engine API's /api/v1/workflows as an operator; \
+         ORDERFLOW_ENGINE_TOKEN for `orderflow workflows`)",
+        dev.operator_token
+    );
     println!("Place an order as the demo user:");
     println!("  {}", place_order_curl(&url, &dev.demo_token));
     tokio::signal::ctrl_c().await?;
@@ -93,6 +109,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Opens the data, serves everything on `args.bind` and runs the engine, the services and the
 /// workers.
 pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
+    let admin_password = match args.admin_password.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => p.to_owned(),
+        None if args.bind.ip().is_loopback() => orderflow_engine::admin::DEV_PASSWORD.to_owned(),
+        None => anyhow::bail!(
+            "refusing to serve the admin UI on {} with the development password: set \
+             ORDERFLOW_ADMIN_PASSWORD, or bind to a loopback address",
+            args.bind
+        ),
+    };
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
     let file = |name: &str| data_dir.map(|d| d.join(name));
     if let Some(dir) = data_dir {
@@ -143,10 +168,18 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         outbox: Some(Arc::new(demo::NotificationOutbox(
             services.db("notification").clone(),
         ))),
-        ..AdminConfig::with_password("admin", orderflow_engine::admin::DEV_PASSWORD)
+        ..AdminConfig::with_password("admin", admin_password)
     };
+    let ring = orderflow_auth::KeyRing::new(&wiring.jwt_secret);
+    let operator_token = orderflow_auth::engine::issue(
+        &ring,
+        orderflow_auth::engine::EngineRole::Operator,
+        "dev",
+        demo::DEMO_TOKEN_TTL,
+    )?;
     let engine = orderflow_engine::api::router_with(
         state.clone(),
+        orderflow_engine::api::ApiAuth::new(ring),
         orderflow_engine::admin::router(state, admin),
     );
     let emails = demo::emails_router(services.db("notification").clone());
@@ -165,6 +198,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
         addr,
         stop,
         demo_token,
+        operator_token,
         tasks,
     })
 }

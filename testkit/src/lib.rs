@@ -25,6 +25,34 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The signing secret of the engine API's callers in tests.
+pub const API_SECRET: &str = "test-api-secret-test-api-secret-test-0001";
+
+/// Who may call an engine API under test: tokens signed with [`API_SECRET`].
+pub fn api_auth() -> orderflow_engine::api::ApiAuth {
+    orderflow_engine::api::ApiAuth::new(orderflow_auth::KeyRing::new(API_SECRET))
+}
+
+/// A token of operator `name` for an engine API under test (actor `operator:<name>`).
+pub fn operator_token(name: &str) -> String {
+    api_token(orderflow_auth::engine::EngineRole::Operator, name)
+}
+
+/// A token of service `name` for an engine API under test (actor `service:<name>`).
+pub fn service_token(name: &str) -> String {
+    api_token(orderflow_auth::engine::EngineRole::Service, name)
+}
+
+fn api_token(role: orderflow_auth::engine::EngineRole, name: &str) -> String {
+    orderflow_auth::engine::issue(
+        &orderflow_auth::KeyRing::new(API_SECRET),
+        role,
+        name,
+        Duration::from_secs(3600),
+    )
+    .expect("signing a test token")
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -332,9 +332,12 @@ fn sha256(s: &str) -> Vec<u8> {
     Sha256::digest(s.as_bytes()).to_vec()
 }
 
-/// Equality whose time does not depend on where the inputs differ.
+/// Equality whose time does not depend on where the inputs differ (`subtle`, whose comparison
+/// the optimiser cannot turn into an early exit). Inputs of different lengths are unequal; the
+/// tokens compared are all of one length, and passwords are hashed first.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
@@ -366,6 +369,17 @@ mod tests {
         );
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("tok"));
         assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn tokens_compare_equal_only_when_equal() {
+        let t = random_token();
+        assert!(ct_eq(t.as_bytes(), t.clone().as_bytes()));
+        let mut other = t.clone().into_bytes();
+        other[63] ^= 1;
+        assert!(!ct_eq(t.as_bytes(), &other));
+        assert!(!ct_eq(t.as_bytes(), &t.as_bytes()[..63]));
+        assert!(!ct_eq(b"", t.as_bytes()));
     }
 
     #[test]

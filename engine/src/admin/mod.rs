@@ -154,8 +154,46 @@ fn routes(state: AdminState) -> Router {
         .route("/admin/workflows/{id}/{action}", post(actions::single))
         .route("/admin/bulk/preview", post(actions::bulk_preview))
         .route("/admin/bulk", post(actions::bulk_run))
+        .layer(middleware::from_fn(same_origin))
         .layer(middleware::from_fn(secure_headers))
         .with_state(state)
+}
+
+/// A POST from a page of another site is refused before any handler runs, whatever it carries:
+/// the browser says where it comes from (`Sec-Fetch-Site`, `Origin`). This is on top of the
+/// SameSite=Strict cookies and the per-session CSRF token, for browsers that send neither
+/// cookie attribute nor token checks as expected. Requests without these headers (curl, tests)
+/// still need the session and its token.
+async fn same_origin(req: axum::extract::Request, next: Next) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return AdminError::forbidden(
+            "Sec-Fetch-Site",
+            format!("a {site} request may not change anything here"),
+        )
+        .into_response();
+    }
+    if let Some(origin) = text("origin") {
+        let host = text("host").unwrap_or_default();
+        let origin_host = origin
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.trim_end_matches('/'));
+        if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+            return AdminError::forbidden(
+                "Origin",
+                format!("a request from {origin} may not change anything here"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Pages may not be framed, sniffed or cached, and may load scripts and styles only from here.

@@ -4,7 +4,11 @@
 //! task queue through
 //! [`orderflow_queue::QueueView`], so one router serves Postgres and RabbitMQ or the embedded
 //! store and queue. The host merges the admin UI's routes in ([`router_with`]).
+//!
+//! Every `/api/v1` route is behind [`auth::require`]: a bearer token of an operator or a service
+//! (401 without one, 403 for another role), and JSON bodies only (415).
 
+pub mod auth;
 mod openapi;
 mod problem;
 mod workflows;
@@ -21,6 +25,7 @@ use axum::{
 };
 use orderflow_queue::{QueueView, TaskQueue};
 
+pub use auth::{ApiAuth, Authenticated};
 pub use problem::ApiError;
 
 use crate::{
@@ -67,18 +72,18 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface of an engine process.
-pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
+/// The whole HTTP surface of an engine process; `auth` verifies its callers' tokens.
+pub fn router(state: AppState, auth: ApiAuth) -> Router {
+    router_with(state, auth, Router::new())
 }
 
-/// [`router`] with `extra` routes (the admin UI) merged in, behind the same fallbacks and
-/// request metrics.
-pub fn router_with(state: AppState, extra: Router) -> Router {
-    routes(state, extra)
+/// [`router`] with `extra` routes (the admin UI, which has its own sessions) merged in, behind
+/// the same fallbacks and request metrics.
+pub fn router_with(state: AppState, auth: ApiAuth, extra: Router) -> Router {
+    routes(state, auth, extra)
 }
 
-fn routes(state: AppState, extra: Router) -> Router {
+fn routes(state: AppState, auth: ApiAuth, extra: Router) -> Router {
     let api = Router::new()
         .route("/workflows", post(workflows::start).get(workflows::list))
         .route("/workflows/{id}", get(workflows::get))
@@ -89,7 +94,9 @@ fn routes(state: AppState, extra: Router) -> Router {
         .route("/workflows/{id}/resolve", post(workflows::resolve))
         .route("/workflows/{id}/signals/{name}", post(workflows::signal))
         .route("/workflow-counts", get(workflows::counts))
-        .route("/openapi.json", get(openapi_json));
+        .route("/openapi.json", get(openapi_json))
+        // A route layer: an unknown path is still a 404, to anyone.
+        .route_layer(middleware::from_fn_with_state(auth, auth::require));
     Router::new()
         .nest("/api/v1", api)
         .route("/health", get(|| async { "ok" }))

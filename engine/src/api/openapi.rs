@@ -1,8 +1,7 @@
 //! The engine API's OpenAPI document, served at `/api/v1/openapi.json`.
 //!
-//! The engine API has no authentication of its own: it is reachable only inside the cluster (the
-//! order service and operators; Kong does not route to it, see `docs/operations.md`), so the
-//! document declares no security scheme. Types that live in the pure core crate (which has no
+//! Every path needs a bearer token (`bearer`): an operator's or a service's JWT, signed by the
+//! deployment's key ring (see [`super::auth`]). Types that live in the pure core crate (which has no
 //! OpenAPI dependency) are described here by mirrors named like them; `tests/schemathesis.rs`
 //! checks the running engine against the document, so a mirror that drifts fails.
 
@@ -16,8 +15,12 @@ use super::{problem::Problem, workflows};
 #[openapi(
     info(
         title = "OrderFlow engine",
-        description = "Start, read, list and operate workflows (sagas). Internal: no authentication."
+        description = "Start, read, list and operate workflows (sagas). Every path needs a bearer \
+                       token with role `operator` (every path) or `service` (start, read, cancel): \
+                       401 without one, 403 for another role; bodies are JSON only (415)."
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     paths(
         workflows::start,
         workflows::list,
@@ -33,6 +36,25 @@ use super::{problem::Problem, workflows};
     components(schemas(Problem))
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` scheme every path requires.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Where a workflow stands (`orderflow_core::WorkflowStatus`).
 #[derive(Debug, ToSchema)]

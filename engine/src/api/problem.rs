@@ -33,8 +33,17 @@ pub enum ApiError {
     /// 422: well-formed but not acceptable (unknown workflow type, input that does not fit).
     #[error("{detail}")]
     Unprocessable { field: String, detail: String },
+    /// 401: no bearer token, or one that is forged, expired or malformed.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// 415: a body that does not say it is JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     /// 413: the body is over the size limit.
@@ -84,6 +93,8 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let auth = "Authorization".to_owned();
+        let content_type = "Content-Type".to_owned();
         let (status, title, field) = match &self {
             Self::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad request", Some(field)),
             Self::Unprocessable { field, .. } => (
@@ -91,7 +102,14 @@ impl IntoResponse for ApiError {
                 "Unprocessable request",
                 Some(field),
             ),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", Some(&auth)),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", None),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not found", None),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                Some(&content_type),
+            ),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", None),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large", None),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict", None),
@@ -118,11 +136,18 @@ impl IntoResponse for ApiError {
             field: field.cloned(),
         };
         let body = serde_json::to_string(&body).expect("a problem always serializes");
-        (
+        let mut res = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
     }
 }

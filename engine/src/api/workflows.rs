@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiError, AppState,
+    ApiError, AppState, Authenticated,
     openapi::{HistoryDoc, StepDoc, WorkflowStatusDoc},
     problem::Problem,
 };
@@ -444,32 +444,26 @@ pub async fn counts(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!(map)))
 }
 
+/// The body of an operator action. There is no `actor`: the actor is the authenticated caller.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
     reason: String,
-    #[serde(default)]
-    actor: Option<String>,
 }
 
 impl ActionBody {
-    fn checked(body: &Bytes) -> Result<(String, String), ApiError> {
+    fn checked(body: &Bytes) -> Result<String, ApiError> {
         let b: ActionBody = parse(body)?;
-        actor_and_reason(b.actor, b.reason)
+        checked_reason(b.reason)
     }
 }
 
-/// Who acts and why, as every operator action checks them: a reason is required, the actor
-/// defaults to `api`.
-fn actor_and_reason(actor: Option<String>, reason: String) -> Result<(String, String), ApiError> {
+/// Why, as every operator action requires it.
+fn checked_reason(reason: String) -> Result<String, ApiError> {
     if reason.trim().is_empty() {
         return Err(ApiError::bad("reason", "a reason is required"));
     }
-    let actor = actor.unwrap_or_else(|| "api".to_owned());
-    if actor.trim().is_empty() || actor.len() > 200 {
-        return Err(ApiError::bad("actor", "must be 1 to 200 characters"));
-    }
-    Ok((actor, reason))
+    Ok(reason)
 }
 
 /// Applies one operator event and answers with the new status, or why it was refused.
@@ -509,12 +503,12 @@ async fn act(st: &AppState, id: WorkflowId, event: Event) -> Result<Response, Ap
 )]
 pub async fn cancel(
     State(st): State<AppState>,
+    caller: Authenticated,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    operator_action(&st, &id, body, |actor, reason| Event::CancelRequested {
-        actor,
-        reason,
+    operator_action(&st, &caller, &id, body, |actor, reason| {
+        Event::CancelRequested { actor, reason }
     })
     .await
 }
@@ -530,12 +524,12 @@ pub async fn cancel(
 )]
 pub async fn terminate(
     State(st): State<AppState>,
+    caller: Authenticated,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    operator_action(&st, &id, body, |actor, reason| Event::TerminateRequested {
-        actor,
-        reason,
+    operator_action(&st, &caller, &id, body, |actor, reason| {
+        Event::TerminateRequested { actor, reason }
     })
     .await
 }
@@ -551,12 +545,12 @@ pub async fn terminate(
 )]
 pub async fn retry(
     State(st): State<AppState>,
+    caller: Authenticated,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    operator_action(&st, &id, body, |actor, reason| Event::RetryRequested {
-        actor,
-        reason,
+    operator_action(&st, &caller, &id, body, |actor, reason| {
+        Event::RetryRequested { actor, reason }
     })
     .await
 }
@@ -569,8 +563,6 @@ pub struct ResolveBody {
     step: String,
     /// Why, recorded with the event (what was done by hand).
     reason: String,
-    #[serde(default)]
-    actor: Option<String>,
 }
 
 /// `POST /workflows/{id}/resolve`: an operator repaired a failing compensation by hand (refunded
@@ -587,6 +579,7 @@ pub struct ResolveBody {
 )]
 pub async fn resolve(
     State(st): State<AppState>,
+    caller: Authenticated,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -600,13 +593,13 @@ pub async fn resolve(
             "the step whose compensation failed is required",
         ));
     }
-    let (actor, reason) = actor_and_reason(b.actor, b.reason)?;
+    let reason = checked_reason(b.reason)?;
     act(
         &st,
         id,
         Event::CompensationResolved {
             step,
-            actor,
+            actor: caller.actor(),
             reason,
         },
     )
@@ -651,17 +644,19 @@ pub enum ActionAnswers {
     Other(Problem),
 }
 
-/// An operator action with `{reason, actor?}`: checks the id and the body, then applies the event.
+/// An operator action with `{reason}`: checks the id and the body, then applies the event with
+/// the caller as its actor.
 async fn operator_action(
     st: &AppState,
+    caller: &Authenticated,
     id: &str,
     body: Result<Bytes, BytesRejection>,
     event: fn(String, String) -> Event,
 ) -> Result<Response, ApiError> {
     let body = body?;
     let id = workflow_id(id)?;
-    let (actor, reason) = ActionBody::checked(&body)?;
-    act(st, id, event(actor, reason)).await
+    let reason = ActionBody::checked(&body)?;
+    act(st, id, event(caller.actor(), reason)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -669,8 +664,6 @@ async fn operator_action(
 pub struct SignalBody {
     #[serde(default)]
     payload: Value,
-    #[serde(default)]
-    actor: Option<String>,
 }
 
 /// `POST /workflows/{id}/signals/{name}`: deliver a named signal with a payload.
@@ -694,6 +687,7 @@ pub struct SignalBody {
 )]
 pub async fn signal(
     State(st): State<AppState>,
+    caller: Authenticated,
     Path((id, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -713,12 +707,11 @@ pub async fn signal(
     let b: SignalBody = if body.is_empty() {
         SignalBody {
             payload: Value::Null,
-            actor: None,
         }
     } else {
         parse(&body)?
     };
-    let actor = b.actor.unwrap_or_else(|| "api".to_owned());
+    let actor = caller.actor();
     act(
         &st,
         id,

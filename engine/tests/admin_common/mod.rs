@@ -262,8 +262,11 @@ impl Ui {
                     handlers,
                 ));
                 let state = AppState::standalone(env.pool.clone(), applier.clone(), env.queue());
-                let app =
-                    api::router_with(state.clone(), admin::router(state.clone(), setup.config));
+                let app = api::router_with(
+                    state.clone(),
+                    orderflow_testkit::api_auth(),
+                    admin::router(state.clone(), setup.config),
+                );
                 (state.db, state.committer, None, app)
             }
             Db::Sqlite => {
@@ -281,8 +284,11 @@ impl Ui {
                     handlers,
                 ));
                 let state = AppState::standalone(store.clone(), applier.clone(), queue);
-                let app =
-                    api::router_with(state.clone(), admin::router(state.clone(), setup.config));
+                let app = api::router_with(
+                    state.clone(),
+                    orderflow_testkit::api_auth(),
+                    admin::router(state.clone(), setup.config),
+                );
                 (state.db, state.committer, Some(store), app)
             }
         };
@@ -328,12 +334,21 @@ impl Ui {
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Resp> {
         let res = self
-            .http
-            .get(self.url(path))
+            .bearer(path, self.http.get(self.url(path)))
             .header("cookie", self.cookies(&[]))
             .send()
             .await?;
         read(res).await
+    }
+
+    /// The REST API's routes (`/api/...`) are called as the operator `ann`; the admin UI's
+    /// pages with the session alone.
+    fn bearer(&self, path: &str, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if path.starts_with("/api/") {
+            req.bearer_auth(orderflow_testkit::operator_token("ann"))
+        } else {
+            req
+        }
     }
 
     /// POSTs a form with the session cookie (and whatever extra cookies).
@@ -355,7 +370,12 @@ impl Ui {
 
     /// GETs from the engine's REST API (under `/api/v1`, or `/ready`).
     pub async fn api_get(&self, path: &str) -> anyhow::Result<Resp> {
-        read(self.http.get(self.url(path)).send().await?).await
+        read(
+            self.bearer(path, self.http.get(self.url(path)))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// POSTs JSON to the REST API, with an `Idempotency-Key` if given.
@@ -365,7 +385,7 @@ impl Ui {
         key: Option<&str>,
         body: &serde_json::Value,
     ) -> anyhow::Result<Resp> {
-        let mut req = self.http.post(self.url(path)).json(body);
+        let mut req = self.bearer(path, self.http.post(self.url(path))).json(body);
         if let Some(k) = key {
             req = req.header("idempotency-key", k);
         }

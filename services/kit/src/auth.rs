@@ -1,7 +1,9 @@
 //! Access tokens: short-lived JWTs signed with HS256 by the user service and verified by every
-//! API with this same code. The algorithm is fixed here, on the server: a token's own `alg`
-//! header is never trusted, so `alg: none`, RS256 or any other algorithm is rejected, as are
-//! expired tokens and tokens signed with another key.
+//! API with this same code ([`orderflow_auth::KeyRing`]): the algorithm is fixed on the server, so
+//! `alg: none`, RS256 or any other algorithm is rejected, as are expired tokens and tokens signed
+//! with a key outside the ring. Tokens name their key (`kid`), so the secret rotates without
+//! downtime: every service accepts the current and the previous secret
+//! (`ORDERFLOW_JWT_PREVIOUS_SECRET`) while the rotation lasts.
 
 use std::time::Duration;
 
@@ -10,24 +12,18 @@ use axum::{
     http::{HeaderMap, header, request::Parts},
 };
 use chrono::Utc;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use orderflow_auth::engine::{self as engine_auth, EngineRole};
+pub use orderflow_auth::{ALGORITHM, ISSUER, KeyRing, MIN_SECRET_LEN, TokenError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
 
-/// The only algorithm accepted. Symmetric because issuer and verifiers are one deployment.
-pub const ALGORITHM: Algorithm = Algorithm::HS256;
-
 /// Access tokens live this long; the refresh token (a Redis session) lives much longer.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// The `iss` of every access token: the user service issues them, every API and Kong's JWT
-/// plugin (which finds the verifying key by this claim, `deploy/kong/kong.yaml`) require it.
-pub const ISSUER: &str = "orderflow-user";
-
-/// Shortest secret accepted: HS256 with fewer than 256 bits of key is brute-forceable.
-pub const MIN_SECRET_LEN: usize = 32;
+/// A service's token for the engine API lives this long; a new one is signed well before.
+pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// What a caller may do.
 #[derive(
@@ -65,49 +61,31 @@ pub struct Claims {
     pub iat: i64,
 }
 
-/// Why a token was refused. Callers answer every case with the same 401; the variant is for logs
-/// and tests.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token is invalid: {0}")]
-    Invalid(jsonwebtoken::errors::Error),
-    #[error("cannot sign a token: {0}")]
-    Sign(jsonwebtoken::errors::Error),
-}
-
-/// The signing and verifying key, shared by every service of one deployment.
-#[derive(Clone)]
+/// The signing and verifying keys, shared by every service of one deployment.
+#[derive(Clone, Debug)]
 pub struct JwtKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-}
-
-impl std::fmt::Debug for JwtKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtKeys(<redacted>)")
-    }
+    ring: KeyRing,
 }
 
 impl JwtKeys {
     /// Keys from the shared secret (`ORDERFLOW_JWT_SECRET`).
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
-        let secret = secret.as_ref();
-        let mut validation = Validation::new(ALGORITHM);
-        // Only HS256, whatever the token's header claims.
-        validation.algorithms = vec![ALGORITHM];
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        validation.set_issuer(&[ISSUER]);
-        // Clocks of one deployment agree to within seconds; a minute of grace would stretch a
-        // 15-minute token by 7%.
-        validation.leeway = 5;
         Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            ring: KeyRing::new(secret),
         }
+    }
+
+    /// Keys during a rotation: signs with `current`, still accepts tokens signed with
+    /// `previous` (`ORDERFLOW_JWT_PREVIOUS_SECRET`).
+    pub fn rotating(current: impl AsRef<[u8]>, previous: Option<impl AsRef<[u8]>>) -> Self {
+        Self {
+            ring: KeyRing::rotating(current, previous),
+        }
+    }
+
+    /// The key ring itself (the engine API verifies with the same ring).
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
     }
 
     /// Signs an access token for `user` valid for `ttl` from now.
@@ -123,20 +101,19 @@ impl JwtKeys {
         self.sign(&claims)
     }
 
+    /// A token for service `name` to call the engine API with (role `service`).
+    pub fn service_token(&self, name: &str) -> Result<String, TokenError> {
+        engine_auth::issue(&self.ring, EngineRole::Service, name, SERVICE_TOKEN_TTL)
+    }
+
     /// Signs exactly these claims (tests use it for expired tokens).
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        jsonwebtoken::encode(&Header::new(ALGORITHM), claims, &self.encoding)
-            .map_err(TokenError::Sign)
+        self.ring.sign(claims)
     }
 
     /// Verifies signature, algorithm, issuer and expiry, and returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e),
-            })
+        self.ring.verify(token)
     }
 }
 

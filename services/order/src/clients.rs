@@ -1,8 +1,11 @@
 //! Calls to the other services' public REST APIs (never their tables): the inventory prices an
-//! order, the user service knows the caller's email, the engine starts and cancels sagas.
+//! order, the user service knows the caller's email, the engine starts and cancels sagas. The
+//! engine is called as the service `order` (a service token signed with the deployment's key,
+//! fresh for each call: signing costs microseconds and a token never outlives a key rotation).
 
 use std::{collections::HashMap, time::Duration};
 
+use orderflow_service_kit::auth::JwtKeys;
 use orderflow_workflows::order::contracts::{Money, OrderSagaInput};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -68,7 +71,12 @@ pub struct Clients {
     inventory_url: String,
     user_url: String,
     engine_url: String,
+    /// Signs the service token the engine is called with.
+    keys: JwtKeys,
 }
+
+/// The name the order service calls the engine by: the actor of the cancels it asks for.
+pub const ENGINE_CALLER: &str = "order";
 
 /// A product's price as the inventory publishes it.
 #[derive(Clone, Debug, Deserialize)]
@@ -97,6 +105,7 @@ impl Clients {
         inventory_url: &str,
         user_url: &str,
         engine_url: &str,
+        keys: JwtKeys,
         timeout: Duration,
     ) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
@@ -109,7 +118,18 @@ impl Clients {
             inventory_url: trim(inventory_url),
             user_url: trim(user_url),
             engine_url: trim(engine_url),
+            keys,
         })
+    }
+
+    /// A fresh service token for the engine.
+    fn engine_token(&self) -> Result<String, CallError> {
+        self.keys
+            .service_token(ENGINE_CALLER)
+            .map_err(|e| CallError::Unavailable {
+                service: "engine",
+                detail: format!("cannot sign the service token: {e}"),
+            })
     }
 
     /// Prices of the named products that exist, by id.
@@ -155,6 +175,7 @@ impl Clients {
         let res = self
             .http
             .post(format!("{}/api/v1/workflows", self.engine_url))
+            .bearer_auth(self.engine_token()?)
             .header("Idempotency-Key", format!("order:{}", input.order_id))
             .json(&body)
             .send()
@@ -182,6 +203,7 @@ impl Clients {
         let res = self
             .http
             .post(format!("{}/api/v1/workflows", self.engine_url))
+            .bearer_auth(self.engine_token()?)
             .header("Idempotency-Key", format!("return:{}", input.order_id))
             .json(&body)
             .send()
@@ -191,7 +213,8 @@ impl Clients {
         Ok(started.id)
     }
 
-    /// Asks the engine to cancel (compensate) a saga on the owner's behalf.
+    /// Asks the engine to cancel (compensate) a saga on the owner's behalf. The engine records
+    /// the order service as the actor; the customer is named in the reason.
     pub async fn cancel_saga(&self, workflow: Uuid, user: Uuid) -> Result<(), CallError> {
         const SERVICE: &str = "engine";
         let res = self
@@ -200,9 +223,8 @@ impl Clients {
                 "{}/api/v1/workflows/{workflow}/cancel",
                 self.engine_url
             ))
-            .json(
-                &json!({ "reason": "cancelled by the customer", "actor": format!("user:{user}") }),
-            )
+            .bearer_auth(self.engine_token()?)
+            .json(&json!({ "reason": format!("cancelled by the customer user:{user}") }))
             .send()
             .await
             .map_err(|e| CallError::from_reqwest(SERVICE, &e))?;

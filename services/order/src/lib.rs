@@ -83,10 +83,12 @@ pub const ACTIVITIES: &[&str] = &[
 /// every replica; without Redis (`orderflow dev`, one process) they are counted here.
 pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     metrics::register();
+    let keys = JwtKeys::new(&config.service.jwt_secret);
     let clients = clients::Clients::new(
         &config.inventory_url,
         &config.user_url,
         &config.service.engine_url,
+        keys.clone(),
         config.call_timeout,
     )
     .context("building the HTTP client")?;
@@ -103,7 +105,7 @@ pub fn state(config: &OrderConfig, db: Db) -> anyhow::Result<AppState> {
     };
     Ok(AppState {
         db,
-        keys: JwtKeys::new(&config.service.jwt_secret),
+        keys,
         clients,
         wake: Arc::new(Notify::new()),
         start_backoff_cap: config.start_backoff_cap,

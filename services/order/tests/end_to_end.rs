@@ -136,8 +136,22 @@ impl E2e {
     /// `GET` from the engine's REST API, as an operator's tool calls it.
     async fn engine_get(&self, path: &str) -> Answer {
         let engine = Stack::engine_router(&self.stack.env, &self.stack.registry);
-        orderflow_service_testkit::call(&engine, axum::http::Method::GET, path, None, &[], None)
-            .await
+        let operator = orderflow_auth::engine::issue(
+            &orderflow_auth::KeyRing::new(common::SECRET),
+            orderflow_auth::engine::EngineRole::Operator,
+            "e2e",
+            std::time::Duration::from_secs(600),
+        )
+        .expect("signing");
+        orderflow_service_testkit::call(
+            &engine,
+            axum::http::Method::GET,
+            path,
+            Some(&operator),
+            &[],
+            None,
+        )
+        .await
     }
 
     /// The payment service's `/metrics` (Prometheus text).

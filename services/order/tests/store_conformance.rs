@@ -642,6 +642,7 @@ impl FakeEngine {
             "http://127.0.0.1:9",
             "http://127.0.0.1:9",
             &url,
+            orderflow_service_kit::auth::JwtKeys::new("conformance-secret-conformance-secret-01"),
             Duration::from_secs(5),
         )?;
         Ok((engine, clients))

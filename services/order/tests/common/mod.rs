@@ -223,13 +223,13 @@ impl Stack {
         Ok(stack)
     }
 
-    /// The engine's REST API over the test's database.
+    /// The engine's REST API over the test's database, verifying tokens with the services'
+    /// secret (the order service calls it with a service token signed by it).
     pub fn engine_router(env: &TestEnv, registry: &Arc<Registry>) -> Router {
-        orderflow_engine::api::router(EngineState::standalone(
-            env.pool.clone(),
-            env.applier(registry.clone()),
-            env.queue(),
-        ))
+        orderflow_engine::api::router(
+            EngineState::standalone(env.pool.clone(), env.applier(registry.clone()), env.queue()),
+            orderflow_engine::api::ApiAuth::new(orderflow_service_kit::auth::KeyRing::new(SECRET)),
+        )
     }
 
     /// Runs `handlers` on the stack's queues until the stack stops.
