@@ -58,6 +58,8 @@ pub enum Command {
         conn: Connections,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Address of the engine's REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -99,6 +101,8 @@ pub enum Command {
         conn: Connections,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Address of the REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -142,7 +146,8 @@ pub enum Command {
     },
     /// Replays recorded history files against this build's definitions.
     Replay {
-        /// History JSON files (as exported).
+        /// History JSON files (as exported), or archive objects (`.jsonl.gz`, as retention
+        /// writes them: every workflow in the object is replayed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -220,7 +225,27 @@ pub enum HistoryCommand {
             default_value = "postgres://postgres@127.0.0.1:5432/orderflow"
         )]
         database_url: String,
+        /// The archive retention writes to (`file:///dir` or `s3://bucket/prefix`): where a
+        /// workflow the database no longer holds is read from.
+        #[arg(long, env = "ORDERFLOW_ARCHIVE_URL")]
+        archive_url: Option<String>,
     },
+}
+
+/// Retention of finished workflows (docs/operations.md, retention): archived to
+/// `--archive-url`, then deleted from the database. Off without an archive.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Where finished workflows are archived before they are deleted: `file:///dir`, or
+    /// `s3://bucket/prefix` (endpoint and credentials from `AWS_*`). Unset: nothing is deleted.
+    #[arg(long, env = "ORDERFLOW_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+    /// How long finished workflows are kept: `30d`, `12h`, or `forever`.
+    #[arg(long, env = "ORDERFLOW_RETENTION", default_value = "30d")]
+    pub retention: String,
+    /// Per workflow type, overriding `--retention`: `order=90d,import=forever` (repeatable).
+    #[arg(long, env = "ORDERFLOW_RETENTION_TYPE", value_delimiter = ',')]
+    pub retention_type: Vec<String>,
 }
 
 /// The admin UI's operator account (the UI is served at `/admin` by `up` and `engine`).

@@ -19,7 +19,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
-use orderflow_engine::{Engine, EngineConfig, admin::AdminConfig, store::sqlite::SqliteStore};
+use orderflow_engine::{
+    Engine, EngineConfig,
+    admin::AdminConfig,
+    retention::{Retention, RetentionConfig},
+    store::sqlite::SqliteStore,
+};
 use orderflow_queue::{Topology, embedded::EmbeddedQueue};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +42,8 @@ pub struct DevArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "ORDERFLOW_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+    #[command(flatten)]
+    pub retention: crate::cli::RetentionArgs,
 }
 
 /// Everything `orderflow dev` runs, started; dropped or stopped, it stops.
@@ -93,6 +100,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Opens the data, serves everything on `args.bind` and runs the engine, the services and the
 /// workers.
 pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
+    let retention = crate::roles::retention_plan(&args.retention)?;
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
     let file = |name: &str| data_dir.map(|d| d.join(name));
     if let Some(dir) = data_dir {
@@ -130,6 +138,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
     );
     let state = orderflow_engine::api::AppState::new(&engine);
     tasks.spawn(engine.run(stop.clone()));
+    // The same retention as `up`, on the embedded store.
+    if let Some((archive, policy)) = retention {
+        let r = Retention::new(store.clone(), archive, policy, RetentionConfig::default());
+        tasks.spawn(r.run(stop.clone()));
+    }
 
     // The engine's API and admin UI answer whatever no service owns.
     let admin = AdminConfig {
