@@ -211,6 +211,11 @@ pub struct ServiceArgs {
     /// Adds the demo catalogue (sku-1 ... sku-5) to an empty inventory at start.
     #[arg(long, env = "ORDERFLOW_SEED_DEMO_PRODUCTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub seed_demo_products: bool,
+    /// How long the services keep their own logs: delivered notifications (with their attempts
+    /// and outbox records) and received Stripe webhook events. `90d`, or `forever`. Orders and
+    /// payments are business records and are never purged.
+    #[arg(long, env = "ORDERFLOW_SERVICE_RETENTION", default_value = "90d")]
+    pub service_retention: String,
 }
 
 #[derive(Debug, Subcommand)]

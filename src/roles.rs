@@ -9,7 +9,7 @@ use orderflow_engine::{
     Engine, EngineConfig,
     admin::{self, AdminConfig, DEV_PASSWORD},
     api::{self, AppState},
-    retention::{Archive, Policy, Retention, RetentionConfig},
+    retention::{Archive, Keep, Policy, Retention, RetentionConfig},
 };
 use orderflow_queue::{Topology, rabbit::RabbitQueue};
 use orderflow_service_kit::{
@@ -518,6 +518,14 @@ fn settings(
         smtp_url: args.smtp_url.clone(),
         email_from: args.email_from.clone(),
         seed_demo_products: args.seed_demo_products,
+        service_retention: match args
+            .service_retention
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--service-retention: {e}"))?
+        {
+            Keep::For(d) => Some(d),
+            Keep::Forever => None,
+        },
         admin,
     })
 }
