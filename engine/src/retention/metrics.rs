@@ -37,8 +37,7 @@ pub static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static LAG: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!(
         "orderflow_retention_lag_seconds",
-        "How long past its retention the oldest finished workflow still in the database is \
-         (0 when retention is keeping up)"
+        "Seconds past its retention of the oldest finished workflow still in the database"
     )
     .expect("metric registers once")
 });
