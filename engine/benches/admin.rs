@@ -11,7 +11,8 @@
 //!
 //! `cargo bench -p orderflow-engine --bench admin` (about a minute to load; `ADMIN_BENCH_N` sets
 //! the number of workflows, e.g. `ADMIN_BENCH_N=5000000`: loaded with `COPY` in batches of
-//! 5,000; ~10 KiB a saga with its history, ~50 GB at 5,000,000: size the disk first). `ADMIN_BENCH_KEEP=1` leaves the database behind; by default it is dropped.
+//! 5,000; ~10 KiB a saga with its history, ~50 GB at 5,000,000: size the disk first).
+//! `ADMIN_BENCH_KEEP=1` leaves the database behind; by default it is dropped.
 
 use std::{
     sync::Arc,
