@@ -58,6 +58,8 @@ pub enum Command {
         conn: Connections,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Address of the engine's REST API and admin UI. Loopback by default: on any other
         /// address `up` needs ORDERFLOW_ADMIN_PASSWORD (it refuses the development password).
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "127.0.0.1:8080")]
@@ -100,6 +102,8 @@ pub enum Command {
         conn: Connections,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Address of the REST API.
         #[arg(long, env = "ORDERFLOW_BIND", default_value = "0.0.0.0:8080")]
         bind: SocketAddr,
@@ -147,7 +151,8 @@ pub enum Command {
     },
     /// Replays recorded history files against this build's definitions.
     Replay {
-        /// History JSON files (as exported).
+        /// History JSON files (as exported), or archive objects (`.jsonl.gz`, as retention
+        /// writes them: every workflow in the object is replayed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -211,6 +216,11 @@ pub struct ServiceArgs {
     /// Adds the demo catalogue (sku-1 ... sku-5) to an empty inventory at start.
     #[arg(long, env = "ORDERFLOW_SEED_DEMO_PRODUCTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub seed_demo_products: bool,
+    /// How long the services keep their own logs: delivered notifications (with their attempts
+    /// and outbox records) and received Stripe webhook events. `90d`, or `forever`. Orders and
+    /// payments are business records and are never purged.
+    #[arg(long, env = "ORDERFLOW_SERVICE_RETENTION", default_value = "90d")]
+    pub service_retention: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +235,27 @@ pub enum HistoryCommand {
             default_value = "postgres://postgres@127.0.0.1:5432/orderflow"
         )]
         database_url: String,
+        /// The archive retention writes to (`file:///dir` or `s3://bucket/prefix`): where a
+        /// workflow the database no longer holds is read from.
+        #[arg(long, env = "ORDERFLOW_ARCHIVE_URL")]
+        archive_url: Option<String>,
     },
+}
+
+/// Retention of finished workflows (docs/operations.md, retention): archived to
+/// `--archive-url`, then deleted from the database. Off without an archive.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Where finished workflows are archived before they are deleted: `file:///dir`, or
+    /// `s3://bucket/prefix` (endpoint and credentials from `AWS_*`). Unset: nothing is deleted.
+    #[arg(long, env = "ORDERFLOW_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+    /// How long finished workflows are kept: `30d`, `12h`, or `forever`.
+    #[arg(long, env = "ORDERFLOW_RETENTION", default_value = "30d")]
+    pub retention: String,
+    /// Per workflow type, overriding `--retention`: `order=90d,import=forever` (repeatable).
+    #[arg(long, env = "ORDERFLOW_RETENTION_TYPE", value_delimiter = ',')]
+    pub retention_type: Vec<String>,
 }
 
 /// The admin UI's operator account (the UI is served at `/admin` by `up` and `engine`).

@@ -9,7 +9,7 @@ use orderflow_engine::{
     Engine, EngineConfig,
     admin::{self, AdminConfig, DEV_PASSWORD},
     api::{self, AppState},
-    store::Reads as _,
+    retention::{Archive, Keep, Policy, Retention, RetentionConfig},
 };
 use orderflow_queue::{Topology, rabbit::RabbitQueue};
 use orderflow_service_kit::{
@@ -21,7 +21,7 @@ use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, ServiceArgs},
+    cli::{AdminArgs, Cli, Command, Connections, HistoryCommand, RetentionArgs, ServiceArgs},
     services::{SERVICES, Settings},
 };
 
@@ -42,10 +42,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             concurrency,
             admin,
+            retention,
             services,
         } => {
             // Checked before anything starts: a refusal is the first and only thing said.
             let admin = admin_ui(&admin, true, bind)?;
+            let retention = retention_plan(&retention)?;
             let pool = migrated_pool(&conn.database_url).await?;
             let stop = shutdown_token();
             let secret = jwt_secret(services.jwt_secret.clone(), true)?;
@@ -58,6 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bind,
                 auth,
                 admin,
+                retention,
                 stop.clone(),
             ));
             // The services share one connection to the broker; the engine has its own.
@@ -114,12 +117,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             admin,
             jwt_secret: secret,
+            retention,
         } => {
             let admin = admin_ui(&admin, false, bind)?;
             let auth = api_auth(&jwt_secret(secret, false)?);
+            let retention = retention_plan(&retention)?;
             let pool = migrated_pool(&conn.database_url).await?;
             let queue = task_queue(&conn);
-            serve_engine(pool, queue, bind, auth, admin, shutdown_token()).await
+            serve_engine(pool, queue, bind, auth, admin, retention, shutdown_token()).await
         }
         Command::Worker {
             conn,
@@ -143,25 +148,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::History {
-            command: HistoryCommand::Export { id, database_url },
+            command:
+                HistoryCommand::Export {
+                    id,
+                    database_url,
+                    archive_url,
+                },
         } => {
             let id: WorkflowId = id
                 .parse()
                 .map_err(|_| anyhow::anyhow!("ID: `{id}` is not a workflow id (a UUID)"))?;
+            let archive = archive_url
+                .as_deref()
+                .map(Archive::open)
+                .transpose()
+                .context("--archive-url")?;
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&database_url)
                 .await?;
-            let (row, events) = pool
-                .workflow(id.0)
-                .await?
-                .with_context(|| format!("ID: no workflow {id}"))?;
-            let history = History {
-                workflow_id: id,
-                workflow_type: row.workflow_type,
-                version: row.version as u32,
-                events,
-            };
+            let history = export(&pool, archive.as_ref(), id).await?;
             println!("{}", serde_json::to_string_pretty(&history)?);
             Ok(())
         }
@@ -189,11 +195,101 @@ fn replay_files(registry: &Registry, files: &[std::path::PathBuf]) -> anyhow::Re
 }
 
 fn replay_file(registry: &Registry, file: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file).context("reading the file")?;
+    let bytes = std::fs::read(file).context("reading the file")?;
+    // An archive object (gzip's magic number): every workflow in it.
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let records =
+            orderflow_engine::retention::archive::decode(&file.display().to_string(), &bytes)?;
+        let mut statuses = Vec::with_capacity(records.len());
+        for r in &records {
+            let state = replay(registry, &r.history)
+                .with_context(|| format!("archived workflow {}", r.workflow.id))?;
+            anyhow::ensure!(
+                state.status().as_str() == r.workflow.status,
+                "archived workflow {}: replays to {}, archived as {}",
+                r.workflow.id,
+                state.status(),
+                r.workflow.status
+            );
+            statuses.push(state.status().to_string());
+        }
+        return Ok(format!(
+            "{} archived workflows: {}",
+            records.len(),
+            summary(&statuses)
+        ));
+    }
+    let text = String::from_utf8(bytes).context("not UTF-8 text")?;
     let history: History =
         serde_json::from_str(&text).context("not a history in the replay format")?;
     let state = replay(registry, &history)?;
     Ok(state.status().to_string())
+}
+
+/// `3 completed, 1 cancelled`.
+fn summary(statuses: &[String]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in statuses {
+        *counts.entry(s).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A workflow's history from the database, or from the archive when retention moved it there.
+async fn export(
+    reads: &dyn orderflow_engine::store::Reads,
+    archive: Option<&Archive>,
+    id: WorkflowId,
+) -> anyhow::Result<History> {
+    if let Some((row, events)) = reads.workflow(id.0).await? {
+        return Ok(History {
+            workflow_id: id,
+            workflow_type: row.workflow_type,
+            version: row.version as u32,
+            events,
+        });
+    }
+    let Some(at) = reads.archived(id.0).await? else {
+        bail!("ID: no workflow {id}");
+    };
+    let Some(day) = at.archived_at else {
+        bail!("ID: workflow {id} is being archived right now; try again in a minute");
+    };
+    let Some(archive) = archive else {
+        bail!(
+            "ID: workflow {id} was archived on {} to {}; give --archive-url to read it",
+            day.format("%Y-%m-%d"),
+            at.object_key
+        );
+    };
+    let record = archive
+        .find(&at.object_key, id.0)
+        .await
+        .with_context(|| format!("reading {} from the archive", at.object_key))?
+        .with_context(|| {
+            format!(
+                "ID: workflow {id} is not in its archive object {}",
+                at.object_key
+            )
+        })?;
+    Ok(record.history)
+}
+
+/// The retention `up` and `engine` run: the archive opened and the policy parsed before
+/// anything starts, so a bad flag stops the process at once, naming it.
+pub fn retention_plan(args: &RetentionArgs) -> anyhow::Result<Option<(Archive, Policy)>> {
+    let policy =
+        Policy::parse(Some(&args.retention), &args.retention_type).map_err(anyhow::Error::msg)?;
+    let Some(url) = &args.archive_url else {
+        tracing::info!("retention is off: no --archive-url, finished workflows are kept");
+        return Ok(None);
+    };
+    let archive = Archive::open(url).map_err(|e| anyhow::anyhow!("--archive-url: {e}"))?;
+    Ok(Some((archive, policy)))
 }
 
 /// Cancelled on SIGINT or SIGTERM, so every role drains and stops.
@@ -247,9 +343,15 @@ async fn serve_engine(
     bind: SocketAddr,
     auth: api::ApiAuth,
     admin: Option<AdminConfig>,
+    retention: Option<(Archive, Policy)>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = Arc::new(orderflow_workflows::registry());
+    // Retention shares only the database with the engine's loops.
+    let retention = retention.map(|(archive, policy)| {
+        let r = Retention::new(pool.clone(), archive, policy, RetentionConfig::default());
+        tokio::spawn(r.run(stop.clone()))
+    });
     let engine = Engine::new(
         pool.clone(),
         queue.clone(),
@@ -270,6 +372,9 @@ async fn serve_engine(
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await?;
     loops.await??;
+    if let Some(retention) = retention {
+        retention.await?;
+    }
     Ok(())
 }
 
@@ -420,6 +525,14 @@ fn settings(
         smtp_url: args.smtp_url.clone(),
         email_from: args.email_from.clone(),
         seed_demo_products: args.seed_demo_products,
+        service_retention: match args
+            .service_retention
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--service-retention: {e}"))?
+        {
+            Keep::For(d) => Some(d),
+            Keep::Forever => None,
+        },
         admin,
     })
 }
@@ -550,5 +663,115 @@ mod tests {
                 Some(DEV_PASSWORD)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orderflow_core::testing::Driver;
+    use orderflow_engine::store::{
+        Reads as _, Store as _,
+        change::{Change, HistoryRow, NewWorkflow},
+        sqlite::SqliteStore,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// A workflow retention archived is still exported and replayed, from the archive; without
+    /// the archive the error says when it was archived and which flag reads it.
+    #[tokio::test]
+    async fn history_export_and_replay_read_archived_workflows() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("orderflow-export-{}", uuid::Uuid::new_v4()));
+        let store = SqliteStore::open(None).await?;
+        let registry = orderflow_workflows::registry();
+        let id = WorkflowId(uuid::Uuid::now_v7());
+        let mut d = Driver::for_definition(registry.get("order", 1).expect("order v1").clone())
+            .workflow_id(id)
+            .start_at(orderflow_engine::apply::now())
+            .start(orderflow_testkit::order_input())?;
+        d.terminate("admin:ops", "test order")?;
+        let history = d.history().clone();
+        let mut change = Change::default();
+        change.creates.push(NewWorkflow {
+            id: id.0,
+            workflow_type: "order".into(),
+            version: 1,
+            status: "terminated".into(),
+            reason: None,
+            state: serde_json::to_string(d.state())?,
+            last_seq: history.events.len() as i64,
+            business_keys: "{}".into(),
+            idempotency_key: None,
+            request_hash: None,
+            fingerprint: "test".into(),
+            at: history.events.last().expect("events").at,
+        });
+        for e in &history.events {
+            change.history.push(HistoryRow {
+                workflow_id: id.0,
+                seq: e.seq as i64,
+                at: e.at,
+                event: serde_json::to_string(&e.event)?,
+                commands: serde_json::to_string(&e.commands)?,
+                ignored: None,
+            });
+        }
+        store.write(&change).await?;
+        let archive = Archive::open(dir.to_str().expect("utf-8"))?;
+        let retention = Retention::new(
+            store.clone(),
+            archive.clone(),
+            Policy::default(),
+            RetentionConfig::default(),
+        );
+        let later = chrono::Utc::now() + chrono::Duration::days(31);
+        assert_eq!(
+            retention
+                .round(later, &CancellationToken::new())
+                .await?
+                .archived,
+            1
+        );
+
+        assert_eq!(export(&store, Some(&archive), id).await?, history);
+        let e = export(&store, None, id).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("ID: workflow {id} was archived on ")),
+            "{e}"
+        );
+        assert!(e.contains("--archive-url"), "{e}");
+        let e = export(&store, None, WorkflowId(uuid::Uuid::now_v7()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("ID: no workflow"), "{e}");
+
+        // The archive's object replays as a file too.
+        let key = store.archived(id.0).await?.expect("archived").object_key;
+        let status = replay_file(&registry, &dir.join(key))?;
+        assert_eq!(status, "1 archived workflows: 1 terminated");
+        Ok(())
+    }
+
+    #[test]
+    fn retention_flags_are_named_when_wrong() {
+        let args = |retention: &str, types: &[&str], url: Option<&str>| RetentionArgs {
+            archive_url: url.map(str::to_owned),
+            retention: retention.to_owned(),
+            retention_type: types.iter().map(|s| s.to_string()).collect(),
+        };
+        let e = retention_plan(&args("30", &[], None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--retention:"), "{e}");
+        let e = retention_plan(&args("30d", &["order"], None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--retention-type:"), "{e}");
+        let e = retention_plan(&args("30d", &[], Some("rel/dir")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--archive-url:"), "{e}");
+        assert!(retention_plan(&args("30d", &[], None)).unwrap().is_none());
     }
 }

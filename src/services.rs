@@ -43,6 +43,9 @@ pub struct Settings {
     pub email_from: Option<String>,
     /// Insert the demo catalogue at start if there are no products.
     pub seed_demo_products: bool,
+    /// How long the services keep their own logs (notifications, webhook events); `None`:
+    /// forever.
+    pub service_retention: Option<std::time::Duration>,
     /// An admin account to create at start.
     pub admin: Option<orderflow_user::config::AdminSeed>,
 }
@@ -231,7 +234,8 @@ async fn payment(s: &Settings, service: ServiceConfig) -> anyhow::Result<Service
             (StripeConfig::sandbox(running.url()), Some(running))
         }
     };
-    let config = orderflow_payment::PaymentConfig::new(service, stripe);
+    let mut config = orderflow_payment::PaymentConfig::new(service, stripe);
+    config.webhook_retention = s.service_retention;
     let mut parts = orderflow_payment::parts(config).await?;
     if let Some(sandbox) = sandbox {
         parts.keep_alive.push(Box::new(sandbox));
@@ -243,6 +247,7 @@ async fn notification(s: &Settings, service: ServiceConfig) -> anyhow::Result<Se
     let mut config = orderflow_notification::NotificationConfig::new(service);
     // Without SMTP the notification service keeps messages in its outbox table.
     config.smtp_url.clone_from(&s.smtp_url);
+    config.log_retention = s.service_retention;
     if let Some(from) = &s.email_from {
         config.email_from.clone_from(from);
     }
@@ -272,6 +277,7 @@ mod tests {
             smtp_url: None,
             email_from: None,
             seed_demo_products: false,
+            service_retention: None,
             admin: None,
         }
     }

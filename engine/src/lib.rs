@@ -16,6 +16,8 @@
 //! - [`api`]: the REST API (axum) to start, inspect and operate workflows.
 //! - [`admin`]: the operators' web UI at `/admin`, mounted by [`api::router_with_admin`].
 //! - [`metrics`]: Prometheus metrics.
+//! - [`retention`]: finished workflows archived to an object store and deleted after their
+//!   type's retention; started beside the engine's loops by the hosts.
 
 pub mod admin;
 pub mod api;
@@ -26,6 +28,7 @@ pub mod engine;
 pub mod loops;
 pub mod metrics;
 mod publisher;
+pub mod retention;
 pub mod store;
 
 pub use config::EngineConfig;

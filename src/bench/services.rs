@@ -92,6 +92,7 @@ impl Running {
             smtp_url: None,
             email_from: None,
             seed_demo_products: false,
+            service_retention: None,
             admin: None,
         };
         let queue = RabbitQueue::new(

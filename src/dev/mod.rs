@@ -19,7 +19,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
-use orderflow_engine::{Engine, EngineConfig, admin::AdminConfig, store::sqlite::SqliteStore};
+use orderflow_engine::{
+    Engine, EngineConfig,
+    admin::AdminConfig,
+    retention::{Retention, RetentionConfig},
+    store::sqlite::SqliteStore,
+};
 use orderflow_queue::{Topology, embedded::EmbeddedQueue};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +46,8 @@ pub struct DevArgs {
     /// is accepted on a loopback address only.
     #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    #[command(flatten)]
+    pub retention: crate::cli::RetentionArgs,
 }
 
 /// Everything `orderflow dev` runs, started; dropped or stopped, it stops.
@@ -118,6 +125,7 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
             args.bind
         ),
     };
+    let retention = crate::roles::retention_plan(&args.retention)?;
     let data_dir = (!args.memory).then_some(args.data_dir.as_path());
     let file = |name: &str| data_dir.map(|d| d.join(name));
     if let Some(dir) = data_dir {
@@ -162,6 +170,11 @@ pub async fn start(args: &DevArgs) -> anyhow::Result<Dev> {
             }
         }
     });
+    // The same retention as `up`, on the embedded store.
+    if let Some((archive, policy)) = retention {
+        let r = Retention::new(store.clone(), archive, policy, RetentionConfig::default());
+        tasks.spawn(r.run(stop.clone()));
+    }
 
     // The engine's API and admin UI answer whatever no service owns.
     let admin = AdminConfig {

@@ -69,6 +69,7 @@ fn settings(data_dir: Option<&Path>, wiring: &Wiring) -> Settings {
         smtp_url: None,
         email_from: None,
         seed_demo_products: true,
+        service_retention: Some(orderflow_notification::NotificationConfig::DEFAULT_LOG_RETENTION),
         admin: None,
     }
 }

@@ -730,11 +730,9 @@ pub async fn detail_page(
     let id: WorkflowId = id
         .parse()
         .map_err(|_| AdminError::bad("id", format!("`{id}` is not a workflow id (a UUID)")))?;
-    let (row, history) = st
-        .db
-        .workflow(id.0)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no workflow {id}")))?;
+    let Some((row, history)) = st.db.workflow(id.0).await? else {
+        return archived_page(&st, &op, &headers, id).await;
+    };
     let timers = st.db.timers_of(&[id.0]).await?;
     let state: Box<dyn WorkflowState> = serde_json::from_value(row.state.clone())
         .map_err(|e| AdminError::Internal(anyhow::anyhow!("workflow {id} snapshot: {e}")))?;
@@ -905,6 +903,44 @@ pub async fn detail_page(
         nav: "workflows",
     };
     Ok(page(&st, frame, body))
+}
+
+/// The detail page of an id the database no longer holds: where retention archived it, or
+/// 404 when it never had it.
+async fn archived_page(
+    st: &AdminState,
+    op: &Operator,
+    headers: &HeaderMap,
+    id: WorkflowId,
+) -> Result<Response, AdminError> {
+    let Some(at) = st.db.archived(id.0).await? else {
+        return Err(AdminError::NotFound(format!("no workflow {id}")));
+    };
+    let Some(day) = at.archived_at else {
+        // Claimed, and deleted in the next moments: the row was there a moment ago.
+        return Err(AdminError::NotFound(format!(
+            "workflow {id} is being archived; it was finished and past its retention"
+        )));
+    };
+    let body = html! {
+        h1 { (at.workflow_type) " " code { (id) } }
+        p.archived #archived {
+            "Archived on " time datetime=(day.to_rfc3339()) { (day.format("%Y-%m-%d")) }
+            ": it finished and was kept for its retention, then written to the archive and \
+             deleted from the database."
+        }
+        p { "Archive object: " code { (at.object_key) } }
+        p { "Read its history with " code { "orderflow history export " (id) " --archive-url URL" } "." }
+    };
+    let frame = Frame {
+        title: format!("{} {} (archived)", at.workflow_type, id),
+        op,
+        flash: take_flash(headers),
+        nav: "workflows",
+    };
+    let mut res = page(st, frame, body);
+    *res.status_mut() = axum::http::StatusCode::NOT_FOUND;
+    Ok(res)
 }
 
 fn action_form(

@@ -184,10 +184,22 @@ fn trace_root(
 }
 
 async fn load(st: &AppState, id: WorkflowId) -> Result<WorkflowRow, ApiError> {
-    st.db
-        .get(id.0)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))
+    if let Some(row) = st.db.get(id.0).await? {
+        return Ok(row);
+    }
+    // Retention may have archived it: say so rather than that it never existed.
+    Err(ApiError::NotFound(match st.db.archived(id.0).await? {
+        Some(at) => match at.archived_at {
+            Some(day) => format!(
+                "workflow {id} was archived on {} (archive object {}) and is no longer in the \
+                 database",
+                day.format("%Y-%m-%d"),
+                at.object_key
+            ),
+            None => format!("workflow {id} is being archived"),
+        },
+        None => format!("no workflow {id}"),
+    }))
 }
 
 /// A workflow as the list shows it.

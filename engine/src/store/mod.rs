@@ -5,6 +5,8 @@
 //!   static dispatch. [`StoreTx`] is the outbox relay's transaction.
 //! - [`reads`]: the read seam of the API and the admin UI ([`reads::Reads`]), object-safe.
 //! - [`change`]: the rows one state change writes, whatever the database.
+//! - [`retention`]: what archiving and deleting finished workflows asks of the database
+//!   ([`retention::RetentionStore`]).
 //! - [`postgres`]: production; one module per table, each taking the caller's connection, a
 //!   batch written in one statement.
 //! - [`sqlite`]: the embedded store of `orderflow dev`; a batch written in one `BEGIN
@@ -15,6 +17,7 @@
 pub mod change;
 pub mod postgres;
 pub mod reads;
+pub mod retention;
 pub mod sqlite;
 
 use std::future::Future;

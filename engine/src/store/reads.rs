@@ -241,6 +241,10 @@ pub trait Reads: Send + Sync + fmt::Debug {
 
     /// Whether the database answers.
     async fn ping(&self) -> bool;
+
+    /// Where a workflow that retention claimed went: its archive object and when it was
+    /// deleted (`crate::retention`). `None` for an id retention never claimed.
+    async fn archived(&self, id: Uuid) -> sqlx::Result<Option<super::retention::ArchivedAt>>;
 }
 
 /// Whether to keep what a batch of operator actions did: a single action keeps nothing that

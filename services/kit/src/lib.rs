@@ -15,6 +15,7 @@
 //! - [`openapi`]: the bearer scheme and the route serving each API's OpenAPI document.
 //! - [`parts`]: what a service contributes to a process ([`parts::ServiceParts`]: its API, activity
 //!   handlers, followers of finished workflows and background loops), and running them as one.
+//! - [`purge`]: the loop that runs a service's own retention (what it purges is the service's).
 
 pub mod auth;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod limit;
 pub mod openapi;
 pub mod parts;
 pub mod problem;
+pub mod purge;
 
 pub use config::ServiceConfig;
 pub use problem::ApiError;

@@ -22,6 +22,8 @@ pub struct NotificationConfig {
     /// How long one delivery (an SMTP conversation, an HTTP call) may take. Below the step's
     /// start-to-close timeout, so a hanging provider fails the attempt rather than the deadline.
     pub send_timeout: Duration,
+    /// How long delivered and failed messages are kept (`None`: forever); see [`crate::purge`].
+    pub log_retention: Option<Duration>,
 }
 
 // Hand-written so that credentials in the SMTP URL and the API key never reach a log line.
@@ -35,6 +37,7 @@ impl std::fmt::Debug for NotificationConfig {
             .field("push_url", &self.push_url)
             .field("provider_api_key", &"<redacted>")
             .field("send_timeout", &self.send_timeout)
+            .field("log_retention", &self.log_retention)
             .finish()
     }
 }
@@ -42,6 +45,7 @@ impl std::fmt::Debug for NotificationConfig {
 impl NotificationConfig {
     pub const DEFAULT_FROM: &'static str = "OrderFlow <orders@orderflow.localhost>";
     pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 
     /// Outbox for every channel, around `service`.
     pub fn new(service: ServiceConfig) -> Self {
@@ -53,6 +57,7 @@ impl NotificationConfig {
             push_url: None,
             provider_api_key: String::new(),
             send_timeout: Self::DEFAULT_SEND_TIMEOUT,
+            log_retention: Some(Self::DEFAULT_LOG_RETENTION),
         }
     }
 

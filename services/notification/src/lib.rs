@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod providers;
 pub mod returns;
+pub mod purge;
 pub mod send;
 pub mod store;
 pub mod templates;
@@ -34,6 +35,7 @@ use orderflow_service_kit::{
     db::{Db, Migrations},
     http::{self, Readiness},
     parts::ServiceParts,
+    purge::purge_loop,
 };
 use sqlx::migrate::Migrator;
 
@@ -45,6 +47,9 @@ use crate::providers::{http::HttpProvider, outbox::Outbox, smtp::SmtpEmail};
 
 /// The service's name in metrics and logs.
 pub const SERVICE: &str = "notification";
+
+/// How often the service's own retention runs (see [`purge`]).
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The notification database's migrations (`migrations/notification`).
 pub fn migrator() -> Migrator {
@@ -148,6 +153,18 @@ pub async fn parts(config: NotificationConfig) -> anyhow::Result<ServiceParts> {
     );
     parts.ready = Readiness::new().database(db.clone());
     parts.handlers = handlers(db.clone(), providers);
+    if let Some(keep) = config.log_retention {
+        let purge_db = db.clone();
+        parts.loops.push(purge_loop(
+            SERVICE,
+            keep,
+            PURGE_EVERY,
+            Box::new(move |cutoff| {
+                let db = purge_db.clone();
+                Box::pin(async move { purge::purge(&db, cutoff).await })
+            }),
+        ));
+    }
     parts.db = Some(db);
     Ok(parts)
 }

@@ -60,10 +60,14 @@ pub struct PaymentConfig {
     /// remembers a charge's outcome. Stripe keeps idempotency keys for 24 hours; after that the
     /// database still answers.
     pub outcome_ttl: Duration,
+    /// How long received webhook events are kept (`None`: forever); see [`crate::purge`].
+    pub webhook_retention: Option<Duration>,
 }
 
 impl PaymentConfig {
     pub const DEFAULT_OUTCOME_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// Stripe redelivers an event for up to three days; a month covers it with room.
+    pub const DEFAULT_WEBHOOK_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 
     /// The defaults around `service` and `stripe`.
     pub fn new(service: ServiceConfig, stripe: StripeConfig) -> Self {
@@ -71,6 +75,7 @@ impl PaymentConfig {
             service,
             stripe,
             outcome_ttl: Self::DEFAULT_OUTCOME_TTL,
+            webhook_retention: Some(Self::DEFAULT_WEBHOOK_RETENTION),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod model;
+pub mod purge;
 pub mod store;
 pub mod webhooks;
 
@@ -43,6 +44,7 @@ use orderflow_service_kit::{
     http::{self, Readiness},
     kv,
     parts::ServiceParts,
+    purge::purge_loop,
 };
 use sqlx::migrate::Migrator;
 
@@ -52,6 +54,9 @@ pub use config::{PaymentConfig, StripeConfig};
 
 /// The service's name in metrics and logs.
 pub const SERVICE: &str = "payment";
+
+/// How often the service's own retention runs (see [`purge`]).
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The payment database's migrations (`migrations/payment`).
 pub fn migrator() -> Migrator {
@@ -145,6 +150,18 @@ pub async fn parts(config: PaymentConfig) -> anyhow::Result<ServiceParts> {
         parts.ready = parts.ready.redis(redis);
     }
     parts.handlers = handlers(payments);
+    if let Some(keep) = config.webhook_retention {
+        let purge_db = db.clone();
+        parts.loops.push(purge_loop(
+            SERVICE,
+            keep,
+            PURGE_EVERY,
+            Box::new(move |cutoff| {
+                let db = purge_db.clone();
+                Box::pin(async move { purge::purge(&db, cutoff).await })
+            }),
+        ));
+    }
     parts.db = Some(db);
     Ok(parts)
 }

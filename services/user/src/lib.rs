@@ -20,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod model;
 pub mod passwords;
+pub mod purge;
 pub mod seed;
 pub mod sessions;
 pub mod store;
@@ -105,6 +106,19 @@ pub async fn parts(config: UserConfig) -> anyhow::Result<ServiceParts> {
     let db = state.db.clone();
     let mut parts = ServiceParts::new(SERVICE, &["users", "auth"], router(state));
     parts.ready = ready;
+    if matches!(db, orderflow_service_kit::db::Db::Sqlite(_)) {
+        let purge_db = db.clone();
+        // The cutoff is now: a session is purged as soon as it has expired.
+        parts.loops.push(orderflow_service_kit::purge::purge_loop(
+            SERVICE,
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(3600),
+            Box::new(move |now| {
+                let db = purge_db.clone();
+                Box::pin(async move { purge::purge_expired_sessions(&db, now).await })
+            }),
+        ));
+    }
     parts.db = Some(db);
     Ok(parts)
 }

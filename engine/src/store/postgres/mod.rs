@@ -7,6 +7,7 @@ mod change;
 pub mod history;
 pub mod outbox;
 pub mod reads;
+pub mod retention;
 pub mod timers;
 pub mod workflows;
 

@@ -376,6 +376,13 @@ impl Reads for PgPool {
         Ok(())
     }
 
+    async fn archived(
+        &self,
+        id: Uuid,
+    ) -> sqlx::Result<Option<crate::store::retention::ArchivedAt>> {
+        super::retention::archived(self, id).await
+    }
+
     async fn ping(&self) -> bool {
         sqlx::query("select 1").execute(self).await.is_ok()
     }

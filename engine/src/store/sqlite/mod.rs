@@ -15,6 +15,7 @@ use sqlx::{
 use uuid::Uuid;
 
 pub mod reads;
+pub mod retention;
 
 use super::{
     DueTimer, Loaded, OutboxRow, Store, StoreTx, WorkflowRow,

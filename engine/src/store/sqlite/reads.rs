@@ -482,6 +482,13 @@ impl Reads for SqliteStore {
         close_session(self.pool(), token_hash).await
     }
 
+    async fn archived(
+        &self,
+        id: Uuid,
+    ) -> sqlx::Result<Option<crate::store::retention::ArchivedAt>> {
+        super::retention::archived(self, id).await
+    }
+
     async fn ping(&self) -> bool {
         sqlx::query("select 1").execute(self.pool()).await.is_ok()
     }
