@@ -615,7 +615,7 @@ pub fn admin_ui(
 }
 
 #[cfg(test)]
-mod tests {
+mod admin_ui_tests {
     use super::*;
 
     fn args(password: Option<&str>) -> AdminArgs {
