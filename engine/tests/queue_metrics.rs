@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use orderflow_engine::loops::backlog::{
-    Backlog, OUTBOX_LAG, OUTBOX_ROWS, QUEUE_CONSUMERS, QUEUE_DEPTH, WORKFLOWS_STUCK,
+    Backlog, OUTBOX_LAG, OUTBOX_ROWS, QUEUE_CONSUMERS, QUEUE_DEPTH, QUEUE_OLDEST_TASK_AGE,
+    TASKS_OUT, WORKFLOWS_STUCK,
 };
 use orderflow_queue::{
     Consumer as _, Delivery as _, Outgoing, QueueStats, TaskQueue, rabbit::RabbitQueue,
@@ -133,6 +134,55 @@ async fn gauges_follow_the_queues_and_the_outbox() -> anyhow::Result<()> {
         let lag = OUTBOX_LAG.get();
         let attention = WORKFLOWS_STUCK.with_label_values(&["attention"]).get();
         Ok((rows == 1 && lag >= 42.0 && attention == 1).then_some(()))
+    })
+    .await?;
+
+    // A charge task scheduled 30 s ago (its history row, and its start-to-close timer) and not
+    // answered is a task out, 30 s old; its answer (the timer gone) brings the age back to zero.
+    let waiting = Uuid::now_v7();
+    sqlx::query(
+        "insert into history (workflow_id, seq, at, event, commands)
+         values ($1, 1, now() - interval '30 seconds', '{}',
+                 jsonb_build_array(jsonb_build_object('type', 'schedule_activity',
+                                                      'activity', $2::text)))",
+    )
+    .bind(waiting)
+    .bind(CHARGE)
+    .execute(&env.pool)
+    .await?;
+    sqlx::query(
+        "insert into timers (id, workflow_id, fire_at, purpose)
+         values ($1, $2, now() + interval '1 minute',
+                 jsonb_build_object('purpose', 'attempt_timeout', 'task_id', $1::text))",
+    )
+    .bind(Uuid::new_v4())
+    .bind(waiting)
+    .execute(&env.pool)
+    .await?;
+    eventually(WAIT, "a charge task out for 30 s", || async {
+        let age = QUEUE_OLDEST_TASK_AGE
+            .with_label_values(&[&charge_queue])
+            .get();
+        let out = TASKS_OUT.with_label_values(&[&charge_queue]).get();
+        let none = TASKS_OUT.with_label_values(&[&missing_queue]).get();
+        Ok(((30.0..60.0).contains(&age) && out == 1 && none == 0).then_some(()))
+    })
+    .await?;
+    ensure!(
+        orderflow_engine::metrics::render().contains(&format!(
+            "orderflow_queue_oldest_task_age_seconds{{queue=\"{charge_queue}\"}}"
+        )),
+        "/metrics does not show the oldest task's age"
+    );
+    sqlx::query("delete from timers where workflow_id = $1")
+        .bind(waiting)
+        .execute(&env.pool)
+        .await?;
+    eventually(WAIT, "no charge task out", || async {
+        let age = QUEUE_OLDEST_TASK_AGE
+            .with_label_values(&[&charge_queue])
+            .get();
+        Ok((age == 0.0 && TASKS_OUT.with_label_values(&[&charge_queue]).get() == 0).then_some(()))
     })
     .await?;
 

@@ -9,6 +9,15 @@
 //!   that queue are saturated (or absent).
 //! - `orderflow_queue_consumers{queue}`: workers consuming it; zero with a depth above zero means
 //!   tasks wait for a worker that does not exist.
+//! - `orderflow_queue_oldest_task_age_seconds{queue}` and `orderflow_tasks_out{queue}`: the tasks
+//!   of that activity the engine scheduled and has no result for yet (waiting on the queue, in the
+//!   outbox or running in a worker), and how long ago the oldest was scheduled (0 when none is
+//!   out). Read from the store, not the broker: a task out is a workflow with a start-to-close
+//!   timer, and the history row that scheduled it carries the instant, so the age is exact after
+//!   any crash, the same from every replica, and needs neither the broker's management API nor a
+//!   peek at a queue's head. With idle workers the age stays near the activity's run time; a
+//!   growing age (with the depth above zero) means the tasks wait for workers: the signal KEDA
+//!   scales on beside the depth.
 //! - `orderflow_outbox_rows` and `orderflow_outbox_lag_seconds`: tasks committed but not yet
 //!   confirmed by the queue, and the age of the oldest; a growing lag means no relay is
 //!   publishing (broker down, engines down).
@@ -25,7 +34,8 @@ use std::{sync::LazyLock, time::Duration};
 
 use orderflow_queue::{QueueError, QueueStats, TaskQueue};
 use prometheus::{
-    Gauge, IntGauge, IntGaugeVec, register_gauge, register_int_gauge, register_int_gauge_vec,
+    Gauge, GaugeVec, IntGauge, IntGaugeVec, register_gauge, register_gauge_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +57,24 @@ pub static QUEUE_CONSUMERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "orderflow_queue_consumers",
         "Workers consuming an activity queue",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub static QUEUE_OLDEST_TASK_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "orderflow_queue_oldest_task_age_seconds",
+        "Age of the oldest task of an activity queue scheduled and not yet answered (0: none)",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub static TASKS_OUT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "orderflow_tasks_out",
+        "Tasks of an activity queue scheduled and not yet answered",
         &["queue"]
     )
     .expect("metric registers once")
@@ -157,11 +185,28 @@ impl<S: Store, Q: TaskQueue> Backlog<S, Q> {
         Ok(seen)
     }
 
-    /// Asks the store about the outbox and the stuck workflows and sets their gauges.
+    /// Asks the store about the outbox, the tasks out and the stuck workflows and sets their
+    /// gauges.
     pub async fn sample_store(&self) -> sqlx::Result<()> {
         let (rows, lag) = self.store.outbox_lag().await?;
         OUTBOX_ROWS.set(rows);
         OUTBOX_LAG.set(lag);
+        let out = self.store.tasks_out_by_activity().await?;
+        let now = crate::apply::now();
+        for activity in &self.activities {
+            let name = self.queue.topology().task_queue(activity);
+            let (n, age) =
+                out.iter()
+                    .find(|(a, ..)| a == activity)
+                    .map_or((0, 0.0), |(_, n, oldest)| {
+                        let age = (now - *oldest).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                        (*n, age.max(0.0))
+                    });
+            TASKS_OUT.with_label_values(&[name.as_str()]).set(n);
+            QUEUE_OLDEST_TASK_AGE
+                .with_label_values(&[name.as_str()])
+                .set(age);
+        }
         let grace = chrono::Duration::from_std(OVERDUE_GRACE).unwrap_or_default();
         let (attention, retrying, overdue) =
             self.store.stuck_counts(crate::apply::now() - grace).await?;

@@ -213,6 +213,10 @@ pub trait Reads: Send + Sync + fmt::Debug {
     /// start-to-close timer, and the activity of their latest task.
     async fn tasks_out(&self) -> sqlx::Result<Vec<(Uuid, Option<String>)>>;
 
+    /// Per activity, the tasks out with a worker (scheduled, no result applied yet) and when the
+    /// oldest of them was scheduled: the instant of the event whose commands scheduled it.
+    async fn tasks_out_by_activity(&self) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>>;
+
     /// The pending timers of some workflows, soonest first.
     async fn timers_of(&self, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>>;
 

@@ -245,6 +245,27 @@ pub async fn tasks_out(conn: &mut PgConnection) -> sqlx::Result<Vec<(Uuid, Optio
     .await
 }
 
+/// Per activity, the tasks out and when the oldest was scheduled. Like [`tasks_out`], a task out
+/// is a workflow with a start-to-close timer; its latest scheduled task names the activity, and
+/// the history row that scheduled it carries the instant (the task's deadline counts from it).
+/// One row per task in flight, so the cost follows what is in flight, not the history's size.
+pub async fn tasks_out_by_activity(
+    conn: &mut PgConnection,
+) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
+    sqlx::query_as(
+        "select l.activity, count(*)::int8, min(l.at)
+         from timers t cross join lateral (
+             select c->>'activity' as activity, h.at
+             from history h, jsonb_array_elements(h.commands) c
+             where h.workflow_id = t.workflow_id and c->>'type' = 'schedule_activity'
+             order by h.seq desc limit 1) l
+         where t.purpose->>'purpose' = 'attempt_timeout' and l.activity is not null
+         group by l.activity",
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// The pending timers of some workflows, soonest first.
 pub async fn timers_of(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
     sqlx::query_as(
@@ -316,6 +337,10 @@ impl Reads for PgPool {
 
     async fn tasks_out(&self) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
         tasks_out(&mut *self.acquire().await?).await
+    }
+
+    async fn tasks_out_by_activity(&self) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
+        tasks_out_by_activity(&mut *self.acquire().await?).await
     }
 
     async fn timers_of(&self, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {

@@ -284,6 +284,29 @@ pub async fn tasks_out(pool: &SqlitePool) -> sqlx::Result<Vec<(Uuid, Option<Stri
     .await
 }
 
+/// [`crate::store::postgres::reads::tasks_out_by_activity`]; SQLite has no lateral join, so the
+/// activity and the instant are two lookups of the same latest task.
+pub async fn tasks_out_by_activity(
+    pool: &SqlitePool,
+) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+        "select activity, count(*), min(at) from (
+             select json_extract({}, '$.activity') as activity, {} as at
+             from (select distinct workflow_id as id from timers
+                   where json_extract(purpose, '$.purpose') = 'attempt_timeout') w)
+         where activity is not null and at is not null
+         group by activity",
+        last_task("c.value"),
+        last_task("h.at")
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(activity, n, at)| (activity, n, from_micros(at)))
+        .collect())
+}
+
 /// [`crate::store::postgres::reads::timers_of`].
 pub async fn timers_of(pool: &SqlitePool, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
     if ids.is_empty() {
@@ -432,6 +455,10 @@ impl Reads for SqliteStore {
 
     async fn tasks_out(&self) -> sqlx::Result<Vec<(Uuid, Option<String>)>> {
         tasks_out(self.pool()).await
+    }
+
+    async fn tasks_out_by_activity(&self) -> sqlx::Result<Vec<(String, i64, DateTime<Utc>)>> {
+        tasks_out_by_activity(self.pool()).await
     }
 
     async fn timers_of(&self, ids: &[Uuid]) -> sqlx::Result<Vec<TimerRow>> {
