@@ -34,8 +34,7 @@ fn finished(id: Uuid) -> WorkflowFinished {
 #[tokio::test]
 async fn events_on_rabbitmq_are_acked_after_the_handler_and_retried_after_a_failure()
 -> anyhow::Result<()> {
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let amqp = orderflow_testkit::amqp_url();
     let topology = Topology::new(format!("follow-{}.", Uuid::new_v4().simple()));
     let queue = RabbitQueue::connect(amqp, topology, WAIT).await?;
     acked_after_the_handler(queue).await
