@@ -23,6 +23,7 @@ fn spawn_engine(env: &TestEnv) -> Child {
         .env("DATABASE_URL", &env.database_url)
         .env("AMQP_URL", amqp_url())
         .env("ORDERFLOW_QUEUE_PREFIX", &env.topology.prefix)
+        .env("ORDERFLOW_JWT_SECRET", orderflow_testkit::API_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
