@@ -163,26 +163,9 @@ impl Clients {
     /// Starts the order saga. The Idempotency-Key `order:<id>` makes a repeated start (after a
     /// timeout, a crash, or from two replicas) return the same workflow.
     pub async fn start_saga(&self, input: &OrderSagaInput) -> Result<Uuid, CallError> {
-        const SERVICE: &str = "engine";
-        let body = json!({
-            "type": "order",
-            "input": input,
-            "business_keys": {
-                "order_id": input.order_id.to_string(),
-                "user_id": input.user_id.to_string(),
-            },
-        });
-        let res = self
-            .http
-            .post(format!("{}/api/v1/workflows", self.engine_url))
-            .bearer_auth(self.engine_token()?)
-            .header("Idempotency-Key", format!("order:{}", input.order_id))
-            .json(&body)
-            .send()
+        let key = format!("order:{}", input.order_id);
+        self.start_workflow("order", input, input.order_id, input.user_id, &key)
             .await
-            .map_err(|e| CallError::from_reqwest(SERVICE, &e))?;
-        let started: Started = json_of(SERVICE, res).await?;
-        Ok(started.id)
     }
 
     /// Starts the return saga of an order. The Idempotency-Key `return:<order id>` makes one
@@ -191,20 +174,35 @@ impl Clients {
         &self,
         input: &orderflow_workflows::returns::contracts::ReturnSagaInput,
     ) -> Result<Uuid, CallError> {
+        let key = format!("return:{}", input.order_id);
+        let saga = orderflow_workflows::returns::RETURN_SAGA;
+        self.start_workflow(saga, input, input.order_id, input.user_id, &key)
+            .await
+    }
+
+    /// Starts a workflow of `workflow_type` about an order, as this service, under `key`.
+    async fn start_workflow(
+        &self,
+        workflow_type: &str,
+        input: &impl serde::Serialize,
+        order_id: Uuid,
+        user_id: Uuid,
+        key: &str,
+    ) -> Result<Uuid, CallError> {
         const SERVICE: &str = "engine";
         let body = json!({
-            "type": orderflow_workflows::returns::RETURN_SAGA,
+            "type": workflow_type,
             "input": input,
             "business_keys": {
-                "order_id": input.order_id.to_string(),
-                "user_id": input.user_id.to_string(),
+                "order_id": order_id.to_string(),
+                "user_id": user_id.to_string(),
             },
         });
         let res = self
             .http
             .post(format!("{}/api/v1/workflows", self.engine_url))
             .bearer_auth(self.engine_token()?)
-            .header("Idempotency-Key", format!("return:{}", input.order_id))
+            .header("Idempotency-Key", key)
             .json(&body)
             .send()
             .await
