@@ -325,6 +325,14 @@ fn order_id(raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad("id", format!("`{raw}` is not an order id (a UUID)")))
 }
 
+/// Order `id` if `caller` placed it (what only the owner may act on), else 404.
+async fn owned(s: &AppState, caller: &AuthUser, id: Uuid) -> Result<Order, ApiError> {
+    store::get(&s.db, id)
+        .await?
+        .filter(|o| o.user_id == caller.id())
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+}
+
 /// The order if the caller may see it. Someone else's order is "not found", exactly like a
 /// missing one, so order ids cannot be probed.
 async fn visible(s: &AppState, caller: &AuthUser, id: Uuid) -> Result<Order, ApiError> {
@@ -439,10 +447,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let order = store::get(&s.db, id)
-        .await?
-        .filter(|o| o.user_id == caller.id())
-        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    let order = owned(&s, &caller, id).await?;
     match order.status {
         OrderStatus::Cancelled => return Ok(Json(view(&order)).into_response()),
         OrderStatus::Confirmed => {
@@ -515,10 +520,7 @@ async fn return_order(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let order = store::get(&s.db, id)
-        .await?
-        .filter(|o| o.user_id == caller.id())
-        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    let order = owned(&s, &caller, id).await?;
     let (OrderStatus::Confirmed, Some(order_workflow_id)) = (order.status, order.workflow_id)
     else {
         return Err(ApiError::Conflict(format!(
